@@ -1,0 +1,854 @@
+"""The end-to-end analysis as resumable stages writing one run directory.
+
+Stages, in order, each writing its own files in ``out``:
+
+============== ========================================== =====================================
+stage          writes                                     reads
+============== ========================================== =====================================
+rollouts       ``rollouts.jsonl`` (appended per batch)    prompt sets or ``--rollouts`` import
+labels         ``labels.jsonl``                           rollouts
+probe          ``probe.safetensors`` + ``probe.json``     rollouts, labels
+trajectories   ``trajectories.safetensors``/``.json``,     rollouts, probe
+               ``cliff.jsonl``
+heads          ``heads.json``, ``head_means.safetensors``  rollouts, probe
+ablation       ``ablation.json``                          heads, probe
+selection      ``selection.jsonl``, ``selection.json``    cliff, labels
+report         ``report.html``                            everything
+============== ========================================== =====================================
+
+``run.json`` records the configuration and, per stage, a fingerprint of its inputs (the
+relevant configuration plus the fingerprints of the stages it reads). A stage whose
+fingerprint and outputs are unchanged is skipped, so re-running the same command resumes a
+killed run, and ``run_stage(dir, "heads", force=True)`` re-runs one stage alone.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_write_json, hash_obj, iter_jsonl, sha256_file, write_jsonl
+
+__all__ = ["RunConfig", "run", "run_stage", "demo_config", "summary", "STAGES", "RunDirError"]
+
+STAGES = ("rollouts", "labels", "probe", "trajectories", "heads", "ablation", "selection", "report")
+
+# which config keys each stage depends on (besides the stages it reads)
+_STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "rollouts": (
+        "model",
+        "harmful",
+        "harmless",
+        "rollouts",
+        "template",
+        "n_harmful",
+        "n_harmless",
+        "max_new_tokens",
+        "seed",
+        "dtype",
+    ),
+    "labels": ("judge_mode",),
+    "probe": ("probe_layer", "probe_method", "seed"),
+    "trajectories": ("plateau_window", "layer_stride"),
+    "heads": ("top_percent", "head_variant"),
+    "ablation": ("top_percents", "random_seeds", "ablation_mode", "n_ablation", "ablation_max_new_tokens"),
+    "selection": ("selection_percent", "selection_variant"),
+    "report": (),
+}
+_STAGE_DEPS: dict[str, tuple[str, ...]] = {
+    "rollouts": (),
+    "labels": ("rollouts",),
+    "probe": ("labels",),
+    "trajectories": ("probe",),
+    "heads": ("probe",),
+    "ablation": ("heads",),
+    "selection": ("trajectories",),
+    "report": ("trajectories", "heads", "ablation", "selection"),
+}
+_STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "rollouts": ("rollouts.jsonl",),
+    "labels": ("labels.jsonl",),
+    "probe": ("probe.safetensors", "probe.json"),
+    "trajectories": ("trajectories.safetensors", "trajectories.json", "cliff.jsonl"),
+    "heads": ("heads.json", "head_means.safetensors"),
+    "ablation": ("ablation.json",),
+    "selection": ("selection.jsonl", "selection.json"),
+    "report": ("report.html",),
+}
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used (another model's run, a missing stage input, ...)."""
+
+
+@dataclass
+class RunConfig:
+    """Configuration of one run (saved in ``run.json``; CLI flags map onto these fields).
+
+    ``harmful`` / ``harmless``: prompt-set specs, comma-separated, each a name understood by
+    :func:`cliff_lens.data.load_prompts` or a file path, optionally ``name:split``;
+    ``cliff-jailbreak`` is the package's harmful test prompts wrapped in jailbreak framings.
+    ``probe_layer``: ``None`` probes the final norm with its weight (the paper's features),
+    an int probes ``blocks.{L}.hook_resid_post``.
+    """
+
+    model: str
+    out: Path
+    harmful: str = "cliff-harmful"
+    harmless: str = "cliff-harmless"
+    rollouts: str | None = None
+    template: str | None = None
+    n_harmful: int | None = 64
+    n_harmless: int | None = 64
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    judge_mode: str = "start"
+    probe_layer: int | None = None
+    probe_method: str = "logistic"
+    plateau_window: int = 16
+    layer_stride: int = 4
+    top_percent: float = 3.0
+    head_variant: str | None = None
+    top_percents: tuple[float, ...] = (3.0,)
+    random_seeds: int = 5
+    ablation_mode: str = "mean"
+    n_ablation: int | None = 32
+    ablation_max_new_tokens: int | None = None
+    selection_percent: float = 10.0
+    selection_variant: str = "cliff"
+
+    @classmethod
+    def from_args(cls, args: Any) -> RunConfig:
+        """Build from parsed ``cliff-lens run`` arguments (unset flags keep the defaults)."""
+        kw: dict[str, Any] = {"model": args.model, "out": Path(args.out)}
+        for name in (
+            "harmful",
+            "harmless",
+            "rollouts",
+            "template",
+            "probe_layer",
+            "top_percent",
+            "n_harmful",
+            "n_harmless",
+            "max_new_tokens",
+            "batch_size",
+            "random_seeds",
+            "device",
+            "dtype",
+            "seed",
+        ):
+            v = getattr(args, name, None)
+            if v is not None:
+                kw[name] = v
+        if "top_percent" in kw:
+            kw["top_percents"] = (float(kw["top_percent"]),)
+        return cls(**kw)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["top_percents"] = list(self.top_percents)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> RunConfig:
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["out"] = Path(kw["out"])
+        kw["top_percents"] = tuple(kw.get("top_percents", (3.0,)))
+        return cls(**kw)
+
+
+def demo_config(out: Path, *, quick: bool = False) -> RunConfig:
+    """The demo: the embedded cliff organism on the package's own held-out prompts (offline)."""
+    if quick:
+        return RunConfig(
+            model="cliff-organism",
+            out=Path(out),
+            harmful="cliff-harmful,cliff-jailbreak",
+            harmless="cliff-harmless",
+            n_harmful=12,
+            n_harmless=12,
+            max_new_tokens=80,
+            batch_size=12,
+            random_seeds=2,
+            n_ablation=6,
+            ablation_max_new_tokens=64,
+        )
+    return RunConfig(
+        model="cliff-organism",
+        out=Path(out),
+        harmful="cliff-harmful,cliff-jailbreak",
+        harmless="cliff-harmless",
+        n_harmful=48,
+        n_harmless=48,
+        max_new_tokens=96,
+        batch_size=16,
+        random_seeds=5,
+        n_ablation=24,
+        ablation_max_new_tokens=80,
+    )
+
+
+# -- run directory state ---------------------------------------------------------------------
+@dataclass
+class _Run:
+    cfg: RunConfig
+    state: dict = field(default_factory=dict)
+    model: Any = None
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return self.cfg.out
+
+    def path(self, name: str) -> Path:
+        return self.out / name
+
+    def get_model(self) -> Any:
+        if self.model is None:
+            from .models import load_model
+
+            print(f"[cliff-lens] loading {self.cfg.model} ...", file=sys.stderr, flush=True)
+            self.model = load_model(
+                self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype, template=self.cfg.template
+            )
+        return self.model
+
+    def save_state(self) -> None:
+        atomic_write_json(self.path("run.json"), self.state)
+
+
+def _load_state(cfg: RunConfig) -> dict:
+    path = cfg.out / "run.json"
+    if not path.exists():
+        return {"format": "cliff_lens.run", "version": 1, "config": cfg.to_json(), "stages": {}}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path} is corrupt ({e}); delete it to start the run over") from None
+    prev = state.get("config", {}).get("model")
+    if prev is not None and prev != cfg.model:
+        raise RunDirError(
+            f"run directory {cfg.out} holds a run of model {prev!r}, not {cfg.model!r}; "
+            "choose another --out or delete the directory"
+        )
+    state["config"] = cfg.to_json()
+    state.setdefault("stages", {})
+    return state
+
+
+def _fingerprint(run: _Run, stage: str) -> str:
+    cfg = run.cfg.to_json()
+    parts: dict[str, Any] = {"stage": stage, "config": {k: cfg.get(k) for k in _STAGE_KEYS[stage]}}
+    if stage == "rollouts" and run.cfg.rollouts:
+        parts["import_sha256"] = sha256_file(run.cfg.rollouts)
+    parts["deps"] = {d: run.state["stages"].get(d, {}).get("fingerprint") for d in _STAGE_DEPS[stage]}
+    return hash_obj(parts)
+
+
+def _outputs_exist(run: _Run, stage: str) -> bool:
+    return all(run.path(n).exists() for n in _STAGE_OUTPUTS[stage])
+
+
+def _run_one(run: _Run, stage: str, *, force: bool = False) -> None:
+    for dep in _STAGE_DEPS[stage]:
+        if dep not in run.state["stages"] or not _outputs_exist(run, dep):
+            raise RunDirError(
+                f"stage {stage!r} needs the output of stage {dep!r} in {run.out}, which is missing; "
+                f"run `cliff-lens run ... --out {run.out}` (or `cliff-lens {dep} {run.out}`) first"
+            )
+    fp = _fingerprint(run, stage)
+    rec = run.state["stages"].get(stage, {})
+    if not force and rec.get("fingerprint") == fp and rec.get("finished") and _outputs_exist(run, stage):
+        print(f"[cliff-lens] {stage}: up to date, skipped", file=sys.stderr, flush=True)
+        return
+    print(f"[cliff-lens] {stage} ...", file=sys.stderr, flush=True)
+    run.state["stages"][stage] = {"fingerprint": fp, "finished": False}
+    run.save_state()
+    t0 = time.perf_counter()
+    _STAGE_FUNCS[stage](run)
+    run.state["stages"][stage] = {
+        "fingerprint": fp,
+        "finished": True,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    run.save_state()
+
+
+def run(cfg: RunConfig, *, stages: tuple[str, ...] = STAGES) -> dict:
+    """Run (or resume) every stage of ``cfg`` and return ``results.json`` as a dict."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    r = _Run(cfg, _load_state(cfg))
+    r.save_state()
+    for stage in stages:
+        _run_one(r, stage)
+    return _write_results(r)
+
+
+def run_stage(out: Path, stage: str, *, force: bool = True) -> dict:
+    """Re-run one stage of an existing run directory (its inputs must exist)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    path = Path(out) / "run.json"
+    if not path.exists():
+        raise RunDirError(
+            f"{out} is not a run directory (no run.json); start one with `cliff-lens run --out {out}`"
+        )
+    cfg = RunConfig.from_json(json.loads(path.read_text(encoding="utf-8"))["config"])
+    cfg.out = Path(out)
+    r = _Run(cfg, _load_state(cfg))
+    _run_one(r, stage, force=force)
+    if stage != "report" and "report" in r.state["stages"]:
+        _run_one(r, "report", force=True)
+    return _write_results(r)
+
+
+# -- prompt sets -----------------------------------------------------------------------------
+def _load_set(spec: str, n: int | None, *, harmful: bool, seed: int) -> list:
+    from .data import Prompt, load_prompts
+
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise ValueError(f"empty prompt-set spec {spec!r}; name a set such as cliff-harmful or a file")
+    per = None if n is None else max(1, -(-n // len(names)))
+    out: list[Prompt] = []
+    for name in names:
+        base, _, split = name.partition(":")
+        if base == "cliff-jailbreak":
+            from .organism.framings import HELDOUT_FRAMINGS, TRAIN_FRAMINGS, apply_framing
+
+            framings = list(TRAIN_FRAMINGS) + list(HELDOUT_FRAMINGS)
+            plain = load_prompts("cliff-harmful", split=split or "test")
+            # offset so that the framed requests differ from the plain ones taken above
+            plain = plain[len(plain) // 2 :] + plain[: len(plain) // 2]
+            ps = [
+                Prompt(
+                    apply_framing(framings[(i * 7 + seed) % len(framings)], p.text),
+                    harmful=True,
+                    source="cliff-jailbreak",
+                    category=p.category,
+                    meta={"request": p.text},
+                )
+                for i, p in enumerate(plain)
+            ]
+        else:
+            if not split and base.startswith("cliff-"):
+                split = "test"  # the package sets' training split taught the organism
+            ps = load_prompts(base, split=split or None)
+        ps = ps[:per] if per is not None else ps
+        for p in ps:
+            if p.harmful is None:
+                p.harmful = harmful
+        out.extend(ps)
+    if not out:
+        raise ValueError(f"prompt set {spec!r} is empty; check the name or file")
+    return out
+
+
+# -- stages ----------------------------------------------------------------------------------
+def _stage_rollouts(run: _Run) -> None:
+    from .rollout import generate_rollouts, import_rollouts
+
+    path = run.path("rollouts.jsonl")
+    cfg = run.cfg
+    if cfg.rollouts:
+        from .data import write_rollouts
+
+        rs = import_rollouts(cfg.rollouts, template=cfg.template or "generic")
+        write_rollouts(path, rs)
+        return
+    model = run.get_model()
+    prompts = _load_set(cfg.harmful, cfg.n_harmful, harmful=True, seed=cfg.seed) + _load_set(
+        cfg.harmless, cfg.n_harmless, harmful=False, seed=cfg.seed
+    )
+    generate_rollouts(
+        model,
+        prompts,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        out=path,
+        template=cfg.template,
+    )
+
+
+def _read_rollouts(run: _Run) -> list:
+    if "rollouts" not in run.cache:
+        from .data import read_rollouts
+
+        run.cache["rollouts"] = list(read_rollouts(run.path("rollouts.jsonl")))
+    return run.cache["rollouts"]
+
+
+def _stage_labels(run: _Run) -> None:
+    from .judges import KeywordJudge, label_rollouts
+
+    labelled = label_rollouts(_read_rollouts(run), KeywordJudge(mode=run.cfg.judge_mode))
+    write_jsonl(
+        run.path("labels.jsonl"),
+        [
+            {
+                "id": r.id,
+                "harmful": r.harmful,
+                "refused": r.refused,
+                "thinking_closed": r.thinking_closed,
+                "reason": r.meta.get("judge", {}).get("reason"),
+            }
+            for r in labelled
+        ],
+    )
+
+
+def _labelled(run: _Run) -> list:
+    rs = _read_rollouts(run)
+    labels = {d["id"]: d for d in iter_jsonl(run.path("labels.jsonl"))}
+    for r in rs:
+        if r.id in labels:
+            r.refused = labels[r.id]["refused"]
+    return rs
+
+
+def _template(run: _Run) -> Any:
+    from .templates import get_template
+
+    return get_template(run.cfg.template or getattr(run.get_model(), "cliff_template", "generic"))
+
+
+def _tokenized(run: _Run, rollouts: list) -> list:
+    tok = run.get_model().tokenizer
+    t = _template(run)
+    return [t.tokenize(tok, r.prompt, r.thinking or "", "").truncate() for r in rollouts]
+
+
+def _probe_hook(cfg: RunConfig) -> tuple[str, int | None]:
+    if cfg.probe_layer is None:
+        return "final_norm_weighted", None
+    return "blocks.{L}.hook_resid_post", cfg.probe_layer
+
+
+def _stage_probe(run: _Run) -> None:
+    from .activations import extract_activations
+    from .probe import RefusalProbe
+
+    rs = [r for r in _labelled(run) if r.thinking_closed]
+    pos = [r for r in rs if r.harmful and r.refused]
+    neg = [r for r in rs if r.harmful is False and r.refused is False]
+    if len(pos) < 2 or len(neg) < 2:
+        raise RunDirError(
+            f"the probe needs refused harmful and helped harmless rollouts; got {len(pos)} and {len(neg)} "
+            f"(of {len(rs)} with closed thinking). Use more prompts (--n-harmful/--n-harmless), a larger "
+            "--max-new-tokens so that thinking closes, or import rollouts with --rollouts"
+        )
+    model = run.get_model()
+    hook, layer = _probe_hook(run.cfg)
+    acts = extract_activations(
+        model,
+        _tokenized(run, pos + neg),
+        hook=hook,
+        layer=layer,
+        positions="last",
+        batch_size=run.cfg.batch_size,
+    )
+    labels = [1] * len(pos) + [0] * len(neg)
+    probe = RefusalProbe.fit(
+        acts,
+        labels,
+        method=run.cfg.probe_method,
+        seed=run.cfg.seed,
+        hook=hook,
+        layer=layer,
+        position_rule="last token of prompt+thinking+end_of_thinking",
+        model=model,
+        meta={"n_refusal": len(pos), "n_non_refusal": len(neg)},
+    )
+    probe.save(run.path("probe"))
+
+
+def _load_probe(run: _Run) -> Any:
+    from .probe import RefusalProbe
+
+    if "probe" not in run.cache:
+        run.cache["probe"] = RefusalProbe.load(run.path("probe"), model=run.get_model())
+    return run.cache["probe"]
+
+
+def _group(r: Any) -> str:
+    if r.harmful:
+        return "harmful_refused" if r.refused else "harmful_complied"
+    return "harmless_refused" if r.refused else "harmless_helped"
+
+
+def _stage_trajectories(run: _Run) -> None:
+    from .trajectory import cliff_metrics, compute_trajectories, save_trajectories
+
+    model = run.get_model()
+    probe = _load_probe(run)
+    rs = [r for r in _labelled(run) if r.thinking_closed]
+    n = model.cfg.n_layers
+    layers = sorted({*range(0, n, max(1, run.cfg.layer_stride)), n - 1})
+    layer_input = "final_norm" if probe.hook == "final_norm_weighted" else "resid"
+    trajs = compute_trajectories(
+        model,
+        _tokenized(run, rs),
+        probe,
+        layers=layers,
+        layer_input=layer_input,
+        batch_size=run.cfg.batch_size,
+    )
+    probe_row = n - 1 if probe.layer is None else probe.layer
+    if probe_row not in layers:
+        raise RunDirError(f"probe layer {probe_row} not in the scored layers {layers}")
+    for t, r in zip(trajs, rs):
+        t.id = r.id
+    save_trajectories(
+        run.path("trajectories"),
+        trajs,
+        meta={
+            "probe_layer": probe_row,
+            "layer_input": layer_input,
+            "groups": [_group(r) for r in rs],
+            "harmful": [bool(r.harmful) for r in rs],
+        },
+    )
+    ms = cliff_metrics(trajs, layer=probe_row, plateau_window=run.cfg.plateau_window)
+    write_jsonl(
+        run.path("cliff.jsonl"),
+        [
+            {**m.to_dict(), "id": r.id, "group": _group(r), "harmful": r.harmful, "refused": r.refused}
+            for m, r in zip(ms, rs)
+        ],
+    )
+
+
+def _head_variant(run: _Run, probe: Any) -> str:
+    return run.cfg.head_variant or ("norm_aware" if probe.hook == "final_norm_weighted" else "raw")
+
+
+def _stage_heads(run: _Run) -> None:
+    from .ablation import compute_head_means, save_head_means
+    from .heads import head_attributions, rank_heads
+
+    model = run.get_model()
+    probe = _load_probe(run)
+    rs = [r for r in _labelled(run) if r.thinking_closed]
+    harmful = [r for r in rs if r.harmful]
+    harmless = [r for r in rs if r.harmful is False]
+    if not harmful or not harmless:
+        raise RunDirError(
+            "head attribution needs harmful rollouts and harmless ones (for the ablation means)"
+        )
+    variant = _head_variant(run, probe)
+    scores = head_attributions(
+        model,
+        _tokenized(run, harmful),
+        probe,
+        positions="end_of_thinking",
+        variant=variant,
+        batch_size=run.cfg.batch_size,
+    )
+    complied = [r for r in harmful if r.refused is False]
+    extra = {}
+    if complied:
+        extra["scores_complied"] = head_attributions(
+            model,
+            _tokenized(run, complied),
+            probe,
+            positions="end_of_thinking",
+            variant=variant,
+            batch_size=run.cfg.batch_size,
+        ).tolist()
+    ranking = rank_heads(
+        scores, run.cfg.top_percent, variant=variant, n_rollouts=len(harmful), positions="end_of_thinking"
+    )
+    d = ranking.to_dict()
+    d.update(extra)
+    atomic_write_json(run.path("heads.json"), d)
+    means = compute_head_means(
+        model, _tokenized(run, harmless), positions="all", batch_size=run.cfg.batch_size
+    )
+    save_head_means(
+        run.path("head_means.safetensors"), means, meta={"reference": "harmless rollouts, all positions"}
+    )
+
+
+def _stage_ablation(run: _Run) -> None:
+    import torch
+
+    from .ablation import load_head_means
+    from .evaluate import attack_success, save_ablation_results
+
+    cfg = run.cfg
+    model = run.get_model()
+    probe = _load_probe(run)
+    heads = json.loads(run.path("heads.json").read_text(encoding="utf-8"))
+    scores = torch.tensor(heads["scores"], dtype=torch.float32)
+    rs = _labelled(run)
+    n = cfg.n_ablation
+    harmful = [r.prompt for r in rs if r.harmful and r.meta.get("source", r.source) != "cliff-harmful"] or [
+        r.prompt for r in rs if r.harmful
+    ]
+    harmless = [r.prompt for r in rs if r.harmful is False]
+    harmful, harmless = harmful[:n] if n else harmful, harmless[:n] if n else harmless
+    means = load_head_means(run.path("head_means.safetensors"), model=model)
+    rows = attack_success(
+        model,
+        harmful,
+        harmless,
+        scores=scores,
+        top_percents=cfg.top_percents,
+        random_seeds=tuple(range(cfg.random_seeds)),
+        mode=cfg.ablation_mode,
+        means=means,
+        probe=probe,
+        max_new_tokens=cfg.ablation_max_new_tokens or cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        progress=True,
+        template=cfg.template,
+    )
+    save_ablation_results(
+        run.path("ablation.json"),
+        rows,
+        meta={
+            "mode": cfg.ablation_mode,
+            "n_harmful": len(harmful),
+            "n_harmless": len(harmless),
+            "harmful_source": "jailbreak prompts when present, else all harmful prompts",
+        },
+    )
+
+
+def _stage_selection(run: _Run) -> None:
+    from .selection import export_sft, misalignment_scores, select
+
+    rows = [d for d in iter_jsonl(run.path("cliff.jsonl")) if d.get("harmful")]
+    rows = [d for d in rows if d.get("plateau") is not None and d["plateau"] == d["plateau"]]
+    if not rows:
+        raise RunDirError("no harmful rollouts with thinking to rank; the selection stage needs some")
+    ids = [d["id"] for d in rows]
+    scores = misalignment_scores(
+        [d["plateau"] for d in rows], [d["final"] for d in rows], variant=run.cfg.selection_variant
+    )
+    sel = select(ids, scores, top_percent=run.cfg.selection_percent)
+    chosen = set(sel.ids)
+    by_id = {r.id: r for r in _read_rollouts(run)}
+    n_exported = export_sft(
+        [by_id[i] for i in sel.ids], str(run.path("selection.jsonl")), selection=sel, template=_template(run)
+    )
+    complied = [d for d in rows if d.get("refused") is False]
+    sel_complied = [d for d in rows if d["id"] in chosen and d.get("refused") is False]
+    atomic_write_json(
+        run.path("selection.json"),
+        {
+            "variant": run.cfg.selection_variant,
+            "top_percent": run.cfg.selection_percent,
+            "n_pool": len(rows),
+            "n_selected": len(chosen),
+            "n_exported": n_exported,
+            "selected_ids": list(sel.ids),
+            "selected_score_mean": float(sum(scores[ids.index(i)] for i in sel.ids) / max(1, len(sel.ids))),
+            "pool_score_mean": float(scores.mean()),
+            "complied_in_pool": len(complied),
+            "complied_in_selection": len(sel_complied),
+            "precision_complied": len(sel_complied) / max(1, len(chosen)),
+        },
+    )
+
+
+def _stage_report(run: _Run) -> None:
+    _write_results(run)
+    from .viz.report import build_report
+
+    build_report(run.out)
+
+
+_STAGE_FUNCS: dict[str, Callable[[_Run], None]] = {
+    "rollouts": _stage_rollouts,
+    "labels": _stage_labels,
+    "probe": _stage_probe,
+    "trajectories": _stage_trajectories,
+    "heads": _stage_heads,
+    "ablation": _stage_ablation,
+    "selection": _stage_selection,
+    "report": _stage_report,
+}
+
+
+# -- results.json ----------------------------------------------------------------------------
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and x == x]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _write_results(run: _Run) -> dict:
+    cfg = run.cfg
+    res: dict[str, Any] = {"format": "cliff_lens.results", "version": 1, "run_dir": str(cfg.out)}
+    res["model"] = {"source": cfg.model}
+    if run.model is not None:
+        res["model"].update(
+            n_layers=run.model.cfg.n_layers, n_heads=run.model.cfg.n_heads, d_model=run.model.cfg.d_model
+        )
+    res["data"] = {"harmful": cfg.harmful, "harmless": cfg.harmless, "imported_rollouts": cfg.rollouts}
+    if run.path("labels.jsonl").exists():
+        labels = list(iter_jsonl(run.path("labels.jsonl")))
+        harm = [d for d in labels if d["harmful"]]
+        ben = [d for d in labels if d["harmful"] is False]
+        res["data"].update(
+            n_rollouts=len(labels),
+            n_harmful=len(harm),
+            n_harmless=len(ben),
+            harmful_refusal_rate=_mean([float(bool(d["refused"])) for d in harm]),
+            harmless_refusal_rate=_mean([float(bool(d["refused"])) for d in ben]),
+            unclosed_thinking=sum(1 for d in labels if not d["thinking_closed"]),
+        )
+    if run.path("probe.json").exists():
+        pj = json.loads(run.path("probe.json").read_text(encoding="utf-8"))
+        m = pj.get("metrics", {})
+        val = m.get("val", m)
+        res["probe"] = {
+            "hook": pj.get("hook"),
+            "layer": pj.get("layer"),
+            "val_accuracy": val.get("accuracy"),
+            "val_auroc": val.get("auroc"),
+            "n_train": m.get("n_train", pj.get("n_train")),
+            "metrics": m,
+        }
+        if "model" in res and res["model"].get("n_layers") is None and pj.get("model_n_layers"):
+            res["model"]["n_layers"] = pj["model_n_layers"]
+    if run.path("cliff.jsonl").exists():
+        rows = list(iter_jsonl(run.path("cliff.jsonl")))
+        cliff: dict[str, Any] = {"plateau_window": cfg.plateau_window}
+
+        def block(sub: list[dict]) -> dict:
+            return {
+                "n_rollouts": len(sub),
+                "plateau_mean": _mean([d["plateau"] for d in sub]),
+                "final_mean": _mean([d["final"] for d in sub]),
+                "cliff_mean": _mean([d["cliff"] for d in sub]),
+            }
+
+        cliff.update(block(rows))
+        cliff["harmful"] = block([d for d in rows if d.get("harmful")])
+        cliff["harmless"] = block([d for d in rows if d.get("harmful") is False])
+        for g in ("harmful_refused", "harmful_complied", "harmless_helped", "harmless_refused"):
+            cliff[g] = block([d for d in rows if d.get("group") == g])
+        res["cliff"] = cliff
+    if run.path("heads.json").exists():
+        hj = json.loads(run.path("heads.json").read_text(encoding="utf-8"))
+        sc = hj["scores"]
+        flat = sorted(((s, li, hi) for li, row in enumerate(sc) for hi, s in enumerate(row)))
+        k = len(hj.get("suppression", [])) or 1
+        res["heads"] = {
+            "variant": hj.get("meta", {}).get("variant"),
+            "top_percent": cfg.top_percent,
+            "top": [{"layer": li, "head": hi, "score": s} for s, li, hi in flat[:k]],
+            "promoting": [{"layer": li, "head": hi, "score": s} for s, li, hi in flat[::-1][:k]],
+            "n_heads_total": len(sc) * len(sc[0]),
+        }
+        res["model"].setdefault("n_layers", len(sc))
+        res["model"].setdefault("n_heads", len(sc[0]))
+    if run.path("ablation.json").exists():
+        aj = json.loads(run.path("ablation.json").read_text(encoding="utf-8"))
+        res["ablation"] = [
+            {
+                "setting": r["setting"],
+                "asr": r.get("asr", r.get("asr_mean")),
+                "refusal_score_end": r.get("refusal_score_end", r.get("refusal_score_end_mean")),
+                "over_refusal": r.get("over_refusal", r.get("over_refusal_mean")),
+                **{k: v for k, v in r.items() if k not in ("setting", "heads")},
+            }
+            for r in aj["settings"]
+        ]
+    if run.path("selection.json").exists():
+        sj = json.loads(run.path("selection.json").read_text(encoding="utf-8"))
+        res["selection"] = {k: v for k, v in sj.items() if k != "selected_ids"}
+    res["timings"] = {
+        s: v.get("seconds") for s, v in run.state.get("stages", {}).items() if v.get("finished")
+    }
+    res["versions"] = _versions()
+    res["config"] = cfg.to_json()
+    atomic_write_json(run.path("results.json"), res)
+    return res
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("cliff_lens", "torch", "transformer_lens", "transformers", "circuitsvis", "scikit-learn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def summary(results: dict, out: Path) -> str:
+    """A one-screen text summary of a run."""
+    lines = [f"cliff-lens run: {results.get('model', {}).get('source')}  ->  {out}"]
+    d = results.get("data", {})
+    if d.get("n_rollouts") is not None:
+        lines.append(
+            f"  rollouts  {d['n_rollouts']} ({d['n_harmful']} harmful, {d['n_harmless']} harmless); "
+            f"refusal rate harmful {_pct(d.get('harmful_refusal_rate'))}, "
+            f"harmless {_pct(d.get('harmless_refusal_rate'))}; unclosed thinking {d['unclosed_thinking']}"
+        )
+    p = results.get("probe")
+    if p:
+        lines.append(
+            f"  probe     {p['hook']} layer {p['layer']}: val acc {_f(p['val_accuracy'])}, "
+            f"AUROC {_f(p['val_auroc'])}, n_train {p['n_train']}"
+        )
+    c = results.get("cliff")
+    if c:
+        for g in ("harmful_refused", "harmful_complied", "harmless_helped"):
+            b = c.get(g, {})
+            if b.get("n_rollouts"):
+                lines.append(
+                    f"  cliff     {g:<17} n={b['n_rollouts']:<4} plateau {_f(b['plateau_mean'])}  "
+                    f"final {_f(b['final_mean'])}  cliff {_f(b['cliff_mean'])}"
+                )
+    h = results.get("heads")
+    if h:
+        top = ", ".join(f"L{t['layer']}H{t['head']} ({t['score']:+.3f})" for t in h["top"][:6])
+        lines.append(
+            f"  heads     top {len(h['top'])}/{h['n_heads_total']} suppression ({h['variant']}): {top}"
+        )
+    for a in results.get("ablation", []):
+        if a.get("kind") == "random":
+            continue
+        lines.append(
+            f"  ablation  {a['setting']:<26} ASR {_pct(a['asr'])}  over-refusal {_pct(a['over_refusal'])}  "
+            f"end score {_f(a['refusal_score_end'])}"
+        )
+    s = results.get("selection")
+    if s:
+        lines.append(
+            f"  selection top {s['top_percent']:g}% by {s['variant']}: {s['n_selected']}/{s['n_pool']} "
+            f"harmful rollouts; {s['complied_in_selection']} of them complied "
+            f"(pool: {s['complied_in_pool']})"
+        )
+    t = results.get("timings", {})
+    if t:
+        lines.append("  timings   " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items() if v is not None))
+    if (out / "report.html").exists():
+        lines.append(f"  report    {out / 'report.html'}")
+    return "\n".join(lines)
+
+
+def _f(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
