@@ -715,19 +715,20 @@ def _write_results(run: _Run) -> dict:
         pj = json.loads(run.path("probe.json").read_text(encoding="utf-8"))
         m = pj.get("metrics", {})
         val = m.get("val", m)
+        layer = pj.get("layer")
+        if layer is None and res["model"].get("n_layers"):
+            layer = res["model"]["n_layers"] - 1  # the final norm reads the last block's output
         res["probe"] = {
             "hook": pj.get("hook"),
-            "layer": pj.get("layer"),
+            "layer": layer,
             "val_accuracy": val.get("accuracy"),
             "val_auroc": val.get("auroc"),
-            "n_train": m.get("n_train", pj.get("n_train")),
+            "n_train": pj.get("meta", {}).get("n_train"),
             "metrics": m,
         }
-        if "model" in res and res["model"].get("n_layers") is None and pj.get("model_n_layers"):
-            res["model"]["n_layers"] = pj["model_n_layers"]
     if run.path("cliff.jsonl").exists():
         rows = list(iter_jsonl(run.path("cliff.jsonl")))
-        cliff: dict[str, Any] = {"plateau_window": cfg.plateau_window}
+        cliff: dict[str, Any] = {}
 
         def block(sub: list[dict]) -> dict:
             return {
@@ -737,7 +738,6 @@ def _write_results(run: _Run) -> dict:
                 "cliff_mean": _mean([d["cliff"] for d in sub]),
             }
 
-        cliff.update(block(rows))
         cliff["harmful"] = block([d for d in rows if d.get("harmful")])
         cliff["harmless"] = block([d for d in rows if d.get("harmful") is False])
         for g in ("harmful_refused", "harmful_complied", "harmless_helped", "harmless_refused"):
@@ -746,13 +746,11 @@ def _write_results(run: _Run) -> dict:
     if run.path("heads.json").exists():
         hj = json.loads(run.path("heads.json").read_text(encoding="utf-8"))
         sc = hj["scores"]
-        flat = sorted(((s, li, hi) for li, row in enumerate(sc) for hi, s in enumerate(row)))
-        k = len(hj.get("suppression", [])) or 1
         res["heads"] = {
             "variant": hj.get("meta", {}).get("variant"),
-            "top_percent": cfg.top_percent,
-            "top": [{"layer": li, "head": hi, "score": s} for s, li, hi in flat[:k]],
-            "promoting": [{"layer": li, "head": hi, "score": s} for s, li, hi in flat[::-1][:k]],
+            "top_percent": hj.get("top_percent"),
+            "top": [{"layer": li, "head": hi, "score": s} for li, hi, s in hj["suppression_heads"]],
+            "promoting": [{"layer": li, "head": hi, "score": s} for li, hi, s in hj["promoting_heads"]],
             "n_heads_total": len(sc) * len(sc[0]),
         }
         res["model"].setdefault("n_layers", len(sc))
@@ -762,16 +760,18 @@ def _write_results(run: _Run) -> dict:
         res["ablation"] = [
             {
                 "setting": r["setting"],
-                "asr": r.get("asr", r.get("asr_mean")),
-                "refusal_score_end": r.get("refusal_score_end", r.get("refusal_score_end_mean")),
-                "over_refusal": r.get("over_refusal", r.get("over_refusal_mean")),
+                "asr": r.get("asr"),
+                "refusal_score_end": r.get("refusal_score_end"),
+                "over_refusal": r.get("over_refusal"),
                 **{k: v for k, v in r.items() if k not in ("setting", "heads")},
             }
             for r in aj["settings"]
+            if r.get("kind") != "random_summary"
         ]
+        res["ablation_random_summary"] = [r for r in aj["settings"] if r.get("kind") == "random_summary"]
     if run.path("selection.json").exists():
         sj = json.loads(run.path("selection.json").read_text(encoding="utf-8"))
-        res["selection"] = {k: v for k, v in sj.items() if k != "selected_ids"}
+        res["selection"] = {"summary": {k: v for k, v in sj.items() if k != "selected_ids"}}
     res["timings"] = {
         s: v.get("seconds") for s, v in run.state.get("stages", {}).items() if v.get("finished")
     }
@@ -824,14 +824,20 @@ def summary(results: dict, out: Path) -> str:
         lines.append(
             f"  heads     top {len(h['top'])}/{h['n_heads_total']} suppression ({h['variant']}): {top}"
         )
-    for a in results.get("ablation", []):
+    for a in results.get("ablation", []) + results.get("ablation_random_summary", []):
         if a.get("kind") == "random":
+            continue
+        if a.get("kind") == "random_summary":
+            lines.append(
+                f"  ablation  {a['setting']:<26} ASR {_pct(a['asr_mean'])} +- {_pct(a['asr_std'])}  "
+                f"over-refusal {_pct(a['over_refusal_mean'])}  end score {_f(a['refusal_score_end_mean'])}"
+            )
             continue
         lines.append(
             f"  ablation  {a['setting']:<26} ASR {_pct(a['asr'])}  over-refusal {_pct(a['over_refusal'])}  "
             f"end score {_f(a['refusal_score_end'])}"
         )
-    s = results.get("selection")
+    s = (results.get("selection") or {}).get("summary")
     if s:
         lines.append(
             f"  selection top {s['top_percent']:g}% by {s['variant']}: {s['n_selected']}/{s['n_pool']} "
