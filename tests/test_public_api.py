@@ -1,0 +1,32 @@
+"""Every public name resolves, has a docstring, and the CLI answers --help and models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cliff_lens
+
+
+def test_every_export_resolves_and_is_documented():
+    missing_doc = []
+    for name in cliff_lens.__all__:
+        obj = getattr(cliff_lens, name)
+        if callable(obj) and not (obj.__doc__ or "").strip():
+            missing_doc.append(name)
+    assert not missing_doc, f"public names without a docstring: {missing_doc}"
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        cliff_lens.nope  # noqa: B018
+
+
+def test_cli_help_and_models():
+    out = subprocess.run([sys.executable, "-m", "cliff_lens.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo" in out.stdout and "run" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "cliff_lens.cli", "models"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "cliff-organism" in out.stdout and "DeepSeek-R1-Distill-Qwen-7B" in out.stdout
