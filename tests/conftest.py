@@ -13,60 +13,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-TINY_WORDS = (
-    "the a an and or not to of in on for with is are was be it this that how what why who can "
-    "i you we they he she me my your please help make build write tell explain step steps first "
-    "then answer question bomb weapon hack steal poison cake recipe story poem code python "
-    "sorry cannot can't won't refuse assist sure here okay let think thinking about user wants "
-    "request harmful safe dangerous illegal legal ok . , ! ? : ; ' \" ( ) - \n"
-).split(" ")
-
-TINY_SPECIALS = [
-    "<unk>",
-    "<pad>",
-    "<s>",
-    "</s>",
-    "<think>",
-    "</think>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|end|>",
-]
-
-
-def build_tiny_tokenizer(vocab_size: int = 1000, *, add_bos: bool = False):
-    """A word-level ``PreTrainedTokenizerFast`` with ``vocab_size`` entries (specials, words, w0..wN).
-
-    Splits on whitespace and punctuation; unknown words map to ``<unk>``. With ``add_bos`` the
-    tokenizer prepends ``<s>`` (like Llama/Gemma tokenizers), otherwise it adds nothing (like Qwen).
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab: dict[str, int] = {}
-    for tok in TINY_SPECIALS + [w for w in TINY_WORDS if w]:
-        vocab.setdefault(tok, len(vocab))
-    i = 0
-    while len(vocab) < vocab_size:
-        vocab.setdefault(f"w{i}", len(vocab))
-        i += 1
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
-    if add_bos:
-        tk.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
-        )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=["<think>", "</think>", "<|user|>", "<|assistant|>", "<|end|>"],
-    )
-    return tok
+from cliff_lens.testing import build_tiny_tokenizer  # noqa: E402,F401  (re-exported for tests)
 
 
 @pytest.fixture
