@@ -78,6 +78,10 @@ _EXPORTS: dict[str, str] = {
     "merge_scores": "scoring",
     "repair": "repair",
     "evaluate_safety": "repair",
+    # report
+    "build_report": "viz.report",
+    "validate_results": "results_schema",
+    "load_results": "results_schema",
     # end to end
     "RunConfig": "pipeline",
     "run": "pipeline",

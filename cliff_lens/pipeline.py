@@ -669,7 +669,7 @@ def _stage_report(run: _Run) -> None:
     _write_results(run)
     from .viz.report import build_report
 
-    build_report(run.out)
+    build_report(run.out, model=run.get_model())
 
 
 _STAGE_FUNCS: dict[str, Callable[[_Run], None]] = {

@@ -1,0 +1,249 @@
+"""The schema of ``DIR/results.json``, the one-file summary of a ``cliff-lens run``.
+
+:data:`RESULTS_SCHEMA` is a JSON Schema (draft 2020-12) dict and the single source of truth;
+:func:`validate_results` checks an object against it with a small built-in validator (the
+subset of JSON Schema the schema uses: ``type``, ``required``, ``properties``,
+``additionalProperties``, ``items``, ``pattern``, ``minimum``/``maximum``, ``enum``,
+``minItems``), so validation works without the ``jsonschema`` package. Field meanings are
+documented in ``docs/results_schema.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RESULTS_SCHEMA",
+    "SCHEMA_VERSION",
+    "SETTING_PATTERN",
+    "ResultsSchemaError",
+    "validate_results",
+    "load_results",
+]
+
+SCHEMA_VERSION = 1
+STAGE_SECTIONS = ("probe", "cliff", "heads", "ablation", "selection")
+#: ablation setting names: ``baseline``, ``top-3%``, ``random-3% seed 0``
+SETTING_PATTERN = r"^(baseline|top-[0-9]+(\.[0-9]+)?%|random-[0-9]+(\.[0-9]+)?% seed -?[0-9]+)$"
+
+_num = {"type": "number"}
+_rate = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+_opt_num = {"type": ["number", "null"]}
+_count = {"type": "integer", "minimum": 0}
+
+_split = {
+    "type": "object",
+    "required": ["plateau_mean", "final_mean", "cliff_mean", "n_rollouts"],
+    "properties": {
+        "plateau_mean": _opt_num,
+        "final_mean": _opt_num,
+        "cliff_mean": _opt_num,
+        "n_rollouts": _count,
+    },
+}
+
+RESULTS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "cliff_lens results.json",
+    "type": "object",
+    "required": ["model", "probe", "cliff", "heads", "ablation", "selection", "timings", "versions"],
+    "properties": {
+        "schema_version": {"type": "integer", "minimum": 1},
+        "model": {
+            "type": "object",
+            "required": ["source", "n_layers", "n_heads"],
+            "properties": {
+                "source": {"type": "string"},
+                "n_layers": {"type": "integer", "minimum": 1},
+                "n_heads": {"type": "integer", "minimum": 1},
+                "d_model": {"type": "integer", "minimum": 1},
+                "template": {"type": "string"},
+            },
+        },
+        "probe": {
+            "type": ["object", "null"],
+            "required": ["hook", "layer", "val_accuracy", "val_auroc", "n_train"],
+            "properties": {
+                "hook": {"type": "string"},
+                "layer": {"type": "integer", "minimum": -1},
+                "val_accuracy": _rate,
+                "val_auroc": _rate,
+                "n_train": _count,
+                "n_val": _count,
+            },
+        },
+        "cliff": {
+            "type": ["object", "null"],
+            "required": ["harmful", "harmless"],
+            "properties": {"harmful": _split, "harmless": _split},
+            "additionalProperties": _split,
+        },
+        "heads": {
+            "type": ["object", "null"],
+            "required": ["variant", "top", "n_heads_total"],
+            "properties": {
+                "variant": {"type": "string"},
+                "top": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["layer", "head", "score"],
+                        "properties": {
+                            "layer": {"type": "integer", "minimum": 0},
+                            "head": {"type": "integer", "minimum": 0},
+                            "score": _num,
+                        },
+                    },
+                },
+                "n_heads_total": {"type": "integer", "minimum": 1},
+                "top_percent": {"type": "number", "minimum": 0, "maximum": 100},
+            },
+        },
+        "ablation": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "object",
+                "required": ["setting", "asr", "refusal_score_end", "over_refusal"],
+                "properties": {
+                    "setting": {"type": "string", "pattern": SETTING_PATTERN},
+                    "asr": _rate,
+                    "refusal_score_end": _opt_num,
+                    "over_refusal": _rate,
+                    "n_heads": _count,
+                    "seed": {"type": ["integer", "null"]},
+                },
+            },
+        },
+        "selection": {
+            "type": ["object", "null"],
+            "required": ["summary"],
+            "properties": {"summary": {"type": ["object", "string"]}},
+        },
+        "timings": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+        "versions": {
+            "type": "object",
+            "required": ["cliff_lens"],
+            "additionalProperties": {"type": ["string", "null"]},
+        },
+    },
+}
+
+
+class ResultsSchemaError(ValueError):
+    """``results.json`` does not match :data:`RESULTS_SCHEMA`; ``.errors`` lists every problem."""
+
+    def __init__(self, errors: list[str], where: str = "results") -> None:
+        self.errors = errors
+        shown = "\n  ".join(errors[:20]) + (
+            f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        )
+        super().__init__(
+            f"{where} does not match the results schema (docs/results_schema.md):\n  {shown}\n"
+            "re-run the stage that writes the named field (or `cliff-lens run` to resume the run)"
+        )
+
+
+_TYPES = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+
+
+def _type_name(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(v), "integer" if isinstance(v, int) else "number" if isinstance(v, float) else type(v).__name__
+    )
+
+
+def _check(value: Any, schema: dict[str, Any], path: str, errors: list[str]) -> None:
+    types = schema.get("type")
+    if types is not None:
+        types = [types] if isinstance(types, str) else types
+        if not any(_TYPES[t](value) for t in types):
+            errors.append(f"{path}: expected {' or '.join(types)}, got {_type_name(value)} {value!r:.60}")
+            return
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: {value!r} is not one of {schema['enum']}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
+        if "minimum" in schema and value < schema["minimum"]:
+            errors.append(f"{path}: {value} is below the minimum {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errors.append(f"{path}: {value} is above the maximum {schema['maximum']}")
+    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
+        errors.append(f"{path}: {value!r} does not match the pattern {schema['pattern']}")
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            if key not in value:
+                errors.append(f"{path}: missing required key {key!r}")
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        for key, sub in value.items():
+            if key in props:
+                _check(sub, props[key], f"{path}.{key}", errors)
+            elif extra is False:
+                errors.append(f"{path}: unexpected key {key!r}")
+            elif isinstance(extra, dict):
+                _check(sub, extra, f"{path}.{key}", errors)
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            errors.append(f"{path}: needs at least {schema['minItems']} items, has {len(value)}")
+        if "items" in schema:
+            for i, item in enumerate(value):
+                _check(item, schema["items"], f"{path}[{i}]", errors)
+
+
+def validate_results(obj: Any, *, partial: bool = False, raise_on_error: bool = True) -> list[str]:
+    """Check a parsed ``results.json`` against :data:`RESULTS_SCHEMA`.
+
+    Args:
+        obj: the parsed JSON object.
+        partial: accept a run in progress: stage sections (``probe``, ``cliff``, ``heads``,
+            ``ablation``, ``selection``) may be missing or ``null``. Otherwise every section is
+            required and must not be ``null``.
+        raise_on_error: raise :class:`ResultsSchemaError` listing every problem (default), or
+            return the list of problems (empty when valid).
+
+    Returns:
+        The list of problems (``[]`` when the object is valid).
+    """
+    schema = RESULTS_SCHEMA
+    if partial:
+        schema = dict(schema, required=[k for k in schema["required"] if k not in STAGE_SECTIONS])
+    errors: list[str] = []
+    _check(obj, schema, "$", errors)
+    if not partial and isinstance(obj, dict):
+        errors += [
+            f"$.{k}: is null (stage not run); run it or validate with partial=True"
+            for k in STAGE_SECTIONS
+            if k in obj and obj[k] is None
+        ]
+    if errors and raise_on_error:
+        raise ResultsSchemaError(errors)
+    return errors
+
+
+def load_results(path: str | os.PathLike, *, partial: bool = False) -> dict[str, Any]:
+    """Read and validate ``results.json`` (a directory is taken as a run directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run `cliff-lens run ... --out {path.parent}` first")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-run `cliff-lens run` to rewrite it") from None
+    errors = validate_results(obj, partial=partial, raise_on_error=False)
+    if errors:
+        raise ResultsSchemaError(errors, where=str(path))
+    return obj
