@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe", required=True, help="probe path prefix (X for X.safetensors + X.json)")
     p.add_argument("--rollouts", required=True, help="rollout pool (JSONL)")
     p.add_argument("--out", required=True, help="output JSONL (one line per rollout)")
-    p.add_argument("--shard", default="0/1", help="i/n: score only shard i of n (default 0/1)")
+    p.add_argument(
+        "--shard",
+        default="0/1",
+        help="i/n: score only shard i of n (default 0/1); 'auto' reads SLURM/torchrun env",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
@@ -87,16 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True)
     return parser
-
-
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise SystemExit(f"--shard {text!r}: expected i/n such as 0/4") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise SystemExit(f"--shard {text!r}: need 0 <= i < n")
-    return i, n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,9 +130,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         model = load_model(args.model, device=args.device, dtype=args.dtype)
         probe = RefusalProbe.load(args.probe, model=model)
-        n = score_pool(
-            model, probe, args.rollouts, args.out, shard=_parse_shard(args.shard), batch_size=args.batch_size
-        )
+        n = score_pool(model, probe, args.rollouts, args.out, shard=args.shard, batch_size=args.batch_size)
         print(f"scored {n} rollouts into {args.out}")
         return 0
 
