@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_save_safetensors",
     "iter_jsonl",
+    "iter_jsonl_numbered",
     "append_jsonl",
     "write_jsonl",
     "sha256_file",
@@ -36,10 +37,15 @@ class JsonlError(ValueError):
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir + rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same dir + rename).
+
+    The temp file is named ``.{name}.{pid}.XXXX.tmp``; temp files of the same target left by a
+    process that no longer runs (killed mid-write, e.g. SIGKILL) are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -50,6 +56,35 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete ``.{name}.{pid}.*.tmp`` files next to ``path`` whose writer process is gone."""
+    prefix = f".{path.name}."
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for n in names:
+        pid = n[len(prefix) :].split(".", 1)[0]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        try:
+            (path.parent / n).unlink()
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: keep its file
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -80,6 +115,15 @@ def iter_jsonl(path: str | os.PathLike, *, on_error: Literal["raise", "skip"] = 
     warning naming it when ``on_error="skip"``. A final line without a newline (a write cut
     off by a crash) is treated the same way.
     """
+    for _, obj in iter_jsonl_numbered(path, on_error=on_error):
+        yield obj
+
+
+def iter_jsonl_numbered(
+    path: str | os.PathLike, *, on_error: Literal["raise", "skip"] = "raise"
+) -> Iterator[tuple[int, dict]]:
+    """Like :func:`iter_jsonl`, but yields ``(line_number, object)`` (1-based file lines), so a
+    caller that rejects a well-formed record can name its real line."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; check the path or run the stage that writes it")
@@ -94,10 +138,10 @@ def iter_jsonl(path: str | os.PathLike, *, on_error: Literal["raise", "skip"] = 
             except (UnicodeDecodeError, ValueError) as e:
                 msg = f"{path}:{lineno}: malformed JSONL line ({e}); fix or delete the line, or pass on_error='skip'"
                 if on_error == "skip":
-                    warnings.warn(msg, stacklevel=2)
+                    warnings.warn(msg, stacklevel=3)
                     continue
                 raise JsonlError(msg) from None
-            yield obj
+            yield lineno, obj
 
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
