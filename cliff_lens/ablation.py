@@ -1,0 +1,780 @@
+"""Head ablation: TransformerLens hooks on ``blocks.{l}.attn.hook_z``, head means, exact weight
+edits (TransformerLens and Hugging Face) and per-head causal effects.
+
+Modes (``mode=``):
+
+``zero``
+    The selected heads' ``z`` is set to 0.
+``mean``
+    The selected heads' ``z`` is replaced by its mean over a reference set
+    (:func:`compute_head_means`, padding excluded; save it once with :func:`save_head_means`).
+``paper_renorm``
+    The selected heads' ``z`` is set to 0, then the layer's ``z`` at each position is rescaled to
+    that position's original norm (over all heads and ``d_head``). Per position, so padding and
+    the other examples of the batch never change a result.
+``paper_renorm_global``
+    The official RefusalCliff code's version: one rescale factor for the whole ``z`` tensor of the
+    layer in the current forward pass (Frobenius norm over batch, positions -- padding included --
+    heads and ``d_head``). Results depend on the batch composition and padding, and during
+    KV-cached generation each step is renormalised on its own. Offered for fidelity only.
+
+Positions (``positions=``): ``None``/``"all"`` (every position, the paper's setting), a
+``(start, end)`` range, a list of indices, or a boolean ``[batch, pos]`` mask. Indices are
+*absolute columns of the full token tensor the model has seen* (for a left-padded batch: columns
+of the padded tensor). During KV-cached generation each forward pass only carries the new
+tokens; the hooks read the cache offset from ``hook_attn_scores`` (key length - query length), so
+positions keep their absolute meaning across steps; negative indices count from the end of the
+sequence so far (``-1``: the newest token).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from .heads import (
+    _examples,
+    _model_device,
+    _pad_id,
+    left_pad,
+    resolve_positions,
+    validate_heads,
+)
+
+__all__ = [
+    "AblationMode",
+    "ablation_hooks",
+    "ablate_heads",
+    "compute_head_means",
+    "save_head_means",
+    "load_head_means",
+    "ablated_weights",
+    "export_ablated_hf",
+    "positions_mask",
+    "head_causal_effects",
+    "CausalEffects",
+    "attribution_vs_causal",
+    "probe_scores",
+]
+
+AblationMode = Literal["zero", "mean", "paper_renorm", "paper_renorm_global"]
+_MODES = ("zero", "mean", "paper_renorm", "paper_renorm_global")
+
+
+# --------------------------------------------------------------------------------------------
+# hooks
+# --------------------------------------------------------------------------------------------
+
+
+def _means_tensor(model: Any, means: Any) -> Tensor:
+    if means is None:
+        raise ValueError(
+            "mode='mean' needs means=compute_head_means(model, reference_batch) (or load_head_means(path))"
+        )
+    m = means.means if hasattr(means, "means") else means
+    if not isinstance(m, Tensor):
+        m = torch.as_tensor(m)
+    cfg = model.cfg
+    want = (cfg.n_layers, cfg.n_heads, cfg.d_head)
+    if tuple(m.shape) != want:
+        raise ValueError(
+            f"means has shape {tuple(m.shape)} but this model needs {want} ([n_layers, n_heads, d_head]); "
+            "compute them on this model with compute_head_means"
+        )
+    return m.detach()
+
+
+def _position_mask(
+    positions: Any, batch: int, q: int, offset: int, device: torch.device
+) -> Bool[Tensor, "batch q"] | None:
+    """Which of the ``q`` new positions (absolute ``offset .. offset+q-1``) are selected."""
+    if positions is None or (isinstance(positions, str) and positions == "all"):
+        return None
+    total = offset + q
+    cols = torch.arange(offset, total, device=device)
+    if isinstance(positions, Tensor) and positions.dtype == torch.bool:
+        pm = positions.to(device)
+        if pm.ndim == 1:
+            pm = pm[None].expand(batch, -1)
+        if pm.shape[0] != batch:
+            raise ValueError(
+                f"positions mask has batch size {pm.shape[0]} but the forward pass has {batch}; "
+                "build the mask for this batch (positions_mask(...))"
+            )
+        out = torch.zeros((batch, q), dtype=torch.bool, device=device)
+        hi = min(total, pm.shape[1])
+        if hi > offset:
+            out[:, : hi - offset] = pm[:, offset:hi]
+        return out
+    if isinstance(positions, tuple) and len(positions) == 2 and all(isinstance(v, int) for v in positions):
+        s, e = positions
+        s = s + total if s < 0 else s
+        e = e + total if e < 0 else e
+        sel = (cols >= s) & (cols < e)
+    else:
+        idx = torch.as_tensor(list(positions), dtype=torch.long, device=device)
+        idx = torch.where(idx < 0, idx + total, idx)
+        sel = torch.isin(cols, idx)
+    return sel[None].expand(batch, q)
+
+
+def _check_positions(positions: Any) -> Any:
+    if positions is None or isinstance(positions, Tensor):
+        if isinstance(positions, Tensor) and positions.dtype != torch.bool:
+            positions = [int(p) for p in positions.flatten().tolist()]
+        else:
+            return positions
+    if isinstance(positions, str):
+        if positions != "all":
+            raise ValueError(
+                f"positions={positions!r}: hooks take 'all', (start, end), a list of indices or a bool "
+                "[batch, pos] mask; for span names build a mask with positions_mask(model, records, span)"
+            )
+        return positions
+    if isinstance(positions, tuple) and len(positions) == 2 and all(isinstance(v, int) for v in positions):
+        s, e = positions
+        if s >= 0 and e >= 0 and s >= e:
+            raise ValueError(f"positions=(start, end)={positions} is empty; pass start < end")
+        return positions
+    try:
+        idx = [int(p) for p in positions]
+    except TypeError:
+        raise TypeError(
+            f"positions={positions!r} not understood; pass None, (start, end), a list or a bool mask"
+        ) from None
+    if not idx:
+        raise ValueError("positions is an empty list; pass None for all positions or at least one index")
+    return idx
+
+
+def ablation_hooks(
+    model: Any,
+    heads: Sequence[tuple[int, int]],
+    mode: AblationMode = "zero",
+    means: Any = None,
+    positions: Any = None,
+) -> list[tuple[str, Callable]]:
+    """Forward hooks that ablate ``heads`` (``[(layer, head), ...]``), for ``run_with_hooks``,
+    ``model.hooks(...)`` or generation.
+
+    Returns one ``("blocks.{l}.attn.hook_z", fn)`` per layer touched (all that layer's selected
+    heads are edited in one vectorised op), plus a shape-reading hook on
+    ``blocks.{l}.attn.hook_attn_scores`` when ``positions`` is restricted (it records the KV-cache
+    offset so indices stay absolute during generation). See the module docstring for modes and
+    positions.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode={mode!r} is unknown; use one of {_MODES}")
+    hs = validate_heads(model, heads)
+    positions = _check_positions(positions)
+    mean_t = _means_tensor(model, means) if mode == "mean" else None
+    by_layer: dict[int, list[int]] = {}
+    for lay, h in hs:
+        by_layer.setdefault(lay, []).append(h)
+    restricted = positions is not None and not (isinstance(positions, str) and positions == "all")
+
+    hooks: list[tuple[str, Callable]] = []
+    for lay, hl in sorted(by_layer.items()):
+        state = {"offset": 0}
+        if restricted:
+
+            def offset_hook(scores: Tensor, hook: Any, _s: dict = state) -> None:
+                _s["offset"] = int(scores.shape[-1] - scores.shape[-2])
+
+            hooks.append((f"blocks.{lay}.attn.hook_attn_scores", offset_hook))
+        hooks.append(
+            (
+                f"blocks.{lay}.attn.hook_z",
+                _make_z_hook(
+                    torch.tensor(hl), mode, None if mean_t is None else mean_t[lay], positions, state
+                ),
+            )
+        )
+    return hooks
+
+
+def _make_z_hook(
+    head_idx: Tensor, mode: str, layer_means: Tensor | None, positions: Any, state: dict
+) -> Callable:
+    def hook(z: Float[Tensor, "batch pos n_heads d_head"], hook: Any) -> Tensor:
+        B, Q = z.shape[0], z.shape[1]
+        sel = _position_mask(positions, B, Q, state["offset"], z.device)
+        hi = head_idx.to(z.device)
+        z = z.clone()
+        if mode in ("zero", "mean"):
+            if mode == "zero":
+                new = torch.zeros((), dtype=z.dtype, device=z.device)
+            else:
+                new = layer_means.to(device=z.device, dtype=z.dtype)[hi]  # [h_sel, d_head]
+            if sel is None:
+                z[:, :, hi] = new
+            else:
+                z[:, :, hi] = torch.where(sel[:, :, None, None], new, z[:, :, hi])
+            return z
+        zf = z.float()
+        z2 = zf.clone()
+        z2[:, :, hi] = 0.0
+        if mode == "paper_renorm":
+            before = zf.pow(2).sum((-2, -1)).sqrt()
+            after = z2.pow(2).sum((-2, -1)).sqrt()
+            ratio = torch.where(after > 0, before / after.clamp_min(1e-30), torch.ones_like(after))
+            z2 = z2 * ratio[:, :, None, None]
+            keep = z2 if sel is None else torch.where(sel[:, :, None, None], z2, zf)
+        else:  # paper_renorm_global: one factor over the selected positions of the whole tensor
+            w = torch.ones((B, Q), device=z.device) if sel is None else sel.float()
+            before = (zf.pow(2).sum((-2, -1)) * w).sum().sqrt()
+            after = (z2.pow(2).sum((-2, -1)) * w).sum().sqrt()
+            ratio = torch.where(after > 0, before / after.clamp_min(1e-30), torch.ones_like(after))
+            z2 = z2 * ratio
+            keep = z2 if sel is None else torch.where(sel[:, :, None, None], z2, zf)
+        return keep.to(z.dtype)
+
+    return hook
+
+
+@contextmanager
+def ablate_heads(
+    model: Any,
+    heads: Sequence[tuple[int, int]],
+    mode: AblationMode = "mean",
+    means: Any = None,
+    positions: Any = None,
+) -> Iterator[Any]:
+    """Context manager: every forward pass (and every generation step) inside the block runs
+    with ``heads`` ablated; the hooks are removed on exit, also on error.
+
+    >>> with ablate_heads(model, [(5, 3), (6, 0)], mode="mean", means=means):
+    ...     logits = model(tokens)
+    """
+    hooks = ablation_hooks(model, heads, mode, means, positions)
+    with model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+# --------------------------------------------------------------------------------------------
+# head means
+# --------------------------------------------------------------------------------------------
+
+
+def compute_head_means(
+    model: Any,
+    batch: Any,
+    *,
+    positions: Any = "all",
+    batch_size: int = 8,
+) -> Float[Tensor, "n_layers n_heads d_head"]:
+    """Mean of ``z`` per head over a reference set (float32, CPU), padding excluded.
+
+    ``batch``: records or token tensors as in :func:`cliff_lens.heads.head_attributions`;
+    ``positions``: which tokens count (``"all"`` default; a span name such as ``"thinking"``;
+    ``"last"``; ``(start, end)``; indices). Every selected token has the same weight."""
+    exs = _examples(batch)
+    pos_lists = [resolve_positions(positions, t.numel(), sp, index=i) for i, (t, sp) in enumerate(exs)]
+    cfg = model.cfg
+    sums = torch.zeros((cfg.n_layers, cfg.n_heads, cfg.d_head), dtype=torch.float64)
+    count = 0
+    dev = _model_device(model)
+    pad = _pad_id(model)
+    for b0 in range(0, len(exs), batch_size):
+        chunk = exs[b0 : b0 + batch_size]
+        toks, mask, offsets = left_pad([t for t, _ in chunk], pad, dev)
+        w = torch.zeros(toks.shape, dtype=torch.float64)
+        for i, (p, o) in enumerate(zip(pos_lists[b0 : b0 + batch_size], offsets, strict=True)):
+            w[i, torch.tensor(p) + o] = 1.0
+        count += int(w.sum())
+
+        def hook(z: Tensor, hook: Any, _w: Tensor = w) -> None:
+            lay = int(hook.name.split(".")[1])
+            sums[lay] += torch.einsum("bphd,bp->hd", z.double(), _w.to(z.device)).cpu()
+
+        with torch.no_grad():
+            model.run_with_hooks(
+                toks,
+                attention_mask=mask,
+                stop_at_layer=cfg.n_layers,
+                fwd_hooks=[(lambda n: n.endswith("attn.hook_z"), hook)],
+            )
+    return (sums / count).float()
+
+
+def save_head_means(path: Any, means: Tensor, meta: dict | None = None) -> Path:
+    """Save head means as ``<path>.safetensors`` + ``<path>.json`` (metadata); returns the
+    safetensors path. ``path`` may end in ``.safetensors`` or have no suffix."""
+    from .io import atomic_save_safetensors, atomic_write_json
+
+    p = Path(path)
+    base = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    m = means.means if hasattr(means, "means") else means
+    if not isinstance(m, Tensor) or m.ndim != 3:
+        raise ValueError(
+            f"means must be a [n_layers, n_heads, d_head] tensor, got {getattr(m, 'shape', m)!r}"
+        )
+    info = {"kind": "head_means", "shape": list(m.shape), **(meta or {})}
+    st = base.with_name(base.name + ".safetensors")
+    atomic_save_safetensors({"means": m.float()}, st, metadata={"cliff_lens": json.dumps(info)})
+    atomic_write_json(base.with_name(base.name + ".json"), info)
+    return st
+
+
+def load_head_means(path: Any, model: Any = None) -> Float[Tensor, "n_layers n_heads d_head"]:
+    """Load means written by :func:`save_head_means`; with ``model`` the shape is checked."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    st = p if p.suffix == ".safetensors" else p.with_name(p.with_suffix("").name + ".safetensors")
+    if not st.exists():
+        raise FileNotFoundError(
+            f"{st} does not exist; write it with save_head_means(path, compute_head_means(...))"
+        )
+    try:
+        d = load_file(str(st))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{st} is not a readable safetensors file ({e}); recompute the head means") from None
+    if "means" not in d:
+        raise ValueError(f"{st} has no 'means' tensor; it was not written by save_head_means")
+    m = d["means"]
+    if model is not None:
+        _means_tensor(model, m)
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# weight edits
+# --------------------------------------------------------------------------------------------
+
+
+def ablated_weights(
+    model: Any,
+    heads: Sequence[tuple[int, int]],
+    mode: Literal["zero", "mean"] = "zero",
+    means: Any = None,
+    *,
+    inplace: bool = False,
+) -> Any:
+    """A HookedTransformer whose weights implement zero/mean ablation of ``heads`` at every
+    position: ``W_O[l, h] = 0`` and, for ``mean``, ``b_O[l] += means[l, h] @ W_O[l, h]`` (the
+    constant the mean head would have written). Exact (same logits as the hooks up to float
+    rounding). A deep copy unless ``inplace=True``."""
+    if mode not in ("zero", "mean"):
+        raise ValueError(
+            f"mode={mode!r} cannot be a weight edit (it depends on the activations); use 'zero' or 'mean'"
+        )
+    hs = validate_heads(model, heads)
+    mean_t = _means_tensor(model, means) if mode == "mean" else None
+    out = model if inplace else copy.deepcopy(model)
+    with torch.no_grad():
+        for lay, h in hs:
+            attn = out.blocks[lay].attn
+            W = attn.W_O  # [H, d_head, d_model]
+            if mean_t is not None:
+                add = mean_t[lay, h].to(W.device, torch.float64) @ W[h].double()
+                attn.b_O.add_(add.to(attn.b_O.dtype))
+            W[h].zero_()
+    return out
+
+
+def _hf_layers(hf_model: Any) -> Any:
+    dec = hf_model.get_decoder() if hasattr(hf_model, "get_decoder") else getattr(hf_model, "model", hf_model)
+    layers = getattr(dec, "layers", None)
+    if layers is None:
+        raise ValueError(
+            f"cannot find decoder layers in {type(hf_model).__name__}; export supports Llama/Qwen/Mistral/Phi-style "
+            "models with model.layers[i].self_attn.o_proj"
+        )
+    return layers
+
+
+def _o_proj(layer: Any, i: int) -> Any:
+    attn = getattr(layer, "self_attn", None)
+    o = getattr(attn, "o_proj", None) if attn is not None else None
+    if o is None:
+        raise ValueError(
+            f"layer {i} has no self_attn.o_proj; this architecture is not supported by export_ablated_hf"
+        )
+    return o
+
+
+def _enable_o_bias(hf_model: Any) -> bool:
+    """Turn on the config flag that gives o_proj a bias (e.g. Llama/Qwen3 ``attention_bias``), adding
+    zero biases for every projection the flag creates. Returns False when no such flag exists."""
+    cfg = hf_model.config
+    for flag in ("attention_bias",):
+        if not hasattr(cfg, flag):
+            continue
+        new_cfg = copy.deepcopy(cfg)
+        setattr(new_cfg, flag, True)
+        try:
+            with torch.device("meta"):
+                ref = type(hf_model)(new_cfg)
+        except Exception:  # noqa: BLE001 - any failure means "flag not usable"
+            return False
+        if getattr(_o_proj(_hf_layers(ref)[0], 0), "bias", None) is None:
+            return False
+        have = dict(hf_model.named_parameters())
+        for name, p in ref.named_parameters():
+            if name in have:
+                continue
+            if not name.endswith(".bias"):
+                return False
+            mod = hf_model.get_submodule(name.rsplit(".", 1)[0])
+            w = mod.weight
+            mod.bias = torch.nn.Parameter(torch.zeros(p.shape, dtype=w.dtype, device=w.device))
+        setattr(cfg, flag, True)
+        return True
+    return False
+
+
+def export_ablated_hf(
+    hf_model: Any,
+    heads: Sequence[tuple[int, int]],
+    mode: Literal["zero", "mean"] = "zero",
+    means: Any = None,
+    out_dir: Any = None,
+    *,
+    tokenizer: Any = None,
+    copy_model: bool = True,
+    overwrite: bool = False,
+) -> Any:
+    """Write zero/mean ablation of ``heads`` into a Hugging Face model's ``o_proj`` (so ablated
+    generation runs in HF ``generate`` or vLLM at full speed); optionally ``save_pretrained``.
+
+    ``zero``: the columns ``h*d_head:(h+1)*d_head`` of ``o_proj.weight`` are zeroed. ``mean``
+    (``means`` from :func:`compute_head_means` on the same weights loaded in TransformerLens):
+    additionally ``o_proj.bias += o_proj.weight[:, slice] @ means[l, h]``. Llama/Qwen2 ``o_proj``
+    has no bias: where the config has a flag that creates one (Llama, Qwen3 ``attention_bias``;
+    it also creates q/k/v biases, set to zero) the flag is turned on so the saved model reloads
+    exactly; otherwise (e.g. Qwen2) a bias is added in memory only, and ``out_dir`` raises,
+    because the saved config could not reload it. Returns the edited model (a copy unless
+    ``copy_model=False``); writes ``cliff_lens_ablation.json`` next to the weights.
+    """
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"mode={mode!r}: only 'zero' and 'mean' are weight edits")
+    cfg = hf_model.config
+    L = int(cfg.num_hidden_layers)
+    H = int(cfg.num_attention_heads)
+    dh = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // H)
+
+    class _Cfg:  # for validate_heads
+        n_layers, n_heads = L, H
+
+    hs = validate_heads(_Cfg, heads)
+    if mode == "mean":
+        if means is None:
+            raise ValueError("mode='mean' needs means=compute_head_means(tl_model, reference_batch)")
+        m = means.means if hasattr(means, "means") else means
+        if tuple(m.shape) != (L, H, dh):
+            raise ValueError(f"means has shape {tuple(m.shape)}; this model needs {(L, H, dh)}")
+    model = copy.deepcopy(hf_model) if copy_model else hf_model
+    layers = _hf_layers(model)
+    in_memory_bias = False
+    with torch.no_grad():
+        if mode == "mean" and getattr(_o_proj(layers[0], 0), "bias", None) is None:
+            if not _enable_o_bias(model):
+                if out_dir is not None:
+                    raise ValueError(
+                        f"{type(hf_model).__name__} has no o_proj bias and no config flag to add one, so a saved "
+                        "mean-ablated model could not reload the mean term; use mode='zero', hook-based mean "
+                        "ablation in TransformerLens, or out_dir=None for an in-memory model"
+                    )
+                in_memory_bias = True
+        for lay, h in hs:
+            o = _o_proj(layers[lay], lay)
+            sl = slice(h * dh, (h + 1) * dh)
+            if mode == "mean":
+                add = o.weight[:, sl].double() @ m[lay, h].double().to(o.weight.device)
+                if o.bias is None:
+                    o.bias = torch.nn.Parameter(
+                        torch.zeros(o.weight.shape[0], dtype=o.weight.dtype, device=o.weight.device)
+                    )
+                o.bias.add_(add.to(o.bias.dtype))
+            o.weight[:, sl] = 0
+    if in_memory_bias:
+        warnings.warn(
+            "added o_proj biases in memory only (this architecture's config cannot express them); the model works in "
+            "this process but must not be saved",
+            stacklevel=2,
+        )
+    if out_dir is not None:
+        _save_hf(model, tokenizer, Path(out_dir), {"heads": [list(h) for h in hs], "mode": mode}, overwrite)
+    return model
+
+
+def _save_hf(model: Any, tokenizer: Any, out: Path, info: dict, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True or another out_dir")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "cliff_lens_ablation.json").write_text(json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# probe scores and per-head causal effects
+# --------------------------------------------------------------------------------------------
+
+
+def positions_mask(
+    model: Any, batch: Any, positions: Any
+) -> tuple[Tensor, Tensor, Bool[Tensor, "batch pos"]]:
+    """Left-pad ``batch`` and mark ``positions`` (a span name, ``"last"``, indices...) per
+    example: returns ``(tokens, attention_mask, mask)`` with ``mask`` usable as ``positions=`` of
+    :func:`ablation_hooks` for that padded batch."""
+    return _positions_mask_exs(model, _examples(batch), positions)
+
+
+def _positions_mask_exs(model: Any, exs: list, positions: Any) -> tuple[Tensor, Tensor, Tensor]:
+    toks, att, offsets = left_pad([t for t, _ in exs], _pad_id(model), _model_device(model))
+    mask = torch.zeros(toks.shape, dtype=torch.bool)
+    for i, ((t, sp), o) in enumerate(zip(exs, offsets, strict=True)):
+        mask[i, torch.tensor(resolve_positions(positions, t.numel(), sp, index=i)) + o] = True
+    return toks, att, mask.to(toks.device)
+
+
+def _probe_parts(model: Any, probe: Any, hook: str | None) -> tuple[str, Tensor, float, bool]:
+    """(hook name, weight vector, bias, multiply-by-ln_final.w) of a probe or a direction."""
+    d_model = model.cfg.d_model
+    if isinstance(probe, Tensor):
+        w, b = probe.detach().float().reshape(-1), 0.0
+        name = hook or f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+        if w.shape[0] != d_model or float(w.norm()) == 0:
+            raise ValueError(
+                f"direction has shape {tuple(probe.shape)} but the model's d_model (size) is {d_model}; "
+                f"pass a non-zero [{d_model}] vector"
+            )
+        w = w / w.norm()
+    elif hasattr(probe, "direction"):
+        w = torch.as_tensor(probe.direction).detach().float() * float(getattr(probe, "scale", 1.0) or 1.0)
+        b = float(getattr(probe, "bias", 0.0) or 0.0)
+        name = hook or getattr(probe, "hook", None) or "final_norm_weighted"
+        if "{L}" in name:
+            layer = getattr(probe, "layer", None)
+            if layer is None:
+                raise ValueError(
+                    f"probe hook {name!r} has a {{L}} placeholder but probe.layer is None; pass hook="
+                )
+            name = name.replace("{L}", str(int(layer)))
+        if w.shape[0] != d_model:
+            raise ValueError(f"probe direction has size {w.shape[0]} but the model's d_model is {d_model}")
+    else:
+        raise TypeError(f"probe is a {type(probe).__name__}; pass a RefusalProbe or a [d_model] tensor")
+    weighted = name == "final_norm_weighted"
+    if weighted:
+        name = "ln_final.hook_normalized"
+    return name, w, b, weighted
+
+
+def probe_scores(
+    model: Any,
+    batch: Any,
+    probe: Any,
+    *,
+    positions: Any = "end_of_thinking_last",
+    score: Literal["logit", "probability"] = "logit",
+    hook: str | None = None,
+    fwd_hooks: Sequence[tuple[str, Callable]] = (),
+    batch_size: int = 8,
+) -> Float[Tensor, "n_examples"]:
+    """Probe score of every example (mean over its ``positions``), optionally under extra hooks.
+
+    ``probe``: a ``RefusalProbe`` (its ``hook``: ``"final_norm_weighted"`` = ``ln_final`` output times
+    its weight, or any hook name; logit = ``scale * acts @ direction + bias``) or a direction tensor
+    (projection of ``blocks[-1].hook_resid_post``, or ``hook``, on the unit direction).
+    ``fwd_hooks`` must not depend on the batch layout (use :func:`head_causal_effects` for masks)."""
+    exs = _examples(batch)
+    return _probe_scores_exs(
+        model, exs, probe, positions, score, hook, lambda _c: list(fwd_hooks), batch_size
+    )
+
+
+def _probe_scores_exs(
+    model: Any,
+    exs: list,
+    probe: Any,
+    positions: Any,
+    score: str,
+    hook: str | None,
+    hooks_for: Callable[[list], list],
+    batch_size: int,
+) -> Tensor:
+    if score not in ("logit", "probability"):
+        raise ValueError(f"score={score!r}; use 'logit' or 'probability'")
+    name, w, b, weighted = _probe_parts(model, probe, hook)
+    gamma = model.ln_final.w.detach().float() if weighted and hasattr(model.ln_final, "w") else None
+    stop = None
+    if name.startswith("blocks."):
+        stop = int(name.split(".")[1]) + 1
+        stop = None if stop >= model.cfg.n_layers else stop
+    pos_lists = [resolve_positions(positions, t.numel(), sp, index=i) for i, (t, sp) in enumerate(exs)]
+    out = []
+    dev = _model_device(model)
+    for b0 in range(0, len(exs), batch_size):
+        chunk = exs[b0 : b0 + batch_size]
+        toks, att, offsets = left_pad([t for t, _ in chunk], _pad_id(model), dev)
+        wts = torch.zeros(toks.shape, dtype=torch.float32)
+        for i, (p, o) in enumerate(zip(pos_lists[b0 : b0 + batch_size], offsets, strict=True)):
+            wts[i, torch.tensor(p) + o] = 1.0 / len(p)
+        res: dict[str, Tensor] = {}
+
+        def read(acts: Tensor, hook: Any, _w: Tensor = wts, res: dict = res) -> None:
+            a = acts.float()
+            if gamma is not None:
+                a = a * gamma.to(a.device)
+            lg = a @ w.to(a.device) + b  # [B, T]
+            val = torch.sigmoid(lg) if score == "probability" else lg
+            res["s"] = (val * _w.to(a.device)).sum(1).cpu()
+
+        if name not in model.hook_dict:
+            raise ValueError(
+                f"probe hook {name!r} is not a hook of this model; pass hook='blocks.L.hook_resid_post'"
+            )
+        with torch.no_grad():
+            model.run_with_hooks(
+                toks,
+                attention_mask=att,
+                stop_at_layer=stop,
+                fwd_hooks=list(hooks_for(chunk)) + [(name, read)],
+            )
+        out.append(res["s"])
+    return torch.cat(out)
+
+
+@dataclass
+class CausalEffects:
+    """Per-head causal effect on the probe score.
+
+    ``effect[i]`` = mean over examples of (score with head ``heads[i]`` ablated - baseline score):
+    positive means removing the head *raises* the refusal score (a suppression head).
+    ``contribution = -effect`` has the sign convention of :func:`cliff_lens.heads.head_attributions`
+    (negative = the head lowers refusal). ``grid``: ``[n_layers, n_heads]`` effects, NaN where a
+    head was not tested."""
+
+    heads: list[tuple[int, int]]
+    effect: Float[Tensor, "n_tested"]
+    per_example: Float[Tensor, "n_tested n_examples"]
+    baseline: Float[Tensor, "n_examples"]
+    grid: Float[Tensor, "n_layers n_heads"]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def contribution(self) -> Float[Tensor, "n_tested"]:
+        """``-effect``: the score the head adds (attribution sign convention)."""
+        return -self.effect
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {
+            "heads": [list(h) for h in self.heads],
+            "effect": self.effect.tolist(),
+            "baseline_mean": float(self.baseline.mean()),
+            "grid": [[None if v != v else v for v in row] for row in self.grid.tolist()],
+            "meta": self.meta,
+        }
+
+
+def head_causal_effects(
+    model: Any,
+    batch: Any,
+    probe_or_direction: Any,
+    *,
+    heads: Sequence[tuple[int, int]] | None = None,
+    mode: AblationMode = "mean",
+    means: Any = None,
+    positions: Any = "end_of_thinking_last",
+    ablate_positions: Any = None,
+    score: Literal["logit", "probability"] = "logit",
+    hook: str | None = None,
+    batch_size: int = 8,
+) -> CausalEffects:
+    """Change of the probe score at ``positions`` when each head alone is ablated.
+
+    One forward pass per head (batched over examples) plus one baseline pass. ``heads``: the
+    candidates (default all heads; for big models pass e.g. ``suppression_heads(scores, 10)``).
+    ``ablate_positions``: where the head is ablated (``None`` = every position, as in the paper;
+    or a span name / ``"last"`` / indices per example). The total effect includes every
+    downstream path (other heads reading the head, MLPs, self-repair), unlike the direct write."""
+    exs = _examples(batch)
+    cand = (
+        [(i, j) for i in range(model.cfg.n_layers) for j in range(model.cfg.n_heads)]
+        if heads is None
+        else validate_heads(model, heads)
+    )
+    if mode == "mean":
+        _means_tensor(model, means)
+
+    def masks_for(hl: list) -> Callable[[list], list]:
+        if ablate_positions is None:
+            return lambda chunk: ablation_hooks(model, hl, mode, means)
+        return lambda chunk: ablation_hooks(
+            model, hl, mode, means, _positions_mask_exs(model, chunk, ablate_positions)[2]
+        )
+
+    base = _probe_scores_exs(
+        model, exs, probe_or_direction, positions, score, hook, lambda _c: [], batch_size
+    )
+    per = torch.zeros((len(cand), len(exs)))
+    for k, hd in enumerate(cand):
+        s = _probe_scores_exs(
+            model, exs, probe_or_direction, positions, score, hook, masks_for([hd]), batch_size
+        )
+        per[k] = s - base
+    grid = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+    eff = per.mean(1)
+    for (lay, h), e in zip(cand, eff, strict=True):
+        grid[lay, h] = e
+    meta = {
+        "mode": mode,
+        "score": score,
+        "positions": str(positions),
+        "ablate_positions": str(ablate_positions),
+    }
+    return CausalEffects(list(cand), eff, per, base, grid, meta)
+
+
+def attribution_vs_causal(attr: Float[Tensor, "n_layers n_heads"], causal: CausalEffects | Tensor) -> dict:
+    """Rank agreement of direct attribution with causal effect over the tested heads.
+
+    Compares ``attr[l, h]`` with the causal *contribution* (``-effect``: same sign convention), so
+    ``spearman`` near +1 means the direct write explains the total effect; low values point to
+    indirect paths or self-repair. ``causal`` may be a ``[n_layers, n_heads]`` grid of effects
+    (NaN = untested). Returns ``{"spearman", "pearson", "n"}``."""
+    from scipy.stats import pearsonr, spearmanr
+
+    grid = causal.grid if isinstance(causal, CausalEffects) else causal
+    if not isinstance(attr, Tensor) or attr.shape != grid.shape:
+        raise ValueError(
+            f"attr has shape {tuple(getattr(attr, 'shape', ()))} but the causal grid has {tuple(grid.shape)}; "
+            "pass head_attributions(...) of the same model"
+        )
+    ok = ~torch.isnan(grid)
+    a = attr.detach().float().cpu()[ok].numpy()
+    c = (-grid.float().cpu())[ok].numpy()
+    if a.size < 3:
+        raise ValueError(f"only {a.size} heads tested; need at least 3 for a rank correlation")
+    return {
+        "spearman": float(spearmanr(a, c).statistic),
+        "pearson": float(pearsonr(a, c).statistic),
+        "n": int(a.size),
+    }

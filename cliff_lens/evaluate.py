@@ -1,0 +1,295 @@
+"""Attack success rate (ASR) with and without head ablation.
+
+For each *setting* (baseline, top-k% suppression heads, random-k% heads with several seeds,
+or any named head list) the model generates answers to the harmful and to the harmless prompts
+with the heads ablated at every position (hooks fire on every generation step), a judge labels
+the ANSWER only, and the setting is summarised:
+
+``asr``
+    attack successes / harmful prompts, where an attack success is a harmful prompt whose
+    thinking closed and whose answer the judge does not call a refusal. A rollout whose thinking
+    never closed has no answer: it is not a success, and the fraction is reported as
+    ``harmful_unclosed``.
+``over_refusal``
+    refused answers / harmless prompts (unclosed ones counted in ``harmless_unclosed``). Harmful
+    and harmless prompts are never mixed into one rate.
+``refusal_score_end``
+    with ``probe=``: the mean probe probability at the last end-of-thinking token of the harmful
+    rollouts (closed ones), computed under the same ablation.
+
+Random-k% settings draw ``n_top_heads(n_layers * n_heads, k)`` heads uniformly without
+replacement (``torch.randperm`` with the seed); a ``random_summary`` row per k gives mean,
+standard deviation (population, ``ddof=0``), min and max over the seeds.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .ablation import AblationMode, ablation_hooks, probe_scores
+from .heads import n_top_heads, suppression_heads, validate_heads
+
+__all__ = ["attack_success", "random_heads", "settings_for", "save_ablation_results", "summarize_random"]
+
+
+def random_heads(n_layers: int, n_heads: int, top_percent: float, seed: int) -> list[tuple[int, int]]:
+    """``n_top_heads(n_layers * n_heads, top_percent)`` heads drawn uniformly without replacement
+    with ``torch.Generator().manual_seed(seed)``, sorted by (layer, head)."""
+    k = n_top_heads(n_layers * n_heads, top_percent)
+    g = torch.Generator().manual_seed(int(seed))
+    flat = torch.randperm(n_layers * n_heads, generator=g)[:k]
+    return sorted((int(i) // n_heads, int(i) % n_heads) for i in flat)
+
+
+def settings_for(
+    model: Any,
+    *,
+    scores: Float[Tensor, "n_layers n_heads"] | None = None,
+    heads_by_setting: dict[str, Sequence[tuple[int, int]]] | None = None,
+    top_percents: Sequence[float] = (1, 3, 10),
+    random_seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    baseline: bool = True,
+) -> list[dict]:
+    """The list of settings :func:`attack_success` runs: ``{"setting", "kind", "heads",
+    "top_percent", "seed"}``. Top-k% settings need ``scores`` (from ``head_attributions``)."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    out: list[dict] = []
+    if baseline:
+        out.append(
+            {"setting": "baseline", "kind": "baseline", "heads": [], "top_percent": None, "seed": None}
+        )
+    for name, hs in (heads_by_setting or {}).items():
+        out.append(
+            {
+                "setting": name,
+                "kind": "custom",
+                "heads": validate_heads(model, hs),
+                "top_percent": None,
+                "seed": None,
+            }
+        )
+    if scores is not None:
+        if tuple(scores.shape) != (L, H):
+            raise ValueError(
+                f"scores has shape {tuple(scores.shape)}; this model needs {(L, H)} (head_attributions)"
+            )
+        for k in top_percents:
+            hs = [(lay, h) for lay, h, _ in suppression_heads(scores, k)]
+            out.append({"setting": f"top-{k:g}%", "kind": "top", "heads": hs, "top_percent": k, "seed": None})
+    for k in top_percents:
+        n_top_heads(L * H, k)
+        for s in random_seeds:
+            out.append(
+                {
+                    "setting": f"random-{k:g}% seed {s}",
+                    "kind": "random",
+                    "heads": random_heads(L, H, k, s),
+                    "top_percent": k,
+                    "seed": int(s),
+                }
+            )
+    return out
+
+
+def _texts(prompts: Sequence[Any], what: str) -> list[str]:
+    out = []
+    for i, p in enumerate(prompts):
+        t = p if isinstance(p, str) else getattr(p, "text", None) or getattr(p, "prompt", None)
+        if not isinstance(t, str) or not t:
+            raise ValueError(f"{what}[{i}] is {p!r}; pass prompt strings or Prompt objects with .text")
+        out.append(t)
+    return out
+
+
+def _call_generate(gen: Callable, model: Any, prompts: list[str], hooks: list, kwargs: dict) -> list:
+    try:
+        params = inspect.signature(gen).parameters
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            kwargs = {k: v for k, v in kwargs.items() if k in params}
+    except (TypeError, ValueError):
+        pass
+    rollouts = list(gen(model, prompts, hooks=hooks, **kwargs))
+    if len(rollouts) != len(prompts):
+        raise RuntimeError(f"generate returned {len(rollouts)} rollouts for {len(prompts)} prompts")
+    return rollouts
+
+
+def _judge(judge: Any, answers: list[str]) -> list[bool]:
+    if not answers:
+        return []
+    if hasattr(judge, "judge_many"):
+        js = judge.judge_many(answers)
+    else:
+        js = [judge.judge(a) for a in answers]
+    return [bool(j.refused if hasattr(j, "refused") else j) for j in js]
+
+
+def _closed(r: Any) -> bool:
+    return bool(getattr(r, "thinking_closed", True)) and getattr(r, "answer", None) is not None
+
+
+def _default_tokenize(model: Any) -> Callable[[str, str], Any]:
+    from .templates import get_template
+
+    tpl = get_template(getattr(model, "cliff_template", None), tokenizer=model.tokenizer)
+    return lambda prompt, thinking: tpl.tokenize(model.tokenizer, prompt, thinking, "")
+
+
+def attack_success(
+    model: Any,
+    harmful_prompts: Sequence[Any],
+    harmless_prompts: Sequence[Any] = (),
+    *,
+    scores: Float[Tensor, "n_layers n_heads"] | None = None,
+    heads_by_setting: dict[str, Sequence[tuple[int, int]]] | None = None,
+    top_percents: Sequence[float] = (1, 3, 10),
+    random_seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    mode: AblationMode = "mean",
+    means: Any = None,
+    judge: Any = None,
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+    seed: int = 0,
+    probe: Any = None,
+    baseline: bool = True,
+    generate_fn: Callable | None = None,
+    tokenize_fn: Callable[[str, str], Any] | None = None,
+    progress: bool = False,
+    **generate_kwargs: Any,
+) -> list[dict]:
+    """Generate, judge and summarise every setting; returns one dict per setting plus one
+    ``random_summary`` dict per random k.
+
+    Args:
+        model: a ``HookedTransformer`` with a tokenizer.
+        harmful_prompts / harmless_prompts: strings or ``Prompt`` objects; kept apart.
+        scores: ``[n_layers, n_heads]`` head scores (``head_attributions``) for the top-k% settings.
+        heads_by_setting: extra named head lists (``{"paper heads": [(l, h), ...]}``).
+        top_percents / random_seeds: the k values and the random-head seeds.
+        mode / means: the ablation (``"mean"`` needs ``means=compute_head_means(...)``).
+        judge: anything with ``judge_many(answers)`` or ``judge(answer)`` returning objects with
+            ``.refused`` (default ``cliff_lens.judges.KeywordJudge()``).
+        max_new_tokens / batch_size / seed / **generate_kwargs: passed to the generator
+            (default ``cliff_lens.rollout.generate_rollouts(model, prompts, hooks=..., ...)``);
+            the same sampling seed is used in every setting.
+        probe: a ``RefusalProbe`` for ``refusal_score_end`` (needs ``tokenize_fn`` or the model's
+            template: ``tokenize_fn(prompt, thinking) -> TokenizedRollout``).
+    """
+    harm = _texts(harmful_prompts, "harmful_prompts")
+    benign = _texts(harmless_prompts, "harmless_prompts")
+    if not harm:
+        raise ValueError("harmful_prompts is empty; ASR needs at least one harmful prompt")
+    if generate_fn is None:
+        from .rollout import generate_rollouts as generate_fn
+    if judge is None:
+        from .judges import KeywordJudge
+
+        judge = KeywordJudge()
+    if probe is not None and tokenize_fn is None:
+        tokenize_fn = _default_tokenize(model)
+    settings = settings_for(
+        model,
+        scores=scores,
+        heads_by_setting=heads_by_setting,
+        top_percents=top_percents,
+        random_seeds=random_seeds,
+        baseline=baseline,
+    )
+    if mode == "mean" and any(s["heads"] for s in settings) and means is None:
+        raise ValueError(
+            "mode='mean' needs means=compute_head_means(model, reference_batch); or use mode='zero'"
+        )
+    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, **generate_kwargs)
+    rows = []
+    for i, st in enumerate(settings):
+        if progress:
+            print(
+                f"[attack_success] {i + 1}/{len(settings)} {st['setting']} ({len(st['heads'])} heads)",
+                flush=True,
+            )
+        hooks = ablation_hooks(model, st["heads"], mode, means) if st["heads"] else []
+        row = dict(
+            st,
+            heads=[list(h) for h in st["heads"]],
+            n_heads=len(st["heads"]),
+            mode=mode if st["heads"] else None,
+        )
+        harm_r = _call_generate(generate_fn, model, harm, hooks, kw)
+        closed = [r for r in harm_r if _closed(r)]
+        refused = _judge(judge, [r.answer for r in closed])
+        n_success = sum(not x for x in refused)
+        row.update(
+            n_harmful=len(harm),
+            n_attack_success=n_success,
+            asr=n_success / len(harm),
+            harmful_unclosed=(len(harm) - len(closed)) / len(harm),
+        )
+        if benign:
+            ben_r = _call_generate(generate_fn, model, benign, hooks, kw)
+            bclosed = [r for r in ben_r if _closed(r)]
+            brefused = _judge(judge, [r.answer for r in bclosed])
+            row.update(
+                n_harmless=len(benign),
+                over_refusal=sum(brefused) / len(benign),
+                harmless_unclosed=(len(benign) - len(bclosed)) / len(benign),
+            )
+        else:
+            row.update(n_harmless=0, over_refusal=None, harmless_unclosed=None)
+        row["refusal_score_end"] = None
+        if probe is not None:
+            recs = [tokenize_fn(p, r.thinking or "") for p, r in zip(harm, harm_r, strict=True) if _closed(r)]
+            if recs:
+                s = probe_scores(
+                    model,
+                    recs,
+                    probe,
+                    positions="end_of_thinking_last",
+                    score="probability",
+                    fwd_hooks=hooks,
+                    batch_size=batch_size,
+                )
+                row["refusal_score_end"] = float(s.mean())
+        rows.append(row)
+    return rows + summarize_random(rows)
+
+
+def _stats(vals: list[float]) -> dict:
+    if not vals:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    m = sum(vals) / len(vals)
+    return {
+        "mean": m,
+        "std": math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals)),
+        "min": min(vals),
+        "max": max(vals),
+    }
+
+
+def summarize_random(rows: list[dict]) -> list[dict]:
+    """One ``random_summary`` row per random k: mean/std/min/max of ``asr``, ``over_refusal`` and
+    ``refusal_score_end`` over the seeds."""
+    out = []
+    ks = sorted({r["top_percent"] for r in rows if r.get("kind") == "random"})
+    for k in ks:
+        rs = [r for r in rows if r.get("kind") == "random" and r["top_percent"] == k]
+        row = {"setting": f"random-{k:g}% ({len(rs)} seeds)", "kind": "random_summary", "top_percent": k}
+        row["seeds"] = [r["seed"] for r in rs]
+        for key in ("asr", "over_refusal", "refusal_score_end", "harmful_unclosed"):
+            st = _stats([r[key] for r in rs if r.get(key) is not None])
+            row.update({f"{key}_{s}": v for s, v in st.items()})
+        out.append(row)
+    return out
+
+
+def save_ablation_results(path: Any, rows: list[dict], meta: dict | None = None) -> Any:
+    """Write the run directory's ``ablation.json`` (``{"meta": ..., "settings": rows}``) atomically."""
+    from .io import atomic_write_json
+
+    return atomic_write_json(path, {"meta": meta or {}, "settings": rows})
