@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from cliff_lens.io import append_jsonl, iter_jsonl, write_jsonl
+from cliff_lens.io import append_jsonl, iter_jsonl, iter_jsonl_numbered, write_jsonl
 
 __all__ = [
     "Rollout",
@@ -167,11 +167,11 @@ def read_rollouts(
     A malformed line (bad JSON, or a record without ``prompt``) raises an error naming
     ``path:line``, or is skipped with a warning when ``on_error="skip"``.
     """
-    for i, d in enumerate(iter_jsonl(path, on_error=on_error), start=1):
+    for i, d in iter_jsonl_numbered(path, on_error=on_error):
         try:
             yield Rollout.from_dict(d)
         except (TypeError, ValueError) as e:
-            msg = f"{path}: record {i}: not a rollout ({e}); fix the record or pass on_error='skip'"
+            msg = f"{path}:{i}: not a rollout ({e}); fix the record or pass on_error='skip'"
             if on_error == "skip":
                 warnings.warn(msg, stacklevel=2)
                 continue

@@ -228,6 +228,17 @@ class _Run:
         atomic_write_json(self.path("run.json"), self.state)
 
 
+def _read_json(path: Path) -> dict:
+    """Read a run-directory JSON file; a corrupt one raises :class:`RunDirError` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(
+            f"{path} is corrupt ({e}); re-run the stage that writes it (`cliff-lens <stage> DIR --force`) "
+            "or delete the run directory"
+        ) from None
+
+
 def _load_state(cfg: RunConfig) -> dict:
     path = cfg.out / "run.json"
     if not path.exists():
@@ -304,7 +315,7 @@ def run_stage(out: Path, stage: str, *, force: bool = True) -> dict:
         raise RunDirError(
             f"{out} is not a run directory (no run.json); start one with `cliff-lens run --out {out}`"
         )
-    cfg = RunConfig.from_json(json.loads(path.read_text(encoding="utf-8"))["config"])
+    cfg = RunConfig.from_json(_read_json(path)["config"])
     cfg.out = Path(out)
     r = _Run(cfg, _load_state(cfg))
     _run_one(r, stage, force=force)
@@ -357,13 +368,12 @@ def _load_set(spec: str, n: int | None, *, harmful: bool, seed: int) -> list:
 
 # -- stages ----------------------------------------------------------------------------------
 def _stage_rollouts(run: _Run) -> None:
+    from .data import write_rollouts
     from .rollout import generate_rollouts, import_rollouts
 
     path = run.path("rollouts.jsonl")
     cfg = run.cfg
     if cfg.rollouts:
-        from .data import write_rollouts
-
         rs = import_rollouts(cfg.rollouts, template=cfg.template or "generic")
         write_rollouts(path, rs)
         return
@@ -371,7 +381,7 @@ def _stage_rollouts(run: _Run) -> None:
     prompts = _load_set(cfg.harmful, cfg.n_harmful, harmful=True, seed=cfg.seed) + _load_set(
         cfg.harmless, cfg.n_harmless, harmful=False, seed=cfg.seed
     )
-    generate_rollouts(
+    rs = generate_rollouts(
         model,
         prompts,
         max_new_tokens=cfg.max_new_tokens,
@@ -380,6 +390,8 @@ def _stage_rollouts(run: _Run) -> None:
         out=path,
         template=cfg.template,
     )
+    # the file doubles as the resume log; afterwards it holds exactly this configuration's rollouts
+    write_rollouts(path, rs)
 
 
 def _read_rollouts(run: _Run) -> list:
@@ -548,25 +560,19 @@ def _stage_heads(run: _Run) -> None:
             "head attribution needs harmful rollouts and harmless ones (for the ablation means)"
         )
     variant = _head_variant(run, probe)
-    scores = head_attributions(
+    # one pass: per-rollout scores, averaged over all harmful rollouts and over the complied ones
+    per = head_attributions(
         model,
         _tokenized(run, harmful),
         probe,
         positions="end_of_thinking",
         variant=variant,
         batch_size=run.cfg.batch_size,
+        per_example=True,
     )
-    complied = [r for r in harmful if r.refused is False]
-    extra = {}
-    if complied:
-        extra["scores_complied"] = head_attributions(
-            model,
-            _tokenized(run, complied),
-            probe,
-            positions="end_of_thinking",
-            variant=variant,
-            batch_size=run.cfg.batch_size,
-        ).tolist()
+    scores = per.mean(0)
+    complied = [i for i, r in enumerate(harmful) if r.refused is False]
+    extra = {"scores_complied": per[complied].mean(0).tolist()} if complied else {}
     ranking = rank_heads(
         scores, run.cfg.top_percent, variant=variant, n_rollouts=len(harmful), positions="end_of_thinking"
     )
@@ -590,7 +596,7 @@ def _stage_ablation(run: _Run) -> None:
     cfg = run.cfg
     model = run.get_model()
     probe = _load_probe(run)
-    heads = json.loads(run.path("heads.json").read_text(encoding="utf-8"))
+    heads = _read_json(run.path("heads.json"))
     scores = torch.tensor(heads["scores"], dtype=torch.float32)
     rs = _labelled(run)
     n = cfg.n_ablation
@@ -693,11 +699,11 @@ def _mean(xs: list[float]) -> float | None:
 def _write_results(run: _Run) -> dict:
     cfg = run.cfg
     res: dict[str, Any] = {"format": "cliff_lens.results", "version": 1, "run_dir": str(cfg.out)}
-    res["model"] = {"source": cfg.model}
-    if run.model is not None:
-        res["model"].update(
-            n_layers=run.model.cfg.n_layers, n_heads=run.model.cfg.n_heads, d_model=run.model.cfg.d_model
-        )
+    if run.model is not None:  # remember the shape so that later, model-free resumes report it too
+        c = run.model.cfg
+        run.state["model"] = {"n_layers": c.n_layers, "n_heads": c.n_heads, "d_model": c.d_model}
+        run.save_state()
+    res["model"] = {"source": cfg.model, **run.state.get("model", {})}
     res["data"] = {"harmful": cfg.harmful, "harmless": cfg.harmless, "imported_rollouts": cfg.rollouts}
     if run.path("labels.jsonl").exists():
         labels = list(iter_jsonl(run.path("labels.jsonl")))
@@ -712,7 +718,7 @@ def _write_results(run: _Run) -> dict:
             unclosed_thinking=sum(1 for d in labels if not d["thinking_closed"]),
         )
     if run.path("probe.json").exists():
-        pj = json.loads(run.path("probe.json").read_text(encoding="utf-8"))
+        pj = _read_json(run.path("probe.json"))
         m = pj.get("metrics", {})
         val = m.get("val", m)
         layer = pj.get("layer")
@@ -744,7 +750,7 @@ def _write_results(run: _Run) -> dict:
             cliff[g] = block([d for d in rows if d.get("group") == g])
         res["cliff"] = cliff
     if run.path("heads.json").exists():
-        hj = json.loads(run.path("heads.json").read_text(encoding="utf-8"))
+        hj = _read_json(run.path("heads.json"))
         sc = hj["scores"]
         res["heads"] = {
             "variant": hj.get("meta", {}).get("variant"),
@@ -756,7 +762,7 @@ def _write_results(run: _Run) -> dict:
         res["model"].setdefault("n_layers", len(sc))
         res["model"].setdefault("n_heads", len(sc[0]))
     if run.path("ablation.json").exists():
-        aj = json.loads(run.path("ablation.json").read_text(encoding="utf-8"))
+        aj = _read_json(run.path("ablation.json"))
         res["ablation"] = [
             {
                 "setting": r["setting"],
@@ -770,7 +776,7 @@ def _write_results(run: _Run) -> dict:
         ]
         res["ablation_random_summary"] = [r for r in aj["settings"] if r.get("kind") == "random_summary"]
     if run.path("selection.json").exists():
-        sj = json.loads(run.path("selection.json").read_text(encoding="utf-8"))
+        sj = _read_json(run.path("selection.json"))
         res["selection"] = {"summary": {k: v for k, v in sj.items() if k != "selected_ids"}}
     res["timings"] = {
         s: v.get("seconds") for s, v in run.state.get("stages", {}).items() if v.get("finished")

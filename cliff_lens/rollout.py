@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from cliff_lens.data import Prompt, Rollout, append_rollouts, read_rollouts, write_rollouts
-from cliff_lens.io import iter_jsonl
+from cliff_lens.io import iter_jsonl_numbered
 
 __all__ = ["generate_rollouts", "import_rollouts", "rollout_id", "sample_next_token"]
 
@@ -359,13 +359,13 @@ def import_rollouts(
     tmpl = get_template(template)
     path = Path(path)
     rollouts: list[Rollout] = []
-    for lineno, rec in enumerate(iter_jsonl(path, on_error=on_error), start=1):
+    for lineno, rec in iter_jsonl_numbered(path, on_error=on_error):
         try:
             r = _import_one(
                 rec, tmpl, prompt_key, output_key, thinking_key, source or path.stem, harmful, lineno
             )
         except ValueError as e:
-            msg = f"{path}: record {lineno}: {e}"
+            msg = f"{path}: line {lineno}: {e}"
             if on_error == "skip":
                 warnings.warn(msg, stacklevel=2)
                 continue
@@ -375,6 +375,12 @@ def import_rollouts(
         rollouts.append(r)
     if not rollouts:
         raise ValueError(f"{path}: no rollouts imported (empty file?)")
+    if not any(r.thinking_closed for r in rollouts):
+        warnings.warn(
+            f"{path}: no output contains {tmpl.think_close!r}, so no thinking was closed; the rollouts "
+            f"probably use another template than {tmpl.name!r} (pass template=...; see list_templates())",
+            stacklevel=2,
+        )
     if out is not None:
         write_rollouts(out, rollouts)
     return rollouts

@@ -177,11 +177,6 @@ def test_missing_jsonl_file_names_the_path(tmp_path):
         list(iter_jsonl(tmp_path / "nope.jsonl"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rollout.import_rollouts numbers records, not file lines: blank or skipped lines shift "
-    "'record N' and meta['imported_from_line'] (use cliff_lens.io.iter_jsonl_numbered)",
-)
 def test_import_error_names_the_file_line(tmp_path):
     from cliff_lens.rollout import import_rollouts
 
@@ -230,11 +225,6 @@ def test_wrong_template_markers_are_flagged_unclosed(tmp_path):
         pipeline.run(_cfg(tmp_path, rollouts=str(p)), stages=("rollouts", "labels", "probe"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rollout.import_rollouts does not warn when no output holds the template's "
-    "end-of-thinking marker (a wrong --template); the probe later fails with a generic message",
-)
 def test_wrong_template_warns_at_import(tmp_path):
     from cliff_lens.rollout import import_rollouts
 
@@ -263,22 +253,12 @@ def test_corrupt_run_json_is_refused_on_run(tmp_path):
         pipeline.run(cfg)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.run_stage parses run.json with a bare json.loads: a corrupt file gives a "
-    "JSONDecodeError without the path (pipeline.py, run_stage)",
-)
 def test_corrupt_run_json_is_refused_on_run_stage(tmp_path):
     (tmp_path / "run.json").write_text('{"config": {"model": ')
     with pytest.raises(pipeline.RunDirError, match=r"run\.json"):
         pipeline.run_stage(tmp_path, "heads")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline._stage_rollouts (generating) appends to an existing rollouts.jsonl and never "
-    "drops rollouts of an earlier config: a re-run with fewer prompts keeps the old ones",
-)
 def test_changed_prompt_count_does_not_keep_stale_rollouts(tmp_path, patched):
     h, b = tmp_path / "h.jsonl", tmp_path / "b.jsonl"
     write_jsonl(h, [{"prompt": f"how to hack w{i}"} for i in range(4)])
@@ -319,11 +299,6 @@ def test_truncated_cliff_jsonl_names_the_line(full_run, patched):
         (cfg.out / "run.json").write_bytes(state)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline._stage_ablation (and _write_results) read heads.json with a bare json.loads: "
-    "a truncated file gives a JSONDecodeError that does not name the file",
-)
 def test_truncated_heads_json_names_the_file(full_run, patched):
     cfg, _ = full_run
     p = cfg.out / "heads.json"
@@ -357,11 +332,6 @@ def test_truncated_trajectories_and_head_means(full_run, tmp_path):
         load_head_means(hm)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline._write_results adds model.d_model and probe.layer only when this process "
-    "loaded the model, so a resumed/skipped run writes a different results.json",
-)
 def test_results_do_not_depend_on_the_model_being_loaded(full_run, monkeypatch):
     cfg, res = full_run
     monkeypatch.setattr(pipeline._Run, "get_model", lambda self: pytest.fail("nothing should load"))

@@ -173,11 +173,9 @@ def generating_config(model_dir: Path, tmp: Path, out: Path, n: int = 8) -> dict
     return cfg.to_json()
 
 
-# Known pipeline defect (xfail in test_bad_inputs.py::test_results_do_not_depend_on_the_model_being_loaded):
-# results.json gets model.d_model and probe.layer only when the last process loaded the model,
-# so a resume whose remaining stages do not need the model drops them. Masked here so that the
-# kill test checks everything else; delete the mask once the pipeline records the model shape.
-MASK_MODEL_LOADED_FIELDS = True
+# The pipeline records the model's shape in run.json, so nothing needs masking (set True to
+# compare without model.d_model / probe.layer when debugging an older run directory).
+MASK_MODEL_LOADED_FIELDS = False
 
 
 def normalised_results(out: Path, *, mask: bool = MASK_MODEL_LOADED_FIELDS) -> dict:
