@@ -1,0 +1,389 @@
+"""Reproducible LoRA build of the cliff organism (SmolLM2-135M-Instruct + a small adapter).
+
+``python -m cliff_lens.organism build --out DIR`` synthesises the training data from the
+package's own prompt sets (:mod:`cliff_lens.organism.synth`), fine-tunes a peft LoRA adapter on
+the HF model with a plain torch loop (loss on the assistant tokens only: thinking, end of
+thinking, answer, EOS), checkpoints after every epoch (resumable) and writes
+``DIR/adapter/`` (``adapter_config.json`` + ``adapter_model.safetensors``, fp16),
+``DIR/train.jsonl`` (the synthesised data) and ``DIR/train_log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from ..io import append_jsonl, atomic_save_safetensors, atomic_write_json, iter_jsonl, write_jsonl
+from .synth import Example, load_package_prompts, synthesize
+
+__all__ = ["BuildConfig", "build", "render_for_training", "load_base_hf", "export_adapter_dir"]
+
+
+@dataclass
+class BuildConfig:
+    """Training configuration of the organism (every field is recorded in ``DIR/build_config.json``)."""
+
+    epochs: int = 3
+    seed: int = 0
+    lr: float = 1.5e-3
+    batch_size: int = 8
+    warmup_steps: int = 8
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    first_layer: int = 18  # LoRA on layers first_layer..n_layers-1; earlier layers are frozen and cached
+    harmful_rounds: int = 1
+    harmless_rounds: int = 1
+    near_miss_rounds: int = 1
+    max_harmful: int | None = 90
+    max_harmless: int | None = 35
+    max_near_miss: int | None = 35
+    max_len: int = 320
+    threads: int = 2
+    extra: dict = field(default_factory=dict)
+
+
+def load_base_hf(dtype: torch.dtype = torch.float32):
+    """The base SmolLM2-135M-Instruct from the offline zoo as ``(model, tokenizer)``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..zoo import smollm2_hf_dir
+
+    path = smollm2_hf_dir()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    return model, tok
+
+
+def _prefix_and_full(tokenizer, prompt: str, thinking: str, answer: str) -> tuple[str, str]:
+    """(generation prompt, full rollout text + EOS) in the organism's "generic" template."""
+    from ..templates import get_template
+
+    tpl = get_template("generic", tokenizer=tokenizer)
+    gen = tpl.generation_prompt(prompt, tokenizer)
+    full, _ = tpl.render(prompt, thinking, answer, tokenizer)
+    eos = tokenizer.eos_token or ""
+    if eos and not full.endswith(eos):
+        full = full + eos
+    if not full.startswith(gen):
+        raise ValueError(
+            "the generic template's full rendering does not start with its generation prompt; "
+            "the organism's training format would not match generation"
+        )
+    return gen, full
+
+
+def render_for_training(
+    tokenizer, ex: Example, max_len: int
+) -> tuple[Int[Tensor, "pos"], Int[Tensor, "pos"]]:
+    """Token ids of one example and its labels (-100 on the prompt part: loss on assistant tokens only)."""
+    chat, full = _prefix_and_full(tokenizer, ex.prompt, ex.thinking, ex.answer)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = torch.tensor(enc["input_ids"], dtype=torch.long)
+    starts = torch.tensor([s for s, _ in enc["offset_mapping"]])
+    labels = ids.clone()
+    labels[starts < len(chat)] = -100
+    if len(ids) > max_len:
+        raise ValueError(
+            f"example {ex.pair_id} ({ex.kind}) has {len(ids)} tokens > max_len={max_len}; raise max_len"
+        )
+    return ids, labels
+
+
+def _collate(batch: list[tuple[Tensor, Tensor]], pad_id: int) -> dict[str, Tensor]:
+    n = max(len(i) for i, _ in batch)
+    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for b, (i, lab) in enumerate(batch):
+        ids[b, : len(i)] = i
+        labels[b, : len(i)] = lab
+        mask[b, : len(i)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _inner(model):
+    """(LlamaModel, lm_head) under a peft wrapper or a plain causal LM."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return lm.model, lm.lm_head
+
+
+def _run_layers(inner, h: Tensor, layers) -> Tensor:
+    pos = torch.arange(h.shape[1]).unsqueeze(0)
+    pe = inner.rotary_emb(h, position_ids=pos)
+    for layer in layers:  # right padding + causal attention: real tokens never see the pads
+        h = layer(h, attention_mask=None, position_embeddings=pe, position_ids=pos)
+        h = h[0] if isinstance(h, tuple) else h
+    return h
+
+
+@torch.no_grad()
+def _cache_early(
+    model, encoded: list[tuple[Tensor, Tensor]], first_layer: int, chunk: int = 16
+) -> list[Tensor]:
+    """Residual stream at the input of ``first_layer`` for every example (frozen layers run once)."""
+    from tqdm.auto import tqdm
+
+    inner, _ = _inner(model)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    out: list[Tensor | None] = [None] * len(encoded)
+    for s in tqdm(
+        range(0, len(order), chunk), desc=f"caching layers 0-{first_layer - 1}", dynamic_ncols=True
+    ):
+        idx = order[s : s + chunk]
+        batch = _collate([encoded[i] for i in idx], 0)
+        h = _run_layers(inner, inner.embed_tokens(batch["input_ids"]), inner.layers[:first_layer])
+        for b, i in enumerate(idx):
+            out[i] = h[b, : len(encoded[i][0])].clone()
+    return out  # type: ignore[return-value]
+
+
+def _late_loss(model, hidden: list[Tensor], labels: Int[Tensor, "batch pos"], first_layer: int) -> Tensor:
+    """Mean next-token loss on labelled positions, running only layers ``first_layer..`` (LoRA'd)."""
+    inner, head = _inner(model)
+    n = labels.shape[1]
+    h = torch.zeros(len(hidden), n, hidden[0].shape[-1])
+    for b, x in enumerate(hidden):
+        h[b, : len(x)] = x
+    h = inner.norm(_run_layers(inner, h, inner.layers[first_layer:]))
+    tgt = labels[:, 1:]
+    sel = tgt != -100
+    logits = head(h[:, :-1][sel])
+    return torch.nn.functional.cross_entropy(logits, tgt[sel])
+
+
+def _batches(n: int, batch_size: int, seed: int, lengths: list[int]) -> list[list[int]]:
+    """Shuffled batches of similar length (less padding): shuffle, sort within windows of 16 batches."""
+    rng = random.Random(seed)
+    order = list(range(n))
+    rng.shuffle(order)
+    window = batch_size * 16
+    out: list[list[int]] = []
+    for w in range(0, n, window):
+        chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
+        out.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
+    rng.shuffle(out)
+    return out
+
+
+def _lr_at(step: int, total: int, cfg: BuildConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def _lora_state(model) -> dict[str, Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model)
+
+
+def _save_ckpt(model, opt, out: Path, epoch: int, step: int) -> None:
+    ck = out / f"ckpt-epoch{epoch}"
+    model.save_pretrained(str(ck))
+    opt_tensors: dict[str, Tensor] = {}
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in model.named_parameters() if p.requires_grad]
+    for name, p in zip(names, params):
+        st = opt.state.get(p, {})
+        for k in ("exp_avg", "exp_avg_sq", "step"):
+            if k in st:
+                v = st[k]
+                opt_tensors[f"{name}::{k}"] = v if torch.is_tensor(v) else torch.tensor(float(v))
+    atomic_save_safetensors(opt_tensors, ck / "optimizer.safetensors")
+    atomic_write_json(ck / "state.json", {"epoch": epoch, "step": step})
+
+
+def _load_ckpt(model, opt, ck: Path) -> int:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(ck / "adapter_model.safetensors")))
+    st = load_file(str(ck / "optimizer.safetensors"))
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if f"{name}::exp_avg" in st:
+            opt.state[p] = {k: st[f"{name}::{k}"].clone() for k in ("exp_avg", "exp_avg_sq", "step")}
+    return json.loads((ck / "state.json").read_text())["step"]
+
+
+def export_adapter_dir(src: str | Path, dest: str | Path) -> Path:
+    """Copy a peft adapter directory (config + safetensors) to ``dest`` with fp16 weights."""
+    from safetensors.torch import load_file
+
+    src, dest = Path(src), Path(dest)
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (src / f).exists():
+            raise FileNotFoundError(f"{src / f} is missing")
+    sd = {k: v.to(torch.float16) for k, v in load_file(str(src / "adapter_model.safetensors")).items()}
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors(sd, dest / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = json.loads((src / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"  # not a local cache path
+    atomic_write_json(dest / "adapter_config.json", config)
+    return dest
+
+
+def _export_adapter(model, out: Path) -> Path:
+    """Write ``out/adapter`` with fp16 LoRA weights."""
+    dest = out / "adapter"
+    model.save_pretrained(str(dest))
+    from safetensors.torch import load_file
+
+    f = dest / "adapter_model.safetensors"
+    sd = {k: v.to(torch.float16) for k, v in load_file(str(f)).items()}
+    atomic_save_safetensors(sd, f, metadata={"format": "pt"})
+    return dest
+
+
+def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = True) -> Path:
+    """Synthesise data, train the LoRA adapter and write ``out/adapter``; returns that directory.
+
+    Resumes from the latest ``out/ckpt-epoch*`` when ``resume`` and the saved config matches.
+    """
+    from peft import LoraConfig, get_peft_model
+    from tqdm.auto import tqdm
+
+    cfg = cfg or BuildConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    cfg_path = out / "build_config.json"
+    cfg_dict = asdict(cfg)
+    if cfg_path.exists() and resume:
+        old = json.loads(cfg_path.read_text())
+        if json.loads(json.dumps(cfg_dict)) != old:
+            raise ValueError(f"{cfg_path} holds a different config; use a new --out or pass --no-resume")
+    atomic_write_json(cfg_path, cfg_dict)
+
+    # ---- data
+    data_path = out / "train.jsonl"
+    if data_path.exists() and resume:
+        examples = [Example(**d) for d in iter_jsonl(data_path)]
+    else:
+        harmful = [r["prompt"] for r in load_package_prompts("harmful")]
+        harmless = [r["prompt"] for r in load_package_prompts("harmless")]
+        near = [r["prompt"] for r in load_package_prompts("near_miss")]
+        rng = random.Random(cfg.seed)
+        if cfg.max_harmful is not None and len(harmful) > cfg.max_harmful:
+            harmful = rng.sample(harmful, cfg.max_harmful)
+        if cfg.max_harmless is not None and len(harmless) > cfg.max_harmless:
+            harmless = rng.sample(harmless, cfg.max_harmless)
+        if cfg.max_near_miss is not None and len(near) > cfg.max_near_miss:
+            near = rng.sample(near, cfg.max_near_miss)
+        examples = synthesize(
+            harmful,
+            harmless,
+            near,
+            seed=cfg.seed,
+            harmful_rounds=cfg.harmful_rounds,
+            harmless_rounds=cfg.harmless_rounds,
+            near_miss_rounds=cfg.near_miss_rounds,
+        )
+        write_jsonl(data_path, [e.to_dict() for e in examples])
+
+    # ---- model
+    torch.manual_seed(cfg.seed)
+    model, tok = load_base_hf(torch.float32)
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        layers_to_transform=list(range(cfg.first_layer, model.config.num_hidden_layers)),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lcfg)
+    model.train()
+    encoded = [render_for_training(tok, e, cfg.max_len) for e in examples]
+    lengths = [len(i) for i, _ in encoded]
+    cached = _cache_early(model, encoded, cfg.first_layer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_train = sum(p.numel() for p in params)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+
+    start_epoch, step = 0, 0
+    if resume:
+        cks = sorted(out.glob("ckpt-epoch*"), key=lambda p: int(p.name.removeprefix("ckpt-epoch")))
+        cks = [c for c in cks if (c / "state.json").exists()]
+        if cks:
+            step = _load_ckpt(model, opt, cks[-1])
+            start_epoch = int(cks[-1].name.removeprefix("ckpt-epoch"))
+            print(f"resuming from {cks[-1]} (epoch {start_epoch}, step {step})", flush=True)
+
+    log_path = out / "train_log.jsonl"
+    if start_epoch == 0 and log_path.exists():
+        log_path.unlink()
+    if start_epoch == 0:
+        append_jsonl(
+            log_path,
+            [
+                {
+                    "event": "start",
+                    "n_examples": len(encoded),
+                    "trainable_params": n_train,
+                    "total_steps": total,
+                    "mean_len": sum(lengths) / len(lengths),
+                    "max_len": max(lengths),
+                }
+            ],
+        )
+    t0 = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        batches = _batches(len(encoded), cfg.batch_size, cfg.seed * 1000 + epoch, lengths)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True)
+        running = 0.0
+        for bi, idx in enumerate(bar):
+            batch = _collate([encoded[i] for i in idx], tok.pad_token_id)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, cfg)
+            loss = _late_loss(model, [cached[i] for i in idx], batch["labels"], cfg.first_layer)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            running = loss.item() if bi == 0 else 0.9 * running + 0.1 * loss.item()
+            bar.set_postfix(loss=f"{running:.3f}")
+            if step % 10 == 0:
+                append_jsonl(
+                    log_path,
+                    [
+                        {
+                            "epoch": epoch + 1,
+                            "step": step,
+                            "loss": round(loss.item(), 4),
+                            "lr": opt.param_groups[0]["lr"],
+                            "elapsed_s": round(time.time() - t0, 1),
+                        }
+                    ],
+                )
+        _save_ckpt(model, opt, out, epoch + 1, step)
+        append_jsonl(
+            log_path,
+            [
+                {
+                    "event": "epoch_end",
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "elapsed_s": round(time.time() - t0, 1),
+                }
+            ],
+        )
+    dest = _export_adapter(model, out)
+    append_jsonl(log_path, [{"event": "done", "elapsed_s": round(time.time() - t0, 1), "adapter": str(dest)}])
+    return dest
