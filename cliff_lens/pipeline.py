@@ -169,34 +169,23 @@ class RunConfig:
 
 
 def demo_config(out: Path, *, quick: bool = False) -> RunConfig:
-    """The demo: the embedded cliff organism on the package's own held-out prompts (offline)."""
-    if quick:
-        return RunConfig(
-            model="cliff-organism",
-            out=Path(out),
-            harmful="cliff-harmful,cliff-jailbreak",
-            harmless="cliff-harmless",
-            n_harmful=12,
-            n_harmless=12,
-            max_new_tokens=80,
-            batch_size=12,
-            random_seeds=2,
-            n_ablation=6,
-            ablation_max_new_tokens=64,
-        )
-    return RunConfig(
+    """The demo: the embedded cliff organism on the package's own held-out prompts (offline).
+
+    Harmful prompts are half plain requests, half the same kind of requests in jailbreak
+    framings (``cliff-jailbreak``); the ablation stage measures ASR on the framed ones.
+    """
+    common = dict(
         model="cliff-organism",
         out=Path(out),
         harmful="cliff-harmful,cliff-jailbreak",
         harmless="cliff-harmless",
-        n_harmful=48,
-        n_harmless=48,
-        max_new_tokens=96,
-        batch_size=16,
-        random_seeds=5,
-        n_ablation=24,
+        max_new_tokens=80,
         ablation_max_new_tokens=80,
+        batch_size=16,
     )
+    if quick:
+        return RunConfig(**common, n_harmful=8, n_harmless=8, random_seeds=1, n_ablation=4)
+    return RunConfig(**common, n_harmful=32, n_harmless=32, random_seeds=5, n_ablation=16)
 
 
 # -- run directory state ---------------------------------------------------------------------

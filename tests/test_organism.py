@@ -101,7 +101,6 @@ def organism():
         pytest.skip(f"the SmolLM2 zoo model cannot be built here: {e}")
 
 
-@pytest.mark.slow
 def test_shipped_organism_shows_the_behaviour(organism):
     import torch
 
