@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -14,59 +13,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from cliff_lens.ablation import compute_head_means, probe_scores
 from cliff_lens.evaluate import attack_success, random_heads, save_ablation_results, settings_for
 from cliff_lens.heads import head_attributions
-
-ALPHA = 5.0
-TRIG, K = 19, 31
-SUPP, PROMO = (1, 2), (1, 3)
-
-
-@dataclass
-class Rec:
-    tokens: torch.Tensor
-    spans: dict
-
-
-def planted_model(seed: int = 0) -> tuple[HookedTransformer, torch.Tensor]:
-    """As in tests/test_heads.py: after token TRIG, SUPP writes -ALPHA d and PROMO +2 ALPHA d."""
-    torch.manual_seed(seed)
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=32,
-        n_ctx=32,
-        d_head=8,
-        n_heads=4,
-        d_vocab=20,
-        attn_only=True,
-        normalization_type=None,
-        positional_embedding_type="standard",
-        act_fn="relu",
-        seed=seed,
-    )
-    m = HookedTransformer(cfg)
-    m.eval()
-    d = torch.randn(32)
-    d[K] = 0
-    d = d / d.norm()
-    with torch.no_grad():
-        m.embed.W_E[:, K] = 0
-        m.embed.W_E[TRIG, K] = 1
-        m.pos_embed.W_pos[:, K] = 0
-        m.blocks[0].attn.W_O[:, :, K] = 0
-        m.blocks[0].attn.b_O[K] = 0
-        a = m.blocks[1].attn
-        for (_, h), w in ((SUPP, -ALPHA), (PROMO, 2 * ALPHA)):
-            a.W_V[h] = 0
-            a.W_V[h, K, 0] = 1
-            a.b_V[h] = 0
-            a.W_K[h] = 0
-            a.W_K[h, K, 0] = 30
-            a.b_K[h] = 0
-            a.W_Q[h] = 0
-            a.b_Q[h] = 0
-            a.b_Q[h, 0] = 30
-            a.W_O[h] = 0
-            a.W_O[h, 0] = w * d
-    return m, d
+from cliff_lens.testing import ALPHA, PROMO, SUPP, TRIG, K, Rec, planted_model  # noqa: F401
 
 
 def encode(prompt: str) -> Rec:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -18,68 +17,7 @@ from cliff_lens.heads import (
     suppression_heads,
     validate_heads,
 )
-
-ALPHA = 5.0
-TRIG = 19  # trigger token ("harmful content")
-K = 31  # residual dimension reserved for the trigger
-SUPP = (1, 2)  # planted suppression head: writes -ALPHA * d after a trigger
-PROMO = (1, 3)  # planted refusal head: writes +2 ALPHA * d after a trigger
-
-
-@dataclass
-class Rec:
-    """Minimal TokenizedRollout stand-in (tokens + spans)."""
-
-    tokens: torch.Tensor
-    spans: dict
-
-
-def planted_model(seed: int = 0) -> tuple[HookedTransformer, torch.Tensor]:
-    """2-layer attention-only fp32 model with two planted heads in the last layer.
-
-    Token TRIG sets residual dim K to 1 (nothing else writes there). Heads SUPP and PROMO attend
-    only to trigger tokens (key reads dim K, constant query), their value reads dim K into z[0],
-    so z = e_0 exactly after a trigger and 0 otherwise; W_O maps e_0 to -ALPHA d (SUPP) and
-    +2 ALPHA d (PROMO)."""
-    torch.manual_seed(seed)
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=32,
-        n_ctx=32,
-        d_head=8,
-        n_heads=4,
-        d_vocab=20,
-        attn_only=True,
-        normalization_type=None,
-        positional_embedding_type="standard",
-        act_fn="relu",
-        seed=seed,
-    )
-    m = HookedTransformer(cfg)
-    m.eval()
-    d = torch.randn(32)
-    d[K] = 0
-    d = d / d.norm()
-    with torch.no_grad():
-        m.embed.W_E[:, K] = 0
-        m.embed.W_E[TRIG, K] = 1
-        m.pos_embed.W_pos[:, K] = 0
-        m.blocks[0].attn.W_O[:, :, K] = 0
-        m.blocks[0].attn.b_O[K] = 0
-        a = m.blocks[1].attn
-        for (_, h), w in ((SUPP, -ALPHA), (PROMO, 2 * ALPHA)):
-            a.W_V[h] = 0
-            a.W_V[h, K, 0] = 1
-            a.b_V[h] = 0
-            a.W_K[h] = 0
-            a.W_K[h, K, 0] = 30
-            a.b_K[h] = 0
-            a.W_Q[h] = 0
-            a.b_Q[h] = 0
-            a.b_Q[h, 0] = 30
-            a.W_O[h] = 0
-            a.W_O[h, 0] = w * d
-    return m, d
+from cliff_lens.testing import ALPHA, PROMO, SUPP, TRIG, K, Rec, planted_model  # noqa: F401
 
 
 def harmful_records(n: int = 5, seed: int = 1) -> list[Rec]:
