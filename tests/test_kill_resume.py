@@ -67,33 +67,10 @@ EXCLUDED = ("timings", "run_dir")
 # -- fixtures shared with test_determinism -----------------------------------------------------
 def tiny_model_dir(tmp: Path) -> Path:
     """A 2-layer random Llama (d_model 32, 4 heads) + word-level tokenizer saved as an HF dir."""
-    from conftest import build_tiny_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from cliff_lens.testing import tiny_hf_model_dir
 
     out = tmp / "tiny-model"
-    if out.exists():
-        return out
-    tok = build_tiny_tokenizer(300)
-    tok.chat_template = (
-        "{% for m in messages %}<|user|> {{ m['content'] }} <|end|>{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|> {% endif %}"
-    )
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return out if out.exists() else tiny_hf_model_dir(out)
 
 
 def rollout_pool(path: Path) -> Path:
