@@ -159,6 +159,7 @@ def attack_success(
     seed: int = 0,
     probe: Any = None,
     baseline: bool = True,
+    baseline_rollouts: Sequence[Any] | None = None,
     generate_fn: Callable | None = None,
     tokenize_fn: Callable[[str, str], Any] | None = None,
     progress: bool = False,
@@ -181,6 +182,12 @@ def attack_success(
             the same sampling seed is used in every setting.
         probe: a ``RefusalProbe`` for ``refusal_score_end`` (needs ``tokenize_fn`` or the model's
             template: ``tokenize_fn(prompt, thinking) -> TokenizedRollout``).
+        baseline_rollouts: rollouts already generated without hooks for exactly
+            ``harmful_prompts + harmless_prompts`` (in that order) with the same generation
+            settings, e.g. a run's rollouts stage; the baseline row then judges these instead of
+            generating again (the same greedy decode, so only the time differs).
+
+    Each setting generates its harmful and harmless prompts in one call, so they share batches.
     """
     harm = _texts(harmful_prompts, "harmful_prompts")
     benign = _texts(harmless_prompts, "harmless_prompts")
@@ -207,6 +214,15 @@ def attack_success(
             "mode='mean' needs means=compute_head_means(model, reference_batch); or use mode='zero'"
         )
     kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, **generate_kwargs)
+    if baseline_rollouts is not None:
+        baseline_rollouts = list(baseline_rollouts)
+        got = [getattr(r, "prompt", None) for r in baseline_rollouts]
+        if got != harm + benign:
+            raise ValueError(
+                "baseline_rollouts must be one rollout per prompt of harmful_prompts + harmless_prompts, "
+                f"in that order (got {len(got)} rollouts for {len(harm) + len(benign)} prompts, or other "
+                "prompts); pass baseline_rollouts=None to generate the baseline"
+            )
     rows = []
     for i, st in enumerate(settings):
         if progress:
@@ -221,7 +237,11 @@ def attack_success(
             n_heads=len(st["heads"]),
             mode=mode if st["heads"] else None,
         )
-        harm_r = _call_generate(generate_fn, model, harm, hooks, kw)
+        if baseline_rollouts is not None and st["kind"] == "baseline":
+            both = baseline_rollouts
+        else:
+            both = _call_generate(generate_fn, model, harm + benign, hooks, kw)
+        harm_r, ben_r = both[: len(harm)], both[len(harm) :]
         closed = [r for r in harm_r if _closed(r)]
         refused = _judge(judge, [r.answer for r in closed])
         n_success = sum(not x for x in refused)
@@ -232,7 +252,6 @@ def attack_success(
             harmful_unclosed=(len(harm) - len(closed)) / len(harm),
         )
         if benign:
-            ben_r = _call_generate(generate_fn, model, benign, hooks, kw)
             bclosed = [r for r in ben_r if _closed(r)]
             brefused = _judge(judge, [r.answer for r in bclosed])
             row.update(

@@ -589,23 +589,28 @@ def _stage_ablation(run: _Run) -> None:
     scores = torch.tensor(heads["scores"], dtype=torch.float32)
     rs = _labelled(run)
     n = cfg.n_ablation
-    harmful = [r.prompt for r in rs if r.harmful and r.meta.get("source", r.source) != "cliff-harmful"] or [
-        r.prompt for r in rs if r.harmful
+    harmful = [r for r in rs if r.harmful and r.meta.get("source", r.source) != "cliff-harmful"] or [
+        r for r in rs if r.harmful
     ]
-    harmless = [r.prompt for r in rs if r.harmful is False]
+    harmless = [r for r in rs if r.harmful is False]
     harmful, harmless = harmful[:n] if n else harmful, harmless[:n] if n else harmless
+    max_new_tokens = cfg.ablation_max_new_tokens or cfg.max_new_tokens
+    # The rollouts stage already decoded these prompts greedily with no hooks: when it used the same
+    # budget, its rollouts are the baseline and the stage only generates the ablated settings.
+    reuse = not cfg.rollouts and max_new_tokens == cfg.max_new_tokens
     means = load_head_means(run.path("head_means.safetensors"), model=model)
     rows = attack_success(
         model,
-        harmful,
-        harmless,
+        [r.prompt for r in harmful],
+        [r.prompt for r in harmless],
+        baseline_rollouts=harmful + harmless if reuse else None,
         scores=scores,
         top_percents=cfg.top_percents,
         random_seeds=tuple(range(cfg.random_seeds)),
         mode=cfg.ablation_mode,
         means=means,
         probe=probe,
-        max_new_tokens=cfg.ablation_max_new_tokens or cfg.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         progress=True,
@@ -619,6 +624,7 @@ def _stage_ablation(run: _Run) -> None:
             "n_harmful": len(harmful),
             "n_harmless": len(harmless),
             "harmful_source": "jailbreak prompts when present, else all harmful prompts",
+            "baseline_source": "rollouts stage" if reuse else "generated",
         },
     )
 

@@ -104,10 +104,30 @@ def test_asr_top_vs_random_vs_baseline_on_planted_head():
     assert summ[0]["asr_mean"] == pytest.approx(mu)
     assert summ[0]["asr_std"] == pytest.approx(math.sqrt(sum((a - mu) ** 2 for a in asrs) / len(asrs)))
     assert summ[0]["asr_min"] == min(asrs) and summ[0]["asr_max"] == max(asrs)
-    # harmful and harmless generated separately, same seed and settings everywhere
-    assert {c["n"] for c in gen.calls} == {4, 3}
+    # harmful and harmless share one generate call per setting, same seed and settings everywhere
+    assert [c["n"] for c in gen.calls] == [7] * 8
     assert {c["seed"] for c in gen.calls} == {3} and {c["max_new_tokens"] for c in gen.calls} == {7}
-    assert gen.calls[0]["hooks"] == 0 and gen.calls[2]["hooks"] >= 1
+    assert gen.calls[0]["hooks"] == 0 and gen.calls[1]["hooks"] >= 1
+
+
+def test_baseline_rollouts_replace_the_baseline_generation():
+    m, d = planted_model()
+    gen = make_generate(d)
+    kw = dict(heads_by_setting={"planted": [SUPP]}, top_percents=(), mode="zero", judge=StartJudge())
+    fresh = attack_success(m, HARM, BENIGN, generate_fn=gen, **kw)
+    n_calls = len(gen.calls)
+    earlier = make_generate(d)(m, HARM + BENIGN)  # e.g. a run's rollouts stage
+    reused = attack_success(m, HARM, BENIGN, generate_fn=gen, baseline_rollouts=earlier, **kw)
+    assert len(gen.calls) - n_calls == 1 and gen.calls[-1]["hooks"] >= 1  # only the ablated setting
+    assert reused == fresh
+    # a baseline flipped to all-refusals is what the row reports: it really is read from them
+    flipped = [SimpleNamespace(**{**vars(r), "answer": "I cannot help with that."}) for r in earlier]
+    rows = attack_success(m, HARM, BENIGN, generate_fn=gen, baseline_rollouts=flipped, **kw)
+    assert rows[0]["asr"] == 0.0 and rows[0]["over_refusal"] == 1.0
+    with pytest.raises(ValueError, match="baseline_rollouts must be one rollout per prompt"):
+        attack_success(m, HARM, BENIGN, generate_fn=gen, baseline_rollouts=earlier[:-1], **kw)
+    with pytest.raises(ValueError, match="baseline_rollouts must be one rollout per prompt"):
+        attack_success(m, HARM, BENIGN, generate_fn=gen, baseline_rollouts=earlier[::-1], **kw)
 
 
 def test_random_heads_and_settings():
