@@ -18,7 +18,9 @@ def _execute(path: Path, env: dict[str, str], timeout: int = 900) -> None:
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        nbclient.NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
     finally:
         for k, v in old.items():
             if v is None:
@@ -27,7 +29,9 @@ def _execute(path: Path, env: dict[str, str], timeout: int = 900) -> None:
                 os.environ[k] = v
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert any(o.get("output_type") in ("display_data", "execute_result") for o in outputs), "no view rendered"
+    assert any(o.get("output_type") in ("display_data", "execute_result") for o in outputs), (
+        "no view rendered"
+    )
 
 
 def test_notebook_02_tiny_mode(tmp_path):

@@ -99,11 +99,29 @@ def test_cli_score_shards_and_merge_equal_single_run(run_dir, tmp_path):
     from cliff_lens.io import iter_jsonl
 
     cfg, _ = run_dir
-    common = ["--model", cfg.model, "--probe", str(cfg.out / "probe"), "--rollouts", str(cfg.out / "rollouts.jsonl")]
+    common = [
+        "--model",
+        cfg.model,
+        "--probe",
+        str(cfg.out / "probe"),
+        "--rollouts",
+        str(cfg.out / "rollouts.jsonl"),
+    ]
     assert main(["score", *common, "--out", str(tmp_path / "all.jsonl")]) == 0
     for i in range(2):
         assert main(["score", *common, "--out", str(tmp_path / f"s{i}.jsonl"), "--shard", f"{i}/2"]) == 0
-    assert main(["merge", str(tmp_path / "s0.jsonl"), str(tmp_path / "s1.jsonl"), "--out", str(tmp_path / "m.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                str(tmp_path / "s0.jsonl"),
+                str(tmp_path / "s1.jsonl"),
+                "--out",
+                str(tmp_path / "m.jsonl"),
+            ]
+        )
+        == 0
+    )
     assert main(["merge", str(tmp_path / "all.jsonl"), "--out", str(tmp_path / "single.jsonl")]) == 0
     merged = list(iter_jsonl(tmp_path / "m.jsonl"))
     assert merged == list(iter_jsonl(tmp_path / "single.jsonl"))
@@ -114,5 +132,10 @@ def test_cli_reports_bad_input_without_traceback(run_dir, capsys):
     from cliff_lens.cli import main
 
     cfg, _ = run_dir
-    assert main(["score", "--model", cfg.model, "--probe", str(cfg.out / "nope"), "--rollouts", "x", "--out", "y"]) == 2
+    assert (
+        main(
+            ["score", "--model", cfg.model, "--probe", str(cfg.out / "nope"), "--rollouts", "x", "--out", "y"]
+        )
+        == 2
+    )
     assert "error:" in capsys.readouterr().err
