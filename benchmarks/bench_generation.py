@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--frac", type=float, default=0.03, help="fraction of heads ablated")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--model", default=MODEL, help="any load_model source (default: SmolLM2 from the zoo)")
+    ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (both TL and HF)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -100,9 +102,9 @@ def main() -> None:
     from cliff_lens.templates import get_template
 
     t0 = time.perf_counter()
-    tl = load_model(MODEL, device=dev)
+    tl = load_model(args.model, device=dev, dtype=args.dtype)
     tl.eval()
-    hf, tok = load_hf(MODEL, device=dev)
+    hf, tok = load_hf(args.model, device=dev, dtype=args.dtype)
     hf.eval()
     load_s = time.perf_counter() - t0
     cfg = tl.cfg
@@ -213,8 +215,8 @@ def main() -> None:
     ratios = [r["hf_edited_speed_vs_plain"] for r in rows]
     result = {
         "benchmark": "generation",
-        "model": MODEL,
-        "dtype": "float32",
+        "model": args.model,
+        "dtype": args.dtype,
         "machine": machine_info(dev),
         "command": "python " + " ".join(sys.argv),
         "heads": [list(h) for h in heads],

@@ -24,14 +24,11 @@ from cliff_lens.heads import head_attributions, left_pad
 from cliff_lens.io import atomic_write_json
 
 
-def _load(name: str):
+def _load(name: str, device: str = "cpu", dtype: str = "float32"):
     try:
-        try:
-            from cliff_lens import load_model
-        except ImportError:
-            from cliff_lens.models import load_model
+        from cliff_lens import load_model
 
-        return load_model(name), name
+        return load_model(name, device=device, dtype=dtype), name
     except Exception as e:  # noqa: BLE001 - fall back to a tiny model and say so
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -40,17 +37,24 @@ def _load(name: str):
             n_layers=6, d_model=256, n_heads=8, d_head=32, d_mlp=1024, d_vocab=5000, n_ctx=512,
             act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
         )  # fmt: skip
-        return HookedTransformer(cfg), "tiny-random-6x8"
+        return HookedTransformer(cfg).to(device), "tiny-random-6x8"
 
 
-def _interleaved_medians(fns: dict, repeats: int) -> dict:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _interleaved_medians(fns: dict, repeats: int, device: str = "cpu") -> dict:
     """Median wall time of each function, measured in interleaved rounds (one warm-up round) so
     that load drift on a shared machine hits every function alike."""
     times: dict = {k: [] for k in fns}
     for r in range(repeats + 1):
         for k, fn in fns.items():
+            _sync(device)
             t = time.perf_counter()
             fn()
+            _sync(device)
             if r:
                 times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
@@ -63,16 +67,19 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_heads.json"))
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, name = _load(args.model)
+    model, name = _load(args.model, args.device, args.dtype)
     model.eval()
     g = torch.Generator().manual_seed(0)
     lengths = [args.seq - (i * args.seq) // (4 * args.batch) for i in range(args.batch)]  # mixed lengths
-    seqs = [torch.randint(0, model.cfg.d_vocab, (n,), generator=g) for n in lengths]
+    seqs = [torch.randint(0, min(model.cfg.d_vocab, 40000), (n,), generator=g) for n in lengths]
     toks, mask, _ = left_pad(seqs, 0)
+    toks, mask = toks.to(args.device), mask.to(args.device)
     d = torch.randn(model.cfg.d_model, generator=g)
 
     def plain():
@@ -91,6 +98,8 @@ def main() -> None:
         "lengths": lengths,
         "torch_threads": torch.get_num_threads(),
         "device": str(model.cfg.device),
+        "dtype": args.dtype,
+        "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
         "platform": platform.platform(),
         "repeats": args.repeats,
     }
@@ -106,6 +115,7 @@ def main() -> None:
             ),
         },
         args.repeats,
+        args.device,
     )
     res.update(t)
     for pos in ("last", "all"):

@@ -140,16 +140,16 @@ def build_fns(variants, tl, hf, toks: torch.Tensor, probes) -> dict:
     return fns
 
 
-def load(which: set[str], device: str, dtype: str = "float32"):
+def load(which: set[str], device: str, dtype: str = "float32", model: str = MODEL):
     """(TL model or None, HF model or None)."""
     from cliff_lens.models import load_hf, load_model
 
     tl = hf = None
     if which & TL_VARIANTS:
-        tl = load_model(MODEL, device=device, dtype=dtype)
+        tl = load_model(model, device=device, dtype=dtype)
         tl.eval()
     if which - TL_VARIANTS:
-        hf, _ = load_hf(MODEL, device=device, dtype=dtype)
+        hf, _ = load_hf(model, device=device, dtype=dtype)
         hf.eval()
     return tl, hf
 
@@ -159,9 +159,9 @@ def tokens(vocab: int, b: int, t: int, device: str) -> torch.Tensor:
     return torch.randint(100, min(vocab, 40000), (b, t), generator=g).to(device)
 
 
-def mem_child(variant: str, configs: list[tuple[int, int]], device: str) -> None:
+def mem_child(variant: str, configs: list[tuple[int, int]], device: str, dtype: str, model: str) -> None:
     """Subprocess entry: peak memory of one variant over the given (seq, batch) configs (ascending)."""
-    tl, hf = load({variant}, device)
+    tl, hf = load({variant}, device, dtype, model)
     m = tl if tl is not None else hf
     vocab = tl.cfg.d_vocab if tl is not None else hf.config.vocab_size
     probes = make_probes(tl) if tl is not None else make_probes_hf(hf)
@@ -189,12 +189,14 @@ def make_probes_hf(hf):
     return make_probes(_M)
 
 
-def bf16_check(tl_fp32, hf, probes, device: str, seq: int, batch: int, repeats: int) -> dict:
+def bf16_check(
+    tl_fp32, hf, probes, device: str, seq: int, batch: int, repeats: int, model: str = MODEL
+) -> dict:
     """bf16 vs fp32 trajectory scores (max |diff| of probabilities) and speed, side by side."""
     from cliff_lens.models import load_model
     from cliff_lens.trajectory import compute_trajectories
 
-    tl16 = load_model(MODEL, device=device, dtype="bfloat16")
+    tl16 = load_model(model, device=device, dtype="bfloat16")
     tl16.eval()
     final = probes[0]
     toks = tokens(tl_fp32.cfg.d_vocab, batch, seq, device)
@@ -250,6 +252,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", default=MODEL, help="any load_model source (default: SmolLM2 from the zoo); "
+                    "benchmarks/make_random_model.py writes real architectures with random weights")  # fmt: skip
+    ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (both TL and HF)")
     ap.add_argument(
         "--bf16", action="store_true", help="also compare bf16 vs fp32 trajectories (first config)"
     )
@@ -265,7 +270,7 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     if args._mem:
         cfgs = [tuple(int(x) for x in c.split("x")) for c in args._configs.split(",")]
-        mem_child(args._mem, cfgs, args.device)  # type: ignore[arg-type]
+        mem_child(args._mem, cfgs, args.device, args.dtype, args.model)  # type: ignore[arg-type]
         return
 
     if args.quick:
@@ -278,7 +283,7 @@ def main() -> None:
         raise SystemExit(f"unknown variants {sorted(bad)}; choose from {VARIANTS}")
 
     t0 = time.perf_counter()
-    tl, hf = load(set(variants), args.device)
+    tl, hf = load(set(variants), args.device, args.dtype, args.model)
     load_s = time.perf_counter() - t0
     cfg = tl.cfg
     probes = make_probes(tl)
@@ -301,7 +306,7 @@ def main() -> None:
     batches = [int(x) for x in args.batches.split(",")]
     bf16 = None
     if args.bf16 or args.bf16_only:
-        bf16 = bf16_check(tl, hf, probes, args.device, seqs[0], batches[0], args.repeats)
+        bf16 = bf16_check(tl, hf, probes, args.device, seqs[0], batches[0], args.repeats, args.model)
         print("bf16:", bf16, flush=True)
         if args.bf16_only:
             seqs = []
@@ -336,7 +341,20 @@ def main() -> None:
             print(fmt_table([row], ["seq", "batch", *[f"{v}_s" for v in vs]]), flush=True)
 
     memory = {}
-    if not args.no_memory and rows:
+    if not args.no_memory and rows and cuda:
+        # the CUDA allocator's peak is per call and resettable: no fresh process needed
+        for v in variants:
+            if v in ("hf_eager", "cliff_mid"):
+                continue
+            memory[v] = {}
+            for r in rows:
+                if v == "tl_cache" and "tl_cache_s" not in r:
+                    continue
+                toks = tokens(cfg.d_vocab, r["batch"], r["seq"], args.device)
+                fn = build_fns({v}, tl, hf, toks, probes)[v]
+                memory[v][f"{r['seq']}x{r['batch']}"] = measure_peak(fn, args.device)
+            print(f"memory {v}: {memory[v]}", flush=True)
+    elif not args.no_memory and rows:
         cfgs = ",".join(f"{r['seq']}x{r['batch']}" for r in rows)
         for v in variants:
             if v in ("hf_eager", "cliff_mid"):  # diagnostics: their memory is hf_forward's / below cliff's
@@ -346,7 +364,8 @@ def main() -> None:
                 vc = ",".join(f"{r['seq']}x{r['batch']}" for r in rows if "tl_cache_s" in r)
             if not vc:
                 continue
-            args_ = ["--_mem", v, "--_configs", vc, "--device", args.device]
+            args_ = ["--_mem", v, "--_configs", vc, "--device", args.device, "--dtype", args.dtype,
+                     "--model", args.model]  # fmt: skip
             if args.threads:
                 args_ += ["--threads", str(args.threads)]
             memory[v] = measure_in_subprocess(Path(__file__), args_)
@@ -369,8 +388,8 @@ def main() -> None:
     target = [r.get("cliff_speed_vs_hf") for r in rows if r.get("cliff_speed_vs_hf")]
     result = {
         "benchmark": "trajectory",
-        "model": MODEL,
-        "dtype": "float32",
+        "model": args.model,
+        "dtype": args.dtype,
         "machine": machine_info(args.device),
         "command": "python " + " ".join(sys.argv),
         "repeats": args.repeats,
