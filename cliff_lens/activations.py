@@ -37,6 +37,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .fused_attention import fused_attention
+
 __all__ = [
     "extract_activations",
     "resolve_hook",
@@ -349,12 +351,13 @@ def run_batches(
             kwargs: dict[str, Any] = {"attention_mask": mask}
             if stop_at_layer is not None:
                 kwargs["stop_at_layer"] = stop_at_layer
-            model.run_with_hooks(
-                toks,
-                return_type=None,
-                fwd_hooks=[(lambda n: n in names, reader)],
-                **kwargs,
-            )
+            with fused_attention(model):
+                model.run_with_hooks(
+                    toks,
+                    return_type=None,
+                    fwd_hooks=[(lambda n: n in names, reader)],
+                    **kwargs,
+                )
             yield b_idx
 
 

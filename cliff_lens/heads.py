@@ -45,6 +45,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .fused_attention import fused_attention
+
 __all__ = [
     "head_attributions",
     "direct_attribution_decomposition",
@@ -373,7 +375,7 @@ def head_attributions(
             _attribution_hook, rows=torch.arange(B)[:, None], idx=idx, wts=wts, wod=wod, out=out
         )
 
-        with torch.no_grad():
+        with torch.no_grad(), fused_attention(model):
             model.run_with_hooks(
                 toks,
                 attention_mask=mask,
