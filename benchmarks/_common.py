@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -185,90 +186,16 @@ def fmt_table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------
-# prototype of a proposed optimisation: fused SDPA attention inside TransformerLens blocks
-# --------------------------------------------------------------------------------------
-
-_OLMO = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
-
-
-def _sdpa_supported(attn) -> bool:
-    cfg = attn.cfg
-    return (
-        cfg.positional_embedding_type == "rotary"
-        and not cfg.use_attn_result
-        and not getattr(cfg, "load_in_4bit", False)
-        and not getattr(cfg, "use_attention_sinks", False)
-        and getattr(cfg, "clip_qkv", None) is None
-        and not getattr(cfg, "use_logn_attn", False)
-        and cfg.original_architecture not in _OLMO
-        and (getattr(attn, "_attention_dir_override", None) or cfg.attention_dir) == "causal"
-        and getattr(attn, "attn_type", "global") == "global"
-        and (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) <= 0
-    )
-
-
-def _sdpa_forward(self, query_input, key_input, value_input, past_kv_cache_entry=None,
-                  additive_attention_mask=None, attention_mask=None, position_bias=None):  # fmt: skip
-    """TL attention with ``F.scaled_dot_product_attention`` (no [b, H, q, k] scores in memory).
-    Falls back to TL's own forward whenever hook_attn_scores / hook_pattern is hooked."""
-    import torch.nn.functional as F
-
-    if (
-        additive_attention_mask is not None
-        or position_bias is not None
-        or self.hook_attn_scores._forward_hooks
-        or self.hook_pattern._forward_hooks
-    ):
-        return type(self).forward(self, query_input, key_input, value_input, past_kv_cache_entry,
-                                  additive_attention_mask, attention_mask, position_bias)  # fmt: skip
-    q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)
-    off = 0
-    if past_kv_cache_entry is not None:
-        off = past_kv_cache_entry.past_keys.size(1)
-        k, v = past_kv_cache_entry.append(k, v)
-    q = self.hook_rot_q(self.apply_rotary(q, off, attention_mask))
-    k = self.hook_rot_k(self.apply_rotary(k, 0, attention_mask))
-    Q, K = q.shape[1], k.shape[1]
-    mask = None
-    valid = None
-    if attention_mask is not None or off:
-        mask = self._make_causal_mask(query_ctx_length=Q, key_ctx_length=K, past_kv_pos_offset=off,
-                                      device=q.device)  # fmt: skip
-        if attention_mask is not None:
-            mask = mask & attention_mask[:, None, None, -K:].bool()
-            valid = mask.any(-1, keepdim=True)  # [b, 1, Q, 1]: False for padding queries
-            mask = mask | ~valid  # keep fully-masked rows finite; zeroed below like TL's nan->0
-    v = v.to(q.dtype)
-    z = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-        is_causal=mask is None, scale=1.0 / self.attn_scale, enable_gqa=k.shape[2] != q.shape[2],
-    )  # fmt: skip
-    if valid is not None:
-        z = z * valid.to(z.dtype)
-    z = self.hook_z(z.transpose(1, 2))  # [b, Q, H, d_head]
-    w = self.W_O.permute(2, 0, 1).reshape(self.cfg.d_model, -1)  # [d_model, H*d_head]
-    return F.linear(z.reshape(z.shape[0], Q, -1).to(w.dtype), w, self.b_O)
-
-
-class sdpa_attention:
-    """Context manager: every supported TL attention module of ``model`` uses fused SDPA
-    attention while inside (prototype of a proposed cliff_lens patch; see docs/benchmarks.md)."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-        self.patched: list = []
-
-    def __enter__(self):
-        import types
-
-        for blk in self.model.blocks:
-            if _sdpa_supported(blk.attn):
-                blk.attn.forward = types.MethodType(_sdpa_forward, blk.attn)
-                self.patched.append(blk.attn)
-        return self
-
-    def __exit__(self, *a) -> None:
-        for attn in self.patched:
-            del attn.forward
-        self.patched.clear()
+@contextmanager
+def unfused_attention():
+    """TransformerLens's own attention everywhere while inside (cliff_lens fuses it by default;
+    see ``cliff_lens.fused_attention``): the before/after comparison of that optimisation."""
+    old = os.environ.get("CLIFF_LENS_FUSED_ATTENTION")
+    os.environ["CLIFF_LENS_FUSED_ATTENTION"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["CLIFF_LENS_FUSED_ATTENTION"]
+        else:
+            os.environ["CLIFF_LENS_FUSED_ATTENTION"] = old

@@ -5,7 +5,7 @@ number of new tokens: EOS never stops a row):
 
 * ``tl_hooks``   ``cliff_lens.rollout.generate_rollouts(model, ..., hooks=ablation_hooks(...))``:
                  mean ablation of ~3% of the heads through ``hook_z`` hooks, TL KV cache;
-* ``tl_hooks_sdpa`` ``tl_hooks`` with the PROPOSED fused-attention patch (``_common.sdpa_attention``);
+* ``tl_hooks_unfused`` ``tl_hooks`` with TransformerLens's own attention (``CLIFF_LENS_FUSED_ATTENTION=0``);
 * ``tl_plain``   the same without hooks (separates hook cost from TransformerLens cost);
 * ``hf_edited``  HF ``generate`` on ``cliff_lens.ablation.export_ablated_hf(...)`` (the ablation
                  written into ``o_proj``); target: >= 0.9x ``hf_plain``'s tokens/s;
@@ -39,7 +39,7 @@ from _common import (  # noqa: E402
     machine_info,
     measure_peak,
     save_result,
-    sdpa_attention,
+    unfused_attention,
 )
 
 PROMPTS = [
@@ -126,11 +126,11 @@ def main() -> None:
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     N = args.new_tokens
 
-    def tl_gen(prompts, with_hooks, sdpa=False):
+    def tl_gen(prompts, with_hooks, unfused=False):
         tl.tokenizer = _NoEos(real_tok)
         try:
-            if sdpa:
-                with sdpa_attention(tl):
+            if unfused:
+                with unfused_attention():
                     return generate_rollouts(tl, prompts, max_new_tokens=N, batch_size=len(prompts),
                                              hooks=hooks, progress=False)  # fmt: skip
             rs = generate_rollouts(tl, prompts, max_new_tokens=N, batch_size=len(prompts),
@@ -160,7 +160,7 @@ def main() -> None:
         ids_list = [_encode(tok, tmpl.generation_prompt(p, tok)) for p in prompts]
         fns = {
             "tl_hooks": lambda p=prompts: tl_gen(p, True),
-            "tl_hooks_sdpa": lambda p=prompts: tl_gen(p, True, sdpa=True),
+            "tl_hooks_unfused": lambda p=prompts: tl_gen(p, True, unfused=True),
             "tl_plain": lambda p=prompts: tl_gen(p, False),
             "hf_edited": lambda i=ids_list: hf_gen(hf_ed, i),
             "hf_plain": lambda i=ids_list: hf_gen(hf, i),
@@ -196,9 +196,9 @@ def main() -> None:
         row["tl_hooks_speed_vs_tl_plain"] = res["tl_plain"]["median_s"] / res["tl_hooks"]["median_s"]
         row["same_text_tl_hooks_vs_hf_edited"] = agree(outs["tl_hooks"], outs["hf_edited"])
         row["same_text_tl_plain_vs_hf_plain"] = agree(outs["tl_plain"], outs["hf_plain"])
-        row["same_text_tl_hooks_sdpa_vs_hf_edited"] = agree(outs["tl_hooks_sdpa"], outs["hf_edited"])
-        row["tl_hooks_sdpa_speed_vs_tl_hooks"] = (
-            res["tl_hooks"]["median_s"] / res["tl_hooks_sdpa"]["median_s"]
+        row["same_text_tl_hooks_unfused_vs_hf_edited"] = agree(outs["tl_hooks_unfused"], outs["hf_edited"])
+        row["tl_hooks_speed_vs_tl_hooks_unfused"] = (
+            res["tl_hooks_unfused"]["median_s"] / res["tl_hooks"]["median_s"]
         )
         row["tl_n_new_tokens"] = n_new
         rows.append(row)
@@ -207,7 +207,7 @@ def main() -> None:
         )
 
     cols = ["batch", "new_tokens", "hf_edited_speed_vs_plain", "tl_hooks_speed_vs_hf_plain",
-            "tl_plain_speed_vs_hf_plain", "tl_hooks_speed_vs_tl_plain", "tl_hooks_sdpa_speed_vs_tl_hooks",
+            "tl_plain_speed_vs_hf_plain", "tl_hooks_speed_vs_tl_plain", "tl_hooks_speed_vs_tl_hooks_unfused",
             "same_text_tl_hooks_vs_hf_edited", "same_text_tl_plain_vs_hf_plain"]  # fmt: skip
     print()
     print("new tokens/s relative (target: hf_edited >= 0.9x hf_plain)")

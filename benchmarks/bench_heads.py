@@ -86,6 +86,12 @@ def main() -> None:
         with torch.no_grad():
             model(toks, attention_mask=mask)
 
+    def plain_fused():
+        from cliff_lens.fused_attention import fused_attention
+
+        with torch.no_grad(), fused_attention(model):
+            model(toks, attention_mask=mask)
+
     def plain_resid():
         with torch.no_grad():
             model(toks, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
@@ -106,6 +112,7 @@ def main() -> None:
     t = _interleaved_medians(
         {
             "plain_forward_s": plain,
+            "plain_forward_fused_s": plain_fused,
             "forward_to_last_resid_s": plain_resid,
             "attribution_last_s": lambda: head_attributions(
                 model, seqs, d, positions="last", batch_size=args.batch
@@ -120,6 +127,7 @@ def main() -> None:
     res.update(t)
     for pos in ("last", "all"):
         res[f"ratio_{pos}_vs_plain_forward"] = t[f"attribution_{pos}_s"] / t["plain_forward_s"]
+        res[f"ratio_{pos}_vs_plain_forward_fused"] = t[f"attribution_{pos}_s"] / t["plain_forward_fused_s"]
         res[f"ratio_{pos}_vs_forward_to_last_resid"] = (
             t[f"attribution_{pos}_s"] / t["forward_to_last_resid_s"]
         )

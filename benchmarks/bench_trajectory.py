@@ -12,9 +12,8 @@ Variants, all on the same ``[batch, seq]`` tokens (SmolLM2-135M-Instruct, real w
                    the cached ``ln_final.hook_normalized`` (the naive way);
 * ``hf_hidden``    HF ``output_hidden_states=True`` (all layers), probe on the last entry
                    (the official RefusalCliff code's way);
-* ``cliff_sdpa``   ``cliff`` with the PROPOSED fused-attention patch (``_common.sdpa_attention``:
-                   TL attention through ``F.scaled_dot_product_attention`` when no hook reads
-                   the attention scores/pattern); scores equal ``cliff``'s to ~1e-6;
+* ``cliff_unfused`` ``cliff`` with TransformerLens's own attention (``CLIFF_LENS_FUSED_ATTENTION=0``):
+                   what ``cliff`` cost before ``cliff_lens.fused_attention`` (SDPA) was merged;
 * ``hf_eager``     diagnostic: the plain HF forward with ``attn_implementation="eager"`` (the
                    explicit softmax(QK^T)V that TransformerLens also computes), to show how much
                    of the gap to ``hf_forward`` is the fused SDPA attention kernel.
@@ -51,11 +50,11 @@ from _common import (  # noqa: E402
     measure_in_subprocess,
     measure_peak,
     save_result,
-    sdpa_attention,
+    unfused_attention,
 )
 
-VARIANTS = ("cliff", "cliff_mid", "hf_forward", "tl_cache", "hf_hidden", "hf_eager", "cliff_sdpa")
-TL_VARIANTS = {"cliff", "cliff_mid", "tl_cache", "cliff_sdpa"}
+VARIANTS = ("cliff", "cliff_mid", "hf_forward", "tl_cache", "hf_hidden", "hf_eager", "cliff_unfused")
+TL_VARIANTS = {"cliff", "cliff_mid", "tl_cache", "cliff_unfused"}
 
 
 def naive_cache_gib(n_layers: int, n_heads: int, d_model: int, d_mlp: int, b: int, t: int) -> float:
@@ -89,13 +88,13 @@ def build_fns(variants, tl, hf, toks: torch.Tensor, probes) -> dict:
     dev_toks = toks
     if "cliff" in variants:
         fns["cliff"] = lambda: compute_trajectories(tl, seqs, final, batch_size=b, progress=False)
-    if "cliff_sdpa" in variants:
+    if "cliff_unfused" in variants:
 
-        def cliff_sdpa():
-            with sdpa_attention(tl):
+        def cliff_unfused():
+            with unfused_attention():
                 return compute_trajectories(tl, seqs, final, batch_size=b, progress=False)
 
-        fns["cliff_sdpa"] = cliff_sdpa
+        fns["cliff_unfused"] = cliff_unfused
     if "cliff_mid" in variants:
         fns["cliff_mid"] = lambda: compute_trajectories(tl, seqs, midp, batch_size=b, progress=False)
     if "hf_forward" in variants:
@@ -292,13 +291,13 @@ def main() -> None:
 
     # correctness: cliff's scores equal the official way's (HF hidden_states[-1] @ w)
     check = tokens(cfg.d_vocab, 2, 64, args.device)
-    fns = build_fns({"cliff", "hf_hidden", "cliff_sdpa"}, tl, hf, check, probes)
+    fns = build_fns({"cliff", "hf_hidden", "cliff_unfused"}, tl, hf, check, probes)
     a = torch.stack([tr.scores for tr in fns["cliff"]()])
     b_ = fns["hf_hidden"]()
     max_diff = float((a - b_).abs().max())
-    sdpa_diff = float((a - torch.stack([tr.scores for tr in fns["cliff_sdpa"]()])).abs().max())
+    sdpa_diff = float((a - torch.stack([tr.scores for tr in fns["cliff_unfused"]()])).abs().max())
     print(
-        f"cliff vs HF hidden_states[-1] probe scores: max |diff| = {max_diff:.2e}; cliff_sdpa vs cliff {sdpa_diff:.2e}"
+        f"cliff vs HF hidden_states[-1] probe scores: max |diff| = {max_diff:.2e}; cliff vs cliff_unfused {sdpa_diff:.2e}"
     )
 
     rows, skipped = [], []
@@ -398,7 +397,7 @@ def main() -> None:
         "target_met": bool(target) and min(target) >= 0.9,
         "min_cliff_speed_vs_hf": min(target) if target else None,
         "scores_max_abs_diff_vs_hf_hidden": max_diff,
-        "scores_max_abs_diff_sdpa_vs_cliff": sdpa_diff,
+        "scores_max_abs_diff_fused_vs_unfused": sdpa_diff,
         "load_s": load_s,
         "rows": rows,
         "skipped": skipped,

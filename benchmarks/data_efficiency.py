@@ -59,9 +59,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--model", default="cliff-organism", help="zoo name / HF dir (default: the organism)")
+    ap.add_argument("--percents", default="5,10,25,50,100", help="pool percents to fine-tune on")
+    ap.add_argument("--seeds", default="0,1,2", help="random-selection seeds")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    percents, seeds = (5, 10, 25, 50, 100), (0, 1, 2)
+    percents = tuple(float(x) for x in args.percents.split(","))
+    seeds = tuple(int(x) for x in args.seeds.split(","))
     if args.quick:
         args.pool, args.n_eval, args.n_probe, args.max_new_tokens = 40, 10, 16, 96
         percents, seeds = (25, 100), (0,)
