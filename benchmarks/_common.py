@@ -187,15 +187,15 @@ def fmt_table(rows: list[dict], cols: list[str]) -> str:
 
 
 @contextmanager
-def unfused_attention():
+def unfast_forward():
     """TransformerLens's own attention everywhere while inside (cliff_lens fuses it by default;
-    see ``cliff_lens.fused_attention``): the before/after comparison of that optimisation."""
-    old = os.environ.get("CLIFF_LENS_FUSED_ATTENTION")
-    os.environ["CLIFF_LENS_FUSED_ATTENTION"] = "0"
+    see ``cliff_lens.fast_forward``): the before/after comparison of that optimisation."""
+    old = os.environ.get("CLIFF_LENS_FAST_FORWARD")
+    os.environ["CLIFF_LENS_FAST_FORWARD"] = "0"
     try:
         yield
     finally:
         if old is None:
-            del os.environ["CLIFF_LENS_FUSED_ATTENTION"]
+            del os.environ["CLIFF_LENS_FAST_FORWARD"]
         else:
-            os.environ["CLIFF_LENS_FUSED_ATTENTION"] = old
+            os.environ["CLIFF_LENS_FAST_FORWARD"] = old

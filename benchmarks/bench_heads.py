@@ -87,9 +87,9 @@ def main() -> None:
             model(toks, attention_mask=mask)
 
     def plain_fused():
-        from cliff_lens.fused_attention import fused_attention
+        from cliff_lens.fast_forward import fast_forward
 
-        with torch.no_grad(), fused_attention(model):
+        with torch.no_grad(), fast_forward(model):
             model(toks, attention_mask=mask)
 
     def plain_resid():

@@ -45,7 +45,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .fused_attention import fused_attention
+from .fast_forward import fast_forward
 from .heads import (
     _examples,
     _model_device,
@@ -301,7 +301,7 @@ def compute_head_means(
             lay = int(hook.name.split(".")[1])
             sums[lay] += torch.einsum("bphd,bp->hd", z.double(), _w.to(z.device)).cpu()
 
-        with torch.no_grad(), fused_attention(model):
+        with torch.no_grad(), fast_forward(model):
             model.run_with_hooks(
                 toks,
                 attention_mask=mask,
@@ -651,7 +651,7 @@ def _probe_scores_exs(
             raise ValueError(
                 f"probe hook {name!r} is not a hook of this model; pass hook='blocks.L.hook_resid_post'"
             )
-        with torch.no_grad(), fused_attention(model):
+        with torch.no_grad(), fast_forward(model):
             model.run_with_hooks(
                 toks,
                 attention_mask=att,

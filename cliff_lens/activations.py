@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .fused_attention import fused_attention
+from .fast_forward import fast_forward
 
 __all__ = [
     "extract_activations",
@@ -351,7 +351,7 @@ def run_batches(
             kwargs: dict[str, Any] = {"attention_mask": mask}
             if stop_at_layer is not None:
                 kwargs["stop_at_layer"] = stop_at_layer
-            with fused_attention(model):
+            with fast_forward(model):
                 model.run_with_hooks(
                     toks,
                     return_type=None,

@@ -45,7 +45,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .fused_attention import fused_attention
+from .fast_forward import fast_forward
 
 __all__ = [
     "head_attributions",
@@ -375,7 +375,7 @@ def head_attributions(
             _attribution_hook, rows=torch.arange(B)[:, None], idx=idx, wts=wts, wod=wod, out=out
         )
 
-        with torch.no_grad(), fused_attention(model):
+        with torch.no_grad(), fast_forward(model):
             model.run_with_hooks(
                 toks,
                 attention_mask=mask,

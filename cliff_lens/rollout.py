@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from cliff_lens.data import Prompt, Rollout, append_rollouts, read_rollouts, write_rollouts
-from cliff_lens.fused_attention import fused_attention
+from cliff_lens.fast_forward import fast_forward
 from cliff_lens.io import iter_jsonl_numbered
 
 __all__ = ["generate_rollouts", "import_rollouts", "rollout_id", "sample_next_token"]
@@ -253,7 +253,7 @@ def generate_rollouts(
         bar = tqdm(total=len(order), desc="rollouts", unit="rollout")
     ctx = model.hooks(fwd_hooks=list(hooks)) if hooks else _nullcontext()
     try:
-        with ctx, fused_attention(model):
+        with ctx, fast_forward(model):
             for batch in batches:
                 gens = None
                 if temperature > 0:

@@ -1,4 +1,4 @@
-"""Fused attention (SDPA) inside TransformerLens forwards equals TransformerLens's own attention."""
+"""fast_forward (fused SDPA attention, copy-free MLP/unembedding weights) equals TransformerLens."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from cliff_lens.ablation import ablation_hooks
-from cliff_lens.fused_attention import fused_attention, fused_attention_supported
+from cliff_lens.fast_forward import fast_forward, fused_attention_supported
 from cliff_lens.rollout import generate_rollouts
 from cliff_lens.testing import build_tiny_tokenizer
 
@@ -38,18 +38,25 @@ def _padded_batch():
 def test_logits_equal_with_left_padding(kv_heads):
     m = _model(kv_heads)
     toks, mask = _padded_batch()
+    seen = []
+    hooks = [(f"blocks.{i}.mlp.{h}", lambda x, hook: seen.append(hook.name)) for i in (0, 1)
+             for h in ("hook_pre", "hook_pre_linear", "hook_post")] + [
+        ("unembed.hook_out", lambda x, hook: seen.append(hook.name))]  # fmt: skip
     with torch.no_grad():
         ref = m(toks, attention_mask=mask)
-        with fused_attention(m) as n:
+        with fast_forward(m) as n:
+            assert "forward" in vars(m.blocks[1].mlp) and "forward" in vars(m.unembed)
             got = m(toks, attention_mask=mask)
+            m.run_with_hooks(toks, attention_mask=mask, fwd_hooks=hooks)
         plain = m(toks)
-        with fused_attention(m):
+        with fast_forward(m):
             got_plain = m(toks)  # no mask: the is_causal path
     assert n == 2
     keep = mask.bool()
     assert (ref - got)[keep].abs().max() < 1e-4
     assert (plain - got_plain).abs().max() < 1e-4
-    assert "forward" not in vars(m.blocks[0].attn)  # restored on exit
+    assert len(seen) == len(hooks)  # the copy-free MLP and unembedding keep their hook points
+    assert not any("forward" in vars(x) for x in (m.blocks[0].attn, m.blocks[0].mlp, m.unembed))  # restored
 
 
 def test_kv_cached_greedy_generation_and_hook_z_ablation_match(monkeypatch):
@@ -59,8 +66,8 @@ def test_kv_cached_greedy_generation_and_hook_z_ablation_match(monkeypatch):
     hooks = ablation_hooks(m, [(0, 1), (1, 3)], "zero")
     out = {}
     for on in (False, True):
-        monkeypatch.setenv("CLIFF_LENS_FUSED_ATTENTION", "1" if on else "0")
-        with fused_attention(m) as n:  # generate_rollouts nests its own context
+        monkeypatch.setenv("CLIFF_LENS_FAST_FORWARD", "1" if on else "0")
+        with fast_forward(m) as n:  # generate_rollouts nests its own context
             assert n == (2 if on else 0)
             out[on] = [
                 generate_rollouts(m, prompts, max_new_tokens=12, batch_size=3, hooks=h, progress=False)
@@ -76,7 +83,7 @@ def test_pattern_hooks_fall_back_to_transformer_lens():
     m = _model(2)
     toks, mask = _padded_batch()
     seen = []
-    with torch.no_grad(), fused_attention(m):
+    with torch.no_grad(), fast_forward(m):
         logits = m.run_with_hooks(
             toks,
             attention_mask=mask,
@@ -95,13 +102,13 @@ def test_pattern_hooks_fall_back_to_transformer_lens():
 def test_unsupported_models_and_opt_out(monkeypatch):
     standard = _model(None, pos="standard")
     assert not fused_attention_supported(standard.blocks[0].attn)
-    with fused_attention(standard) as n:
+    with fast_forward(standard) as n:
         assert n == 0
     m = _model(2)
-    monkeypatch.setenv("CLIFF_LENS_FUSED_ATTENTION", "0")
-    with fused_attention(m) as n:
+    monkeypatch.setenv("CLIFF_LENS_FAST_FORWARD", "0")
+    with fast_forward(m) as n:
         assert n == 0 and "forward" not in vars(m.blocks[0].attn)
-    monkeypatch.delenv("CLIFF_LENS_FUSED_ATTENTION")
-    with fused_attention(m) as n, fused_attention(m) as inner:
+    monkeypatch.delenv("CLIFF_LENS_FAST_FORWARD")
+    with fast_forward(m) as n, fast_forward(m) as inner:
         assert n == 2 and inner == 0  # nested: the outer context owns the patch
     assert "forward" not in vars(m.blocks[0].attn)
