@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "label_rollouts": "judges",
     # probes and trajectories
     "extract_activations": "activations",
+    "fast_forward": "fast_forward",
     "RefusalProbe": "probe",
     "Trajectory": "trajectory",
     "compute_trajectories": "trajectory",
