@@ -187,8 +187,8 @@ def fmt_table(rows: list[dict], cols: list[str]) -> str:
 
 
 @contextmanager
-def unfast_forward():
-    """TransformerLens's own attention everywhere while inside (cliff_lens fuses it by default;
+def slow_forward():
+    """TransformerLens's own forward everywhere while inside (cliff_lens speeds it up by default;
     see ``cliff_lens.fast_forward``): the before/after comparison of that optimisation."""
     old = os.environ.get("CLIFF_LENS_FAST_FORWARD")
     os.environ["CLIFF_LENS_FAST_FORWARD"] = "0"

@@ -5,7 +5,7 @@ number of new tokens: EOS never stops a row):
 
 * ``tl_hooks``   ``cliff_lens.rollout.generate_rollouts(model, ..., hooks=ablation_hooks(...))``:
                  mean ablation of ~3% of the heads through ``hook_z`` hooks, TL KV cache;
-* ``tl_hooks_unfused`` ``tl_hooks`` with TransformerLens's own attention (``CLIFF_LENS_FAST_FORWARD=0``);
+* ``tl_hooks_unfused`` ``tl_hooks`` with TransformerLens's own forward (``CLIFF_LENS_FAST_FORWARD=0``);
 * ``tl_plain``   the same without hooks (separates hook cost from TransformerLens cost);
 * ``hf_edited``  HF ``generate`` on ``cliff_lens.ablation.export_ablated_hf(...)`` (the ablation
                  written into ``o_proj``); target: >= 0.9x ``hf_plain``'s tokens/s;
@@ -39,6 +39,7 @@ from _common import (  # noqa: E402
     machine_info,
     measure_peak,
     save_result,
+    slow_forward,
 )
 
 PROMPTS = [
@@ -129,7 +130,7 @@ def main() -> None:
         tl.tokenizer = _NoEos(real_tok)
         try:
             if unfused:
-                with unfast_forward():
+                with slow_forward():
                     return generate_rollouts(tl, prompts, max_new_tokens=N, batch_size=len(prompts),
                                              hooks=hooks, progress=False)  # fmt: skip
             rs = generate_rollouts(tl, prompts, max_new_tokens=N, batch_size=len(prompts),

@@ -12,8 +12,8 @@ Variants, all on the same ``[batch, seq]`` tokens (SmolLM2-135M-Instruct, real w
                    the cached ``ln_final.hook_normalized`` (the naive way);
 * ``hf_hidden``    HF ``output_hidden_states=True`` (all layers), probe on the last entry
                    (the official RefusalCliff code's way);
-* ``cliff_unfused`` ``cliff`` with TransformerLens's own attention (``CLIFF_LENS_FAST_FORWARD=0``):
-                   what ``cliff`` cost before ``cliff_lens.fast_forward`` (SDPA) was merged;
+* ``cliff_unfused`` ``cliff`` with TransformerLens's own forward (``CLIFF_LENS_FAST_FORWARD=0``):
+                   what ``cliff`` cost before ``cliff_lens.fast_forward`` was merged;
 * ``hf_eager``     diagnostic: the plain HF forward with ``attn_implementation="eager"`` (the
                    explicit softmax(QK^T)V that TransformerLens also computes), to show how much
                    of the gap to ``hf_forward`` is the fused SDPA attention kernel.
@@ -50,6 +50,7 @@ from _common import (  # noqa: E402
     measure_in_subprocess,
     measure_peak,
     save_result,
+    slow_forward,
 )
 
 VARIANTS = ("cliff", "cliff_mid", "hf_forward", "tl_cache", "hf_hidden", "hf_eager", "cliff_unfused")
@@ -90,7 +91,7 @@ def build_fns(variants, tl, hf, toks: torch.Tensor, probes) -> dict:
     if "cliff_unfused" in variants:
 
         def cliff_unfused():
-            with unfast_forward():
+            with slow_forward():
                 return compute_trajectories(tl, seqs, final, batch_size=b, progress=False)
 
         fns["cliff_unfused"] = cliff_unfused
