@@ -168,13 +168,14 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def _truncate_partial_last_line(path: Path) -> None:
+def _truncate_partial_last_line(path: Path) -> bool:
+    """Remove a trailing fragment without a newline (a write cut off by a crash); True if it did."""
     if not path.exists() or path.stat().st_size == 0:
-        return
+        return False
     with open(path, "rb+") as f:
         f.seek(-1, os.SEEK_END)
         if f.read(1) == b"\n":
-            return
+            return False
         # walk back to the last newline and cut the fragment after it
         size = f.seek(0, os.SEEK_END)
         pos = size
@@ -186,9 +187,10 @@ def _truncate_partial_last_line(path: Path) -> None:
             idx = buf.rfind(b"\n")
             if idx >= 0:
                 f.truncate(start + idx + 1)
-                return
+                return True
             pos = start
         f.truncate(0)
+    return True
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:

@@ -825,6 +825,14 @@ def load_model(
     tl_kw = {k: kwargs[k] for k in _TL_LOAD_KEYS if k in kwargs}
     if n_devices > 1 and str(device) == "cpu":
         raise ModelLoadError(f"n_devices={n_devices} needs GPUs; pass device='cuda'")
+    processing = dict(  # TL's weight processing and the layer split, the same on both routes
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+        refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+        n_devices=n_devices,
+    )
 
     is_name = isinstance(source, (str, os.PathLike)) and not _is_hf_model(source)
     if is_name and str(source) not in ZOO_MODELS and not Path(str(source)).expanduser().exists():
@@ -839,12 +847,7 @@ def load_model(
                     official,
                     device=device,
                     dtype=torch_dtype,
-                    fold_ln=fold_ln,
-                    center_writing_weights=center_writing_weights,
-                    center_unembed=center_unembed,
-                    fold_value_biases=fold_value_biases,
-                    refactor_factored_attn_matrices=refactor_factored_attn_matrices,
-                    n_devices=n_devices,
+                    **processing,
                     tokenizer=tokenizer,
                     trust_remote_code=trust_remote_code,
                     template=template,
@@ -864,12 +867,7 @@ def load_model(
         tok,
         device=device,
         dtype=torch_dtype,
-        fold_ln=fold_ln,
-        center_writing_weights=center_writing_weights,
-        center_unembed=center_unembed,
-        fold_value_biases=fold_value_biases,
-        refactor_factored_attn_matrices=refactor_factored_attn_matrices,
-        n_devices=n_devices,
+        **processing,
         model_name=name,
         template=template,
         default_prepend_bos=tl_kw.get("default_prepend_bos"),

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import torch
 
-from .io import append_jsonl, atomic_write_text, iter_jsonl
+from .io import _truncate_partial_last_line, append_jsonl, atomic_write_text, iter_jsonl
 
 __all__ = [
     "ScoringError",
@@ -222,29 +222,12 @@ def probe_scorer(
 
 
 def _cut_partial_last_line(path: Path) -> None:
-    """Remove a trailing fragment without a newline (a write cut off by a crash)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) == b"\n":
-            return
-        size = f.seek(0, os.SEEK_END)
-        pos = size
-        while pos > 0:
-            start = max(0, pos - 65536)
-            f.seek(start)
-            buf = f.read(pos - start)
-            idx = buf.rfind(b"\n")
-            if idx >= 0:
-                f.truncate(start + idx + 1)
-                break
-            pos = start
-        else:
-            f.truncate(0)
-    warnings.warn(
-        f"{path}: removed a truncated last line (an interrupted write); it will be re-scored", stacklevel=3
-    )
+    """Remove a trailing fragment without a newline (a write cut off by a crash), with a warning."""
+    if _truncate_partial_last_line(path):
+        warnings.warn(
+            f"{path}: removed a truncated last line (an interrupted write); it will be re-scored",
+            stacklevel=3,
+        )
 
 
 def _done_ids(path: Path) -> set[str]:

@@ -16,10 +16,12 @@ import torch
 
 __all__ = [
     "build_tiny_tokenizer",
+    "word_level_tokenizer",
     "tiny_hf_model_dir",
     "synthetic_rollouts",
     "TINY_CHAT_TEMPLATE",
     "planted_model",
+    "planted_records",
     "Rec",
 ]
 
@@ -55,11 +57,29 @@ def build_tiny_tokenizer(vocab_size: int = 1000, *, add_bos: bool = False):
     Splits on whitespace and punctuation; unknown words map to ``<unk>``. With ``add_bos`` the
     tokenizer prepends ``<s>`` (like Llama/Gemma tokenizers), otherwise it adds nothing (like Qwen).
     """
+    return word_level_tokenizer(
+        TINY_SPECIALS + [w for w in TINY_WORDS if w],
+        vocab_size,
+        additional_special_tokens=["<think>", "</think>", "<|user|>", "<|assistant|>", "<|end|>"],
+        add_bos=add_bos,
+    )
+
+
+def word_level_tokenizer(
+    tokens: list[str], vocab_size: int, *, additional_special_tokens: list[str], add_bos: bool = False
+):
+    """A word-level ``PreTrainedTokenizerFast`` over ``tokens`` (in order, duplicates once), padded
+    with ``w0``, ``w1``, ... to ``vocab_size`` entries.
+
+    ``tokens`` must hold ``<unk>``, ``<pad>``, ``<s>`` and ``</s>`` (the unk, pad, BOS and EOS
+    tokens) and ``additional_special_tokens``. Splits on whitespace and punctuation; unknown words
+    map to ``<unk>``. With ``add_bos`` the tokenizer prepends ``<s>``, otherwise it adds nothing.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {}
-    for tok in TINY_SPECIALS + [w for w in TINY_WORDS if w]:
+    for tok in tokens:
         vocab.setdefault(tok, len(vocab))
     i = 0
     while len(vocab) < vocab_size:
@@ -79,7 +99,7 @@ def build_tiny_tokenizer(vocab_size: int = 1000, *, add_bos: bool = False):
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="</s>",
-        additional_special_tokens=["<think>", "</think>", "<|user|>", "<|assistant|>", "<|end|>"],
+        additional_special_tokens=additional_special_tokens,
     )
 
 
@@ -186,6 +206,27 @@ class Rec:
 
     tokens: torch.Tensor
     spans: dict
+
+
+def planted_records(n: int, trigger: bool = True, seed: int = 1) -> list[Rec]:
+    """``n`` random sequences (lengths 6, 8, 10, ...; tokens 1..17) for :func:`planted_model`.
+
+    With ``trigger`` each ends in ``TRIG``. Spans: prompt = the first 2 tokens, end of thinking =
+    the last 2, thinking = the rest, empty answer.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        L = 6 + 2 * i
+        t = torch.randint(1, 18, (L,), generator=g)
+        if trigger:
+            t[-1] = TRIG
+        out.append(
+            Rec(
+                t, {"prompt": (0, 2), "thinking": (2, L - 2), "end_of_thinking": (L - 2, L), "answer": (L, L)}
+            )
+        )
+    return out
 
 
 def planted_model(seed: int = 0):

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from conftest import general_tl_model
+from transformer_lens import HookedTransformer
 
 from cliff_lens.ablation import (
     ablate_heads,
@@ -22,45 +23,12 @@ from cliff_lens.ablation import (
     save_head_means,
 )
 from cliff_lens.heads import head_attributions, left_pad
-from cliff_lens.testing import ALPHA, PROMO, SUPP, TRIG, K, Rec, planted_model  # noqa: F401
-
-
-def records(n: int, trigger: bool, seed: int = 1) -> list[Rec]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        L = 6 + 2 * i
-        t = torch.randint(1, 18, (L,), generator=g)
-        if trigger:
-            t[-1] = TRIG
-        out.append(
-            Rec(
-                t, {"prompt": (0, 2), "thinking": (2, L - 2), "end_of_thinking": (L - 2, L), "answer": (L, L)}
-            )
-        )
-    return out
+from cliff_lens.testing import ALPHA, PROMO, SUPP, TRIG, K, Rec, planted_model, planted_records  # noqa: F401
 
 
 def general_model(seed: int = 0) -> HookedTransformer:
     """Random GQA + rotary + RMS + gated-MLP model with non-zero biases."""
-    torch.manual_seed(seed)
-    cfg = HookedTransformerConfig(
-        n_layers=3,
-        d_model=32,
-        n_ctx=64,
-        d_head=8,
-        n_heads=4,
-        d_vocab=50,
-        d_mlp=48,
-        act_fn="silu",
-        gated_mlp=True,
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        n_key_value_heads=2,
-        seed=seed,
-    )
-    m = HookedTransformer(cfg)
-    m.eval()
+    m = general_tl_model(seed=seed)
     with torch.no_grad():
         for name, p in m.named_parameters():
             if "b_" in name.rsplit(".", 1)[-1]:
@@ -106,8 +74,8 @@ def greedy(model, seqs, n_new, hooks=(), use_cache=True):
 @pytest.mark.parametrize("mode", ["zero", "mean"])
 def test_ablating_planted_head_raises_probe_logit_by_planted_amount(mode):
     m, d = planted_model()
-    harm = records(5, trigger=True)
-    means = compute_head_means(m, records(6, trigger=False, seed=7))
+    harm = planted_records(5, trigger=True)
+    means = compute_head_means(m, planted_records(6, trigger=False, seed=7))
     assert float(means[SUPP].abs().max()) < 1e-6  # the head is silent without a trigger
     probe = SimpleNamespace(direction=d, scale=1.0, bias=0.3, hook="blocks.1.hook_resid_post")
     ce = head_causal_effects(
@@ -143,7 +111,7 @@ def test_ablating_planted_head_raises_probe_logit_by_planted_amount(mode):
 
 def test_causal_equals_direct_for_last_layer_heads_and_rank_correlation():
     m, d = planted_model()
-    harm = records(4, trigger=True)
+    harm = planted_records(4, trigger=True)
     attr = head_attributions(m, harm, d, positions="last")
     ce = head_causal_effects(m, harm, d, heads=[(1, h) for h in range(4)], mode="zero", positions="last")
     # attention-only last layer: nothing reads the head after it, total effect == -direct write
@@ -157,7 +125,7 @@ def test_causal_equals_direct_for_last_layer_heads_and_rank_correlation():
 
 def test_causal_effect_restricted_to_a_span():
     m, d = planted_model()
-    harm = records(3, trigger=True)
+    harm = planted_records(3, trigger=True)
     eff_prompt = head_causal_effects(
         m, harm, d, heads=[SUPP], mode="zero", positions="last", ablate_positions="prompt"
     )
@@ -281,7 +249,7 @@ def test_restricted_positions_are_absolute_under_kv_cache():
 
 def test_positions_mask_marks_spans_in_padded_coordinates():
     m, _ = planted_model()
-    recs = records(3, trigger=True)
+    recs = planted_records(3, trigger=True)
     toks, att, mask = positions_mask(m, recs, "end_of_thinking")
     assert mask.sum(1).tolist() == [2, 2, 2] and mask[:, -2:].all()
     assert att.sum(1).tolist() == [6, 8, 10]
@@ -406,16 +374,16 @@ def test_bad_inputs_give_clear_errors():
         ablated_weights(m, [(0, 0)], mode="paper_renorm")
     with pytest.raises(ValueError, match="size"):
         head_causal_effects(
-            m, records(2, True), torch.randn(8), heads=[(0, 0)], mode="zero", positions="last"
+            m, planted_records(2, True), torch.randn(8), heads=[(0, 0)], mode="zero", positions="last"
         )
     with pytest.raises(ValueError, match="outside"):
-        probe_scores(m, records(2, True), d, positions=[30])
+        probe_scores(m, planted_records(2, True), d, positions=[30])
 
 
 def test_real_refusal_probe_object():
     probe_mod = pytest.importorskip("cliff_lens.probe")
     m, d = planted_model()
-    harm = records(3, trigger=True)
+    harm = planted_records(3, trigger=True)
     probe = probe_mod.RefusalProbe(direction=2 * d, bias=0.1, hook="blocks.{L}.hook_resid_post", layer=1)
     ce = head_causal_effects(m, harm, probe, heads=[SUPP], mode="zero", positions="last")
     assert float(ce.effect[0]) == pytest.approx(2 * ALPHA, abs=1e-4)  # logit units: scale 2

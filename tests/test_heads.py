@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from conftest import general_tl_model
+from transformer_lens import HookedTransformer
 
 from cliff_lens.heads import (
     HeadRanking,
@@ -17,45 +18,12 @@ from cliff_lens.heads import (
     suppression_heads,
     validate_heads,
 )
-from cliff_lens.testing import ALPHA, PROMO, SUPP, TRIG, K, Rec, planted_model  # noqa: F401
-
-
-def harmful_records(n: int = 5, seed: int = 1) -> list[Rec]:
-    """Sequences of mixed length ending in the trigger; the end-of-thinking span is the last 2 tokens."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        L = 6 + 2 * i
-        t = torch.randint(1, 18, (L,), generator=g)
-        t[-1] = TRIG
-        out.append(
-            Rec(
-                t, {"prompt": (0, 2), "thinking": (2, L - 2), "end_of_thinking": (L - 2, L), "answer": (L, L)}
-            )
-        )
-    return out
+from cliff_lens.testing import ALPHA, PROMO, SUPP, TRIG, K, Rec, planted_model, planted_records  # noqa: F401
 
 
 def general_model(normalization: str = "RMS", gqa: bool = True, seed: int = 0) -> HookedTransformer:
     """Random model with MLPs, biases and (optionally) GQA + rotary, for batching/completeness."""
-    torch.manual_seed(seed)
-    cfg = HookedTransformerConfig(
-        n_layers=3,
-        d_model=32,
-        n_ctx=64,
-        d_head=8,
-        n_heads=4,
-        d_vocab=50,
-        d_mlp=48,
-        act_fn="silu" if normalization == "RMS" else "gelu",
-        gated_mlp=normalization == "RMS",
-        normalization_type=normalization,
-        positional_embedding_type="rotary" if normalization == "RMS" else "standard",
-        n_key_value_heads=2 if gqa else None,
-        seed=seed,
-    )
-    m = HookedTransformer(cfg)
-    m.eval()
+    m = general_tl_model(normalization, gqa, seed)
     with torch.no_grad():
         for name, p in m.named_parameters():
             if (
@@ -68,7 +36,7 @@ def general_model(normalization: str = "RMS", gqa: bool = True, seed: int = 0) -
 
 def test_planted_suppression_head_ranked_first_with_planted_magnitude():
     m, d = planted_model()
-    recs = harmful_records()
+    recs = planted_records(5)
     per = head_attributions(m, recs, d, positions="end_of_thinking_last", per_example=True, batch_size=3)
     assert per.shape == (5, 2, 4)
     assert torch.allclose(per[:, SUPP[0], SUPP[1]], torch.full((5,), -ALPHA), atol=1e-4)
@@ -137,7 +105,7 @@ def test_norm_aware_is_the_final_norm_probe_numerator():
 
 def test_with_bias_uses_probe_weight_and_bias():
     m, d = planted_model()
-    recs = harmful_records(3)
+    recs = planted_records(3)
     probe = SimpleNamespace(direction=d, scale=2.0, bias=-0.5)
     raw = head_attributions(m, recs, probe, positions="last")
     wb = head_attributions(m, recs, probe, positions="last", variant="with_bias")
@@ -171,7 +139,7 @@ def test_gqa_scores_are_per_query_head():
 
 def test_bad_inputs_give_clear_errors():
     m, d = planted_model()
-    recs = harmful_records(2)
+    recs = planted_records(2)
     with pytest.raises(ValueError, match="out of range"):
         validate_heads(m, [(2, 0)])
     with pytest.raises(ValueError, match="out of range"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import imported_run_config
 
 from cliff_lens import pipeline
 from cliff_lens.testing import HARMFUL, HARMLESS, synthetic_rollouts, tiny_hf_model_dir
@@ -16,20 +17,7 @@ from cliff_lens.testing import HARMFUL, HARMLESS, synthetic_rollouts, tiny_hf_mo
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     model_dir = tiny_hf_model_dir(tmp / "tiny-model")
-    cfg = pipeline.RunConfig(
-        model=str(model_dir),
-        out=tmp / "out",
-        rollouts=str(synthetic_rollouts(tmp / "pool.jsonl")),
-        template="generic",
-        batch_size=4,
-        n_ablation=3,
-        max_new_tokens=4,
-        random_seeds=2,
-        top_percent=25.0,
-        top_percents=(25.0,),
-        plateau_window=4,
-        selection_percent=50.0,
-    )
+    cfg = imported_run_config(model_dir, synthetic_rollouts(tmp / "pool.jsonl"), tmp / "out")
     results = pipeline.run(cfg)
     return cfg, results
 

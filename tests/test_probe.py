@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from conftest import project_out_direction, rotary_tl_model
 
 from cliff_lens.activations import extract_activations
 from cliff_lens.probe import ProbeLoadError, RefusalProbe, probe_metrics
@@ -24,39 +23,14 @@ def planted_model(alpha: float = 1.0, seed: int = 0, d_model: int = D, name: str
     there is no layer norm), so the residual's component along ``d`` at any layer equals the
     token embedding's: ``MARK`` carries ``alpha * d``, every other token carries 0.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cfg = HookedTransformerConfig(
-            n_layers=2,
-            d_model=d_model,
-            n_ctx=64,
-            d_head=8,
-            n_heads=4,
-            d_mlp=64,
-            d_vocab=V,
-            act_fn="gelu",
-            normalization_type=None,
-            positional_embedding_type="rotary",
-            rotary_dim=8,
-            seed=seed,
-            model_name=name,
-        )
-        m = HookedTransformer(cfg)
-    m.eval()
+    m = rotary_tl_model(
+        d_model=d_model, d_vocab=V, act_fn="gelu", normalization_type=None, seed=seed, model_name=name
+    )
     g = torch.Generator().manual_seed(seed + 100)
     d = torch.randn(d_model, generator=g)
     d /= d.norm()
-    P = torch.eye(d_model) - torch.outer(d, d)
+    project_out_direction(m, d)
     with torch.no_grad():
-        for b in m.blocks:
-            for W in (b.attn.W_Q, b.attn.W_K, b.attn.W_V):
-                W.copy_(torch.einsum("ed,hdk->hek", P, W))
-            b.attn.W_O.copy_(b.attn.W_O @ P)
-            b.attn.b_O.copy_(b.attn.b_O @ P)
-            b.mlp.W_in.copy_(P @ b.mlp.W_in)
-            b.mlp.W_out.copy_(b.mlp.W_out @ P)
-            b.mlp.b_out.copy_(b.mlp.b_out @ P)
-        m.embed.W_E.copy_(m.embed.W_E @ P)
         m.embed.W_E[MARK] = m.embed.W_E[PLAIN] + alpha * d
     return m, d
 

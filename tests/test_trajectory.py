@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from conftest import build_tiny_tokenizer, project_out_direction, rotary_tl_model
+from transformer_lens import HookedTransformer
 
 from cliff_lens.activations import extract_activations
 from cliff_lens.probe import RefusalProbe
@@ -43,41 +43,22 @@ def planted_model(seed: int = 0, norm=None) -> tuple[HookedTransformer, torch.Te
     ``d`` is projected out of every read and write weight (no layer norm), so it is a private
     channel: the refusal score of a token is fixed by its identity, i.e. known exactly.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cfg = HookedTransformerConfig(
-            n_layers=3,
-            d_model=D,
-            n_ctx=128,
-            d_head=8,
-            n_heads=4,
-            d_mlp=64,
-            d_vocab=V,
-            act_fn="gelu",
-            normalization_type=norm,
-            positional_embedding_type="rotary",
-            rotary_dim=8,
-            seed=seed,
-            model_name="planted",
-        )
-        m = HookedTransformer(cfg)
-    m.eval()
+    m = rotary_tl_model(
+        n_layers=3,
+        n_ctx=128,
+        d_vocab=V,
+        act_fn="gelu",
+        normalization_type=norm,
+        seed=seed,
+        model_name="planted",
+    )
     g = torch.Generator().manual_seed(seed + 100)
     d = torch.randn(D, generator=g)
     d /= d.norm()
     if norm is not None:
         return m, d
-    P = torch.eye(D) - torch.outer(d, d)
+    project_out_direction(m, d)
     with torch.no_grad():
-        for b in m.blocks:
-            for W in (b.attn.W_Q, b.attn.W_K, b.attn.W_V):
-                W.copy_(torch.einsum("ed,hdk->hek", P, W))
-            b.attn.W_O.copy_(b.attn.W_O @ P)
-            b.attn.b_O.copy_(b.attn.b_O @ P)
-            b.mlp.W_in.copy_(P @ b.mlp.W_in)
-            b.mlp.W_out.copy_(b.mlp.W_out @ P)
-            b.mlp.b_out.copy_(b.mlp.b_out @ P)
-        m.embed.W_E.copy_(m.embed.W_E @ P)
         m.embed.W_E[HIGH] += A * d
         m.embed.W_E[LOW] -= A * d
     return m, d
@@ -259,26 +240,8 @@ def test_errors(model):
 def test_with_real_template_records():
     """TokenizedRollout from cliff_lens.templates: spans drive scoring range and metrics."""
     templates = pytest.importorskip("cliff_lens.templates")
-    from conftest import build_tiny_tokenizer
-
     tok = build_tiny_tokenizer()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cfg = HookedTransformerConfig(
-            n_layers=2,
-            d_model=D,
-            n_ctx=64,
-            d_head=8,
-            n_heads=4,
-            d_mlp=64,
-            d_vocab=tok.vocab_size,
-            act_fn="silu",
-            normalization_type="RMS",
-            positional_embedding_type="rotary",
-            rotary_dim=8,
-            seed=0,
-        )
-        m = HookedTransformer(cfg).eval()
+    m = rotary_tl_model(d_vocab=tok.vocab_size)
     t = templates.get_template("generic")
     recs = [
         t.tokenize(tok, "how to make a cake", "first think about the recipe then answer", "here is a recipe"),

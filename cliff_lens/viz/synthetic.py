@@ -43,28 +43,9 @@ _SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", "<think>", "</think>"]
 
 
 def _tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from cliff_lens.testing import word_level_tokenizer
 
-    vocab: dict[str, int] = {}
-    for t in _SPECIALS + _WORDS:
-        vocab.setdefault(t, len(vocab))
-    i = 0
-    while len(vocab) < 100:
-        vocab.setdefault(f"w{i}", len(vocab))
-        i += 1
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=["<think>", "</think>"],
-    )
+    return word_level_tokenizer(_SPECIALS + _WORDS, 100, additional_special_tokens=["<think>", "</think>"])
 
 
 def tiny_model_with_tokenizer(seed: int = 0):
