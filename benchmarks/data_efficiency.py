@@ -56,6 +56,9 @@ def main() -> None:
     )
     ap.add_argument("--n-probe", type=int, default=40, help="rollouts per probe class")
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="train every selection for exactly this many optimizer steps (equal compute) "
+                         "instead of --epochs passes")  # fmt: skip
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--model", default="cliff-organism", help="zoo name / HF dir (default: the organism)")
@@ -166,7 +169,7 @@ def main() -> None:
         judge=judge,
         percents=percents,
         random_seeds=seeds,
-        config=RepairConfig(epochs=args.epochs, lr=args.lr, batch_size=8, max_len=512),
+        config=RepairConfig(epochs=args.epochs, lr=args.lr, batch_size=8, max_len=512, steps=args.steps),
         max_new_tokens=args.max_new_tokens,
         progress=False,
     )

@@ -50,6 +50,7 @@ class RepairConfig:
     seed: int = 0
     grad_clip: float = 1.0
     weight_decay: float = 0.0
+    steps: int | None = None  # exactly this many optimizer steps (cycling through the data) instead of epochs
 
 
 def _record_id(rec: dict, k: int) -> str:
@@ -92,6 +93,34 @@ def _collate(batch: list[tuple[Tensor, Tensor]], pad_id: int) -> dict[str, Tenso
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def _add_lora(
+    model: Any,
+    *,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: Sequence[str],
+    layers_to_transform: Sequence[int] | None = None,
+) -> Any:
+    """Wrap ``model`` in a peft causal-LM LoRA (no bias training) on ``target_modules``.
+
+    ``layers_to_transform``: the layer indices to adapt (``None``: every layer). Injects the
+    adapters into ``model`` in place and returns the peft model.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        layers_to_transform=None if layers_to_transform is None else list(layers_to_transform),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lcfg)
+
+
 def train_lora(
     model: Any,
     tokenizer: Any,
@@ -110,27 +139,21 @@ def train_lora(
     plain model. peft injects the adapters into ``model`` in place: pass ``copy.deepcopy(model)``
     to keep an untouched base (as :func:`cliff_lens.efficiency.data_efficiency` does).
     """
-    from peft import LoraConfig, get_peft_model
-
     cfg = config or RepairConfig()
     recs = list(records)
     if not recs:
         raise ValueError("no SFT records to train on; the selection is empty")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {cfg.epochs} and {cfg.batch_size}")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or (cfg.steps is not None and cfg.steps < 1):
+        raise ValueError(
+            f"epochs, batch_size and steps must be >= 1, got {cfg.epochs}, {cfg.batch_size} and {cfg.steps}"
+        )
     examples = [sft_example(r, tokenizer, template, cfg.max_len) for r in recs]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     torch.manual_seed(cfg.seed)
-    lcfg = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
+    pm = _add_lora(
+        model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.target_modules
     )
-    pm = get_peft_model(model, lcfg)
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)
@@ -139,17 +162,22 @@ def train_lora(
     epoch_means: list[float] = []
     t0 = time.perf_counter()
     bar = None
-    n_steps = cfg.epochs * math.ceil(len(examples) / cfg.batch_size)
+    per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    n_steps = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_steps, desc="repair (LoRA SFT)")
     pm.train()
-    for _ in range(cfg.epochs):
+    # with cfg.steps, selections of any size get the same amount of training (equal-compute
+    # comparisons); the last pass over the data may stop part-way
+    for _ in range(math.ceil(n_steps / per_epoch)):
         order = list(range(len(examples)))
         rng.shuffle(order)
         ep: list[float] = []
         for k in range(0, len(order), cfg.batch_size):
+            if len(losses) == n_steps:
+                break
             batch = _collate([examples[i] for i in order[k : k + cfg.batch_size]], pad_id)
             batch = {key: v.to(device) for key, v in batch.items()}
             out = pm(**batch)

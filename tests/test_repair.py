@@ -88,6 +88,11 @@ def test_lora_lowers_loss_and_changes_outputs(tmp_path, tiny):
     assert log2["losses"] == log["losses"][:2]
     # the base was not touched (deepcopy)
     assert not any("lora" in k for k in base.state_dict())
+    # steps= fixes the training amount whatever the selection size: 5 steps over 2 batches per
+    # pass = 3 passes, the last one cut after one batch; the first 4 steps equal 2 epochs
+    _, log3 = train_lora(copy.deepcopy(base), tok, recs, config=replace(cfg, steps=5))
+    assert log3["n_steps"] == 5 and len(log3["epoch_mean_loss"]) == 3
+    assert log3["losses"][:4] == log["losses"][:4]
 
 
 def test_evaluate_batched_equals_one_at_a_time(tiny):
@@ -103,6 +108,8 @@ def test_bad_inputs(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match="selection is empty"):
         train_lora(model, tok, [])
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        train_lora(model, tok, [{"prompt": "x"}], config=RepairConfig(steps=0))
     with pytest.raises(ValueError, match="no prompts"):
         evaluate_safety(model, tok, [], [], judge=_Judge())
 

@@ -22,6 +22,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..io import append_jsonl, atomic_save_safetensors, atomic_write_json, iter_jsonl, write_jsonl
+from ..repair import _add_lora, _collate
 from .synth import Example, load_package_prompts, synthesize
 
 __all__ = ["BuildConfig", "build", "render_for_training", "load_base_hf", "export_adapter_dir"]
@@ -97,18 +98,6 @@ def render_for_training(
             f"example {ex.pair_id} ({ex.kind}) has {len(ids)} tokens > max_len={max_len}; raise max_len"
         )
     return ids, labels
-
-
-def _collate(batch: list[tuple[Tensor, Tensor]], pad_id: int) -> dict[str, Tensor]:
-    n = max(len(i) for i, _ in batch)
-    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), n), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), n), dtype=torch.long)
-    for b, (i, lab) in enumerate(batch):
-        ids[b, : len(i)] = i
-        labels[b, : len(i)] = lab
-        mask[b, : len(i)] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 def _inner(model):
@@ -252,7 +241,6 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
 
     Resumes from the latest ``out/ckpt-epoch*`` when ``resume`` and the saved config matches.
     """
-    from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
 
     cfg = cfg or BuildConfig()
@@ -296,16 +284,14 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
     # ---- model
     torch.manual_seed(cfg.seed)
     model, tok = load_base_hf(torch.float32)
-    lcfg = LoraConfig(
+    model = _add_lora(
+        model,
         r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.target_modules),
-        layers_to_transform=list(range(cfg.first_layer, model.config.num_hidden_layers)),
-        bias="none",
-        task_type="CAUSAL_LM",
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        layers_to_transform=range(cfg.first_layer, model.config.num_hidden_layers),
     )
-    model = get_peft_model(model, lcfg)
     model.train()
     encoded = [render_for_training(tok, e, cfg.max_len) for e in examples]
     lengths = [len(i) for i, _ in encoded]
