@@ -6,7 +6,7 @@ Target (issue 4): attribution costs at most 1.3x a plain forward. Usage::
 
 Uses SmolLM2-135M-Instruct through ``cliff_lens.load_model`` when it loads (offline zoo), else a
 tiny random model (say which in the output). Writes ``benchmarks/results/bench_heads.json``.
-Times are medians over ``--repeats`` runs after one warm-up; both sides see the same left-padded
+Times are medians over ``--repeats`` interleaved rounds after one warm-up (``_common.interleaved``); all see the same left-padded
 batch with an attention mask.
 """
 
@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
 
 from cliff_lens.heads import head_attributions, left_pad
 from cliff_lens.io import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import interleaved  # noqa: E402
 
 
 def _load(name: str, device: str = "cpu", dtype: str = "float32"):
@@ -38,26 +40,6 @@ def _load(name: str, device: str = "cpu", dtype: str = "float32"):
             act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
         )  # fmt: skip
         return HookedTransformer(cfg).to(device), "tiny-random-6x8"
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _interleaved_medians(fns: dict, repeats: int, device: str = "cpu") -> dict:
-    """Median wall time of each function, measured in interleaved rounds (one warm-up round) so
-    that load drift on a shared machine hits every function alike."""
-    times: dict = {k: [] for k in fns}
-    for r in range(repeats + 1):
-        for k, fn in fns.items():
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            if r:
-                times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -109,7 +91,7 @@ def main() -> None:
         "platform": platform.platform(),
         "repeats": args.repeats,
     }
-    t = _interleaved_medians(
+    timed = interleaved(
         {
             "plain_forward_s": plain,
             "plain_forward_fused_s": plain_fused,
@@ -122,8 +104,9 @@ def main() -> None:
             ),
         },
         args.repeats,
-        args.device,
+        device=args.device,
     )
+    t = {k: r["median_s"] for k, r in timed.items()}
     res.update(t)
     for pos in ("last", "all"):
         res[f"ratio_{pos}_vs_plain_forward"] = t[f"attribution_{pos}_s"] / t["plain_forward_s"]
