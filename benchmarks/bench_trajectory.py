@@ -158,6 +158,15 @@ def tokens(vocab: int, b: int, t: int, device: str) -> torch.Tensor:
     return torch.randint(100, min(vocab, 40000), (b, t), generator=g).to(device)
 
 
+def variant_peaks(variant, tl, hf, probes, vocab: int, configs, device: str) -> dict:
+    """Peak memory of one variant for each (seq, batch) config, smallest first."""
+    out = {}
+    for t, b in sorted(configs, key=lambda c: c[0] * c[1]):
+        fn = build_fns({variant}, tl, hf, tokens(vocab, b, t, device), probes)[variant]
+        out[f"{t}x{b}"] = measure_peak(fn, device)
+    return out
+
+
 def mem_child(variant: str, configs: list[tuple[int, int]], device: str, dtype: str, model: str) -> None:
     """Subprocess entry: peak memory of one variant over the given (seq, batch) configs (ascending)."""
     tl, hf = load({variant}, device, dtype, model)
@@ -166,10 +175,7 @@ def mem_child(variant: str, configs: list[tuple[int, int]], device: str, dtype: 
     probes = make_probes(tl) if tl is not None else make_probes_hf(hf)
     warm = build_fns({variant}, tl, hf, tokens(vocab, 1, 16, device), probes)[variant]
     warm()
-    out = {}
-    for t, b in sorted(configs, key=lambda c: c[0] * c[1]):
-        fn = build_fns({variant}, tl, hf, tokens(vocab, b, t, device), probes)[variant]
-        out[f"{t}x{b}"] = measure_peak(fn, device)
+    out = variant_peaks(variant, tl, hf, probes, vocab, configs, device)
     del m
     print("MEM_JSON " + json.dumps(out))
 
@@ -340,34 +346,21 @@ def main() -> None:
             print(fmt_table([row], ["seq", "batch", *[f"{v}_s" for v in vs]]), flush=True)
 
     memory = {}
-    if not args.no_memory and rows and cuda:
-        # the CUDA allocator's peak is per call and resettable: no fresh process needed
-        for v in variants:
-            if v in ("hf_eager", "cliff_mid"):
-                continue
-            memory[v] = {}
-            for r in rows:
-                if v == "tl_cache" and "tl_cache_s" not in r:
-                    continue
-                toks = tokens(cfg.d_vocab, r["batch"], r["seq"], args.device)
-                fn = build_fns({v}, tl, hf, toks, probes)[v]
-                memory[v][f"{r['seq']}x{r['batch']}"] = measure_peak(fn, args.device)
-            print(f"memory {v}: {memory[v]}", flush=True)
-    elif not args.no_memory and rows:
-        cfgs = ",".join(f"{r['seq']}x{r['batch']}" for r in rows)
+    if not args.no_memory and rows:
         for v in variants:
             if v in ("hf_eager", "cliff_mid"):  # diagnostics: their memory is hf_forward's / below cliff's
                 continue
-            vc = cfgs
-            if v == "tl_cache":
-                vc = ",".join(f"{r['seq']}x{r['batch']}" for r in rows if "tl_cache_s" in r)
+            vc = [(r["seq"], r["batch"]) for r in rows if v != "tl_cache" or "tl_cache_s" in r]
             if not vc:
                 continue
-            args_ = ["--_mem", v, "--_configs", vc, "--device", args.device, "--dtype", args.dtype,
-                     "--model", args.model]  # fmt: skip
-            if args.threads:
-                args_ += ["--threads", str(args.threads)]
-            memory[v] = measure_in_subprocess(Path(__file__), args_)
+            if cuda:  # the CUDA allocator's peak is per call and resettable: no fresh process needed
+                memory[v] = variant_peaks(v, tl, hf, probes, cfg.d_vocab, vc, args.device)
+            else:  # RSS is per process: one fresh process per variant
+                args_ = ["--_mem", v, "--_configs", ",".join(f"{t}x{b}" for t, b in vc), "--device",
+                         args.device, "--dtype", args.dtype, "--model", args.model]  # fmt: skip
+                if args.threads:
+                    args_ += ["--threads", str(args.threads)]
+                memory[v] = measure_in_subprocess(Path(__file__), args_)
             print(f"memory {v}: {memory[v]}", flush=True)
         key = "gpu_peak_delta_mib" if cuda else "rss_peak_delta_mib"
         for r in rows:

@@ -109,7 +109,7 @@ def _fused_forward(
         is_causal=mask is None,
         scale=1.0 / self.attn_scale,
         enable_gqa=k.shape[2] != q.shape[2],
-    )  # fmt: skip  [batch, head, query, d_head]
+    )  # [batch, head, query, d_head]
     if valid is not None:
         z = z * valid.to(z.dtype)
     z = self.hook_z(z.transpose(1, 2))  # [batch, query, head, d_head]
