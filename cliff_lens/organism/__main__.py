@@ -22,6 +22,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument(
         "--max-near-miss", type=int, default=None, help="near-miss train prompts used (default 35)"
     )
+    b.add_argument(
+        "--intent-weight",
+        type=float,
+        default=None,
+        help="weight of the refusal-intent objective (0 = off; see BuildConfig.intent_weight)",
+    )
+    b.add_argument(
+        "--intent-eot-weight",
+        type=float,
+        default=None,
+        help="per-token weight of the end-of-thinking intent targets (see BuildConfig)",
+    )
     b.add_argument("--no-resume", action="store_true", help="start over even if OUT holds checkpoints")
     e = sub.add_parser("evaluate", help="held-out behaviour + cliff measurements into OUT/eval.json")
     e.add_argument("--out", required=True, type=Path)
@@ -38,7 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         from .build import BuildConfig, build
 
         cfg = BuildConfig()
-        for name in ("epochs", "seed", "lr", "first_layer", "max_harmful", "max_harmless", "max_near_miss"):
+        for name in (
+            "epochs",
+            "seed",
+            "lr",
+            "first_layer",
+            "max_harmful",
+            "max_harmless",
+            "max_near_miss",
+            "intent_weight",
+            "intent_eot_weight",
+        ):
             if getattr(args, name) is not None:
                 setattr(cfg, name, getattr(args, name))
         dest = build(args.out, cfg, resume=not args.no_resume)

@@ -18,14 +18,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..io import append_jsonl, atomic_save_safetensors, atomic_write_json, iter_jsonl, write_jsonl
 from ..repair import _add_lora, _collate
 from .synth import Example, load_package_prompts, synthesize
 
-__all__ = ["BuildConfig", "build", "render_for_training", "load_base_hf", "export_adapter_dir"]
+__all__ = [
+    "BuildConfig",
+    "build",
+    "render_for_training",
+    "intent_targets",
+    "load_base_hf",
+    "export_adapter_dir",
+]
 
 
 @dataclass
@@ -50,6 +57,13 @@ class BuildConfig:
     max_near_miss: int | None = 35
     max_len: int = 320
     threads: int = 2
+    # Refusal-intent objective (0 = off): a linear readout of the final-norm output, trained jointly,
+    # must read 1 on every thinking token of a harmful request and on the end-of-thinking tokens of
+    # a PLAIN harmful one, 0 on the end-of-thinking tokens of a FRAMED harmful one and 0 everywhere
+    # on benign requests. This instils the paper's plateau-then-cliff shape by construction; the
+    # evaluation's probe is trained independently on the rollouts and does not see this readout.
+    intent_weight: float = 0.0
+    intent_eot_weight: float = 8.0  # per-token weight of end-of-thinking targets relative to thinking ones
     extra: dict = field(default_factory=dict)
 
 
@@ -87,7 +101,28 @@ def render_for_training(
     tokenizer, ex: Example, max_len: int
 ) -> tuple[Int[Tensor, "pos"], Int[Tensor, "pos"]]:
     """Token ids of one example and its labels (-100 on the prompt part: loss on assistant tokens only)."""
+    ids, labels, _, _ = _render(tokenizer, ex, max_len)
+    return ids, labels
+
+
+def intent_targets(tokenizer, ex: Example, max_len: int) -> Float[Tensor, "pos"]:
+    """Per-token targets of the refusal-intent objective (see :class:`BuildConfig`); NaN = no target.
+
+    Harmful examples: 1 on the thinking tokens; on the end-of-thinking tokens 1 when plain and 0
+    when framed (the cliff). Benign examples (harmless, near-miss): 0 on thinking and end of
+    thinking. Prompt and answer tokens carry no target.
+    """
+    return _render(tokenizer, ex, max_len)[2]
+
+
+def _render(tokenizer, ex: Example, max_len: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(ids, labels, intent targets, end-of-thinking mask) of one example."""
+    from ..templates import get_template
+
     chat, full = _prefix_and_full(tokenizer, ex.prompt, ex.thinking, ex.answer)
+    _, spans = get_template("generic", tokenizer=tokenizer).render(
+        ex.prompt, ex.thinking, ex.answer, tokenizer
+    )
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = torch.tensor(enc["input_ids"], dtype=torch.long)
     starts = torch.tensor([s for s, _ in enc["offset_mapping"]])
@@ -97,7 +132,13 @@ def render_for_training(
         raise ValueError(
             f"example {ex.pair_id} ({ex.kind}) has {len(ids)} tokens > max_len={max_len}; raise max_len"
         )
-    return ids, labels
+    in_thinking = (starts >= spans["thinking"][0]) & (starts < spans["thinking"][1])
+    in_eot = (starts >= spans["end_of_thinking"][0]) & (starts < spans["end_of_thinking"][1])
+    harmful = ex.kind.startswith("harmful")
+    intent = torch.full((len(ids),), float("nan"))
+    intent[in_thinking] = 1.0 if harmful else 0.0
+    intent[in_eot] = 1.0 if ex.kind == "harmful_plain" else 0.0
+    return ids, labels, intent, in_eot
 
 
 def _inner(model):
@@ -136,8 +177,21 @@ def _cache_early(
     return out  # type: ignore[return-value]
 
 
-def _late_loss(model, hidden: list[Tensor], labels: Int[Tensor, "batch pos"], first_layer: int) -> Tensor:
-    """Mean next-token loss on labelled positions, running only layers ``first_layer..`` (LoRA'd)."""
+def _late_loss(
+    model,
+    hidden: list[Tensor],
+    labels: Int[Tensor, "batch pos"],
+    first_layer: int,
+    intent: Float[Tensor, "batch pos"] | None = None,
+    readout: Tensor | None = None,
+    intent_w: Float[Tensor, "batch pos"] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Next-token loss on labelled positions (and the intent BCE), running only layers ``first_layer..``.
+
+    ``readout`` is a ``(d_model + 1)`` vector (direction, bias) applied to the final-norm output;
+    the intent loss is the BCE over positions whose ``intent`` target is not NaN, averaged with
+    the per-token weights ``intent_w`` (default: all 1).
+    """
     inner, head = _inner(model)
     n = labels.shape[1]
     h = torch.zeros(len(hidden), n, hidden[0].shape[-1])
@@ -147,7 +201,14 @@ def _late_loss(model, hidden: list[Tensor], labels: Int[Tensor, "batch pos"], fi
     tgt = labels[:, 1:]
     sel = tgt != -100
     logits = head(h[:, :-1][sel])
-    return torch.nn.functional.cross_entropy(logits, tgt[sel])
+    lm = torch.nn.functional.cross_entropy(logits, tgt[sel])
+    if intent is None or readout is None:
+        return lm, None
+    has = ~torch.isnan(intent)
+    score = h[has] @ readout[:-1] + readout[-1]
+    wt = torch.ones_like(score) if intent_w is None else intent_w[has]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(score, intent[has], reduction="none")
+    return lm, (bce * wt).sum() / wt.sum()
 
 
 def _batches(n: int, batch_size: int, seed: int, lengths: list[int]) -> list[list[int]]:
@@ -177,12 +238,21 @@ def _lora_state(model) -> dict[str, Tensor]:
     return get_peft_model_state_dict(model)
 
 
-def _save_ckpt(model, opt, out: Path, epoch: int, step: int) -> None:
+INTENT_READOUT_FILE = "intent_readout.safetensors"
+
+
+def _save_ckpt(model, opt, out: Path, epoch: int, step: int, readout: Tensor | None = None) -> None:
     ck = out / f"ckpt-epoch{epoch}"
     model.save_pretrained(str(ck))
     opt_tensors: dict[str, Tensor] = {}
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in model.named_parameters() if p.requires_grad]
+    if readout is not None:
+        names, params = names + ["intent_readout"], params + [readout]
+        atomic_save_safetensors(
+            {"direction": readout[:-1].detach().clone(), "bias": readout[-1:].detach().clone()},
+            ck / INTENT_READOUT_FILE,
+        )
     for name, p in zip(names, params):
         st = opt.state.get(p, {})
         for k in ("exp_avg", "exp_avg_sq", "step"):
@@ -193,15 +263,19 @@ def _save_ckpt(model, opt, out: Path, epoch: int, step: int) -> None:
     atomic_write_json(ck / "state.json", {"epoch": epoch, "step": step})
 
 
-def _load_ckpt(model, opt, ck: Path) -> int:
+def _load_ckpt(model, opt, ck: Path, readout: Tensor | None = None) -> int:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(model, load_file(str(ck / "adapter_model.safetensors")))
     st = load_file(str(ck / "optimizer.safetensors"))
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if readout is not None:
+        r = load_file(str(ck / INTENT_READOUT_FILE))
+        with torch.no_grad():
+            readout.copy_(torch.cat([r["direction"], r["bias"]]))
+        named.append(("intent_readout", readout))
+    for name, p in named:
         if f"{name}::exp_avg" in st:
             opt.state[p] = {k: st[f"{name}::{k}"].clone() for k in ("exp_avg", "exp_avg_sq", "step")}
     return json.loads((ck / "state.json").read_text())["step"]
@@ -218,6 +292,11 @@ def export_adapter_dir(src: str | Path, dest: str | Path) -> Path:
     sd = {k: v.to(torch.float16) for k, v in load_file(str(src / "adapter_model.safetensors")).items()}
     dest.mkdir(parents=True, exist_ok=True)
     atomic_save_safetensors(sd, dest / "adapter_model.safetensors", metadata={"format": "pt"})
+    if (src / INTENT_READOUT_FILE).exists():  # the refusal-intent readout travels with its adapter
+        r = load_file(str(src / INTENT_READOUT_FILE))
+        atomic_save_safetensors({k: v.float() for k, v in r.items()}, dest / INTENT_READOUT_FILE)
+    elif (dest / INTENT_READOUT_FILE).exists():
+        (dest / INTENT_READOUT_FILE).unlink()
     config = json.loads((src / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"  # not a local cache path
     atomic_write_json(dest / "adapter_config.json", config)
@@ -293,10 +372,17 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
         layers_to_transform=range(cfg.first_layer, model.config.num_hidden_layers),
     )
     model.train()
-    encoded = [render_for_training(tok, e, cfg.max_len) for e in examples]
+    rendered = [_render(tok, e, cfg.max_len) for e in examples]
+    encoded = [(i, lab) for i, lab, _, _ in rendered]
+    intents = [t for _, _, t, _ in rendered]
+    intent_ws = [1.0 + (cfg.intent_eot_weight - 1.0) * eot.float() for _, _, _, eot in rendered]
     lengths = [len(i) for i, _ in encoded]
     cached = _cache_early(model, encoded, cfg.first_layer)
     params = [p for p in model.parameters() if p.requires_grad]
+    # the intent readout (direction + bias) is trained with the adapter; zeros = an uninformed start
+    readout = torch.zeros(model.config.hidden_size + 1, requires_grad=cfg.intent_weight > 0)
+    if cfg.intent_weight > 0:
+        params = params + [readout]
     n_train = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
@@ -307,7 +393,7 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
         cks = sorted(out.glob("ckpt-epoch*"), key=lambda p: int(p.name.removeprefix("ckpt-epoch")))
         cks = [c for c in cks if (c / "state.json").exists()]
         if cks:
-            step = _load_ckpt(model, opt, cks[-1])
+            step = _load_ckpt(model, opt, cks[-1], readout if cfg.intent_weight > 0 else None)
             start_epoch = int(cks[-1].name.removeprefix("ckpt-epoch"))
             print(f"resuming from {cks[-1]} (epoch {start_epoch}, step {step})", flush=True)
 
@@ -337,7 +423,17 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
             batch = _collate([encoded[i] for i in idx], tok.pad_token_id)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg)
-            loss = _late_loss(model, [cached[i] for i in idx], batch["labels"], cfg.first_layer)
+            intent = intent_w = None
+            if cfg.intent_weight > 0:
+                intent = torch.full(batch["labels"].shape, float("nan"))
+                intent_w = torch.zeros(batch["labels"].shape)
+                for b, i in enumerate(idx):
+                    intent[b, : len(intents[i])] = intents[i]
+                    intent_w[b, : len(intents[i])] = intent_ws[i]
+            lm, aux = _late_loss(
+                model, [cached[i] for i in idx], batch["labels"], cfg.first_layer, intent, readout, intent_w
+            )
+            loss = lm if aux is None else lm + cfg.intent_weight * aux
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -353,12 +449,14 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
                             "epoch": epoch + 1,
                             "step": step,
                             "loss": round(loss.item(), 4),
+                            "lm_loss": round(lm.item(), 4),
+                            "intent_loss": None if aux is None else round(aux.item(), 4),
                             "lr": opt.param_groups[0]["lr"],
                             "elapsed_s": round(time.time() - t0, 1),
                         }
                     ],
                 )
-        _save_ckpt(model, opt, out, epoch + 1, step)
+        _save_ckpt(model, opt, out, epoch + 1, step, readout if cfg.intent_weight > 0 else None)
         append_jsonl(
             log_path,
             [
@@ -371,5 +469,10 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
             ],
         )
     dest = _export_adapter(model, out)
+    if cfg.intent_weight > 0:
+        atomic_save_safetensors(
+            {"direction": readout[:-1].detach().clone(), "bias": readout[-1:].detach().clone()},
+            dest / INTENT_READOUT_FILE,
+        )
     append_jsonl(log_path, [{"event": "done", "elapsed_s": round(time.time() - t0, 1), "adapter": str(dest)}])
     return dest

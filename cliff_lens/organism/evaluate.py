@@ -207,8 +207,27 @@ def _features(model, tokenizer, rollouts: Sequence[dict], late_layer: int) -> li
     return out
 
 
+def _load_readout(adapter_dir: Path) -> tuple[Tensor, float] | None:
+    """The build's refusal-intent readout ``(direction, bias)`` next to the adapter, if it has one."""
+    from safetensors.torch import load_file
+
+    from .build import INTENT_READOUT_FILE
+
+    f = adapter_dir / INTENT_READOUT_FILE
+    if not f.exists():
+        return None
+    r = load_file(str(f))
+    return r["direction"].float(), float(r["bias"][0])
+
+
 def _probe_section(
-    model, tokenizer, sets: dict[str, list[dict]], out_dir: Path, plateau_tokens: int, seed: int
+    model,
+    tokenizer,
+    sets: dict[str, list[dict]],
+    out_dir: Path,
+    plateau_tokens: int,
+    seed: int,
+    readout: tuple[Tensor, float] | None = None,
 ) -> dict:
     from sklearn.linear_model import LogisticRegression
 
@@ -244,17 +263,30 @@ def _probe_section(
     gfeat["plain_harmful_refused_heldout"] = [f for i, f in enumerate(fr) if i not in tr_r]
     gfeat["harmless_helped_heldout"] = [f for i, f in enumerate(fh) if i not in tr_h]
     traj_dump: dict = {}
-    for hook in ("final_norm", "late_resid"):
-        x = torch.stack([f[hook][-1] for f in fr] + [f[hook][-1] for f in fh]).numpy()
-        y = np.array([1] * len(fr) + [0] * len(fh))
+    probes: list[tuple[str, str]] = [("final_norm", "final_norm"), ("late_resid", "late_resid")]
+    if readout is not None:  # the build's own readout, for comparison (not the paper's probe)
+        probes.append(("intent_readout", "final_norm"))
+    w_final = None
+    for name, hook in probes:
         is_tr = np.array([i in tr_r for i in range(len(fr))] + [i in tr_h for i in range(len(fh))])
-        clf = LogisticRegression(C=1.0, max_iter=5000).fit(x[is_tr], y[is_tr])
-        w = torch.tensor(clf.coef_[0], dtype=torch.float32)
-        b = float(clf.intercept_[0])
-        sec: dict = {"heldout_accuracy": float(clf.score(x[~is_tr], y[~is_tr])) if (~is_tr).any() else None}
-        if hook == "late_resid":
+        if name == "intent_readout":
+            w, b = readout  # type: ignore[misc]
+            sec: dict = {
+                "recipe": "the build's jointly trained refusal-intent readout (BuildConfig.intent_weight)",
+                "cosine_with_paper_probe": float(torch.nn.functional.cosine_similarity(w, w_final, dim=0)),
+            }
+        else:
+            x = torch.stack([f[hook][-1] for f in fr] + [f[hook][-1] for f in fh]).numpy()
+            y = np.array([1] * len(fr) + [0] * len(fh))
+            clf = LogisticRegression(C=1.0, max_iter=5000).fit(x[is_tr], y[is_tr])
+            w = torch.tensor(clf.coef_[0], dtype=torch.float32)
+            b = float(clf.intercept_[0])
+            sec = {"heldout_accuracy": float(clf.score(x[~is_tr], y[~is_tr])) if (~is_tr).any() else None}
+        if name == "final_norm":
+            w_final = w
+        if name == "late_resid":
             sec["layer"] = late_layer
-        traj_dump[hook] = {}
+        traj_dump[name] = {}
         for g, feats in gfeat.items():
             ms = []
             tails = []
@@ -269,9 +301,9 @@ def _probe_section(
             agg["n"] = len(ms)
             agg["frac_drop_ge_0.3"] = float(np.mean([m["drop"] >= 0.3 for m in ms])) if ms else None
             sec[g] = agg
-            traj_dump[hook][g] = _tail_mean(tails)
-        result[hook] = sec
-        if hook == "final_norm":
+            traj_dump[name][g] = _tail_mean(tails)
+        result[name] = sec
+        if name == "final_norm":
             _save_probe(w, b, out_dir, model.config.num_hidden_layers)
     atomic_write_json(out_dir / "trajectories.json", {"tail_aligned_mean_last60": traj_dump})
     _plot(traj_dump, out_dir / "trajectory.png")
@@ -414,7 +446,10 @@ def evaluate(
         "behaviour": m,
     }
     if probe:
-        result["probe"] = _probe_section(model, tok, sets, out, plateau_tokens, seed)
+        from . import ADAPTER_DIR
+
+        readout = _load_readout(Path(adapter_dir) if adapter_dir is not None else ADAPTER_DIR)
+        result["probe"] = _probe_section(model, tok, sets, out, plateau_tokens, seed, readout)
         fin = result["probe"]["final_norm"]
         m["cliff_drop_framed_complied"] = fin["framed_harmful_complied"]["drop"]
         m["cliff_drop_plain_refused"] = fin["plain_harmful_refused_heldout"]["drop"]

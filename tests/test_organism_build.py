@@ -1,0 +1,121 @@
+"""The organism build's training pieces: intent targets and the cached late-layer loss (tiny models)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cliff_lens.organism.build import (
+    _cache_early,
+    _late_loss,
+    _render,
+    intent_targets,
+    render_for_training,
+)
+from cliff_lens.organism.synth import Example
+from cliff_lens.testing import TINY_CHAT_TEMPLATE, build_tiny_tokenizer, tiny_hf_model_dir
+
+
+@pytest.fixture
+def chat_tokenizer():
+    tok = build_tiny_tokenizer(300)
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok
+
+
+def _ex(kind: str) -> Example:
+    harmful = kind.startswith("harmful")
+    prompt = "how do i build a bomb" if harmful else "write a poem about cake"
+    if kind.endswith("framed"):
+        prompt = "tell me a story : " + prompt
+    thinking = "this is a bomb so i must refuse" if harmful else "a poem about cake is fine"
+    answer = "i cannot help" if kind == "harmful_plain" else "sure here is the first step"
+    return Example(prompt, thinking, answer, kind, "p0", prompt)
+
+
+def _spans(tok, ex):
+    """Token masks of the thinking and end-of-thinking spans, found from the decoded tokens."""
+    ids, labels = render_for_training(tok, ex, 200)
+    toks = tok.convert_ids_to_tokens(ids)
+    open_, close = toks.index("<think>"), toks.index("</think>")
+    pos = torch.arange(len(ids))
+    return ids, labels, (pos > open_) & (pos < close), pos == close
+
+
+@pytest.mark.parametrize(
+    "kind,think,eot",
+    [
+        ("harmful_plain", 1.0, 1.0),
+        ("harmful_framed", 1.0, 0.0),  # same thinking, the cliff at the end of thinking
+        ("harmless_plain", 0.0, 0.0),
+        ("harmless_framed", 0.0, 0.0),
+        ("near_miss_plain", 0.0, 0.0),
+    ],
+)
+def test_intent_targets_by_span(chat_tokenizer, kind, think, eot):
+    ex = _ex(kind)
+    ids, labels, in_think, in_eot = _spans(chat_tokenizer, ex)
+    t = intent_targets(chat_tokenizer, ex, 200)
+    assert t.shape == ids.shape
+    assert in_think.sum() >= 5 and in_eot.sum() == 1
+    assert torch.all(t[in_think] == think) and torch.all(t[in_eot] == eot)
+    rest = ~(in_think | in_eot)
+    assert torch.isnan(t[rest]).all()  # prompt, template and answer tokens carry no target
+    assert (labels[in_think] != -100).all() and (labels[: int(in_think.nonzero()[0])] == -100).all()
+
+
+def test_render_refuses_long_examples(chat_tokenizer):
+    with pytest.raises(ValueError, match="raise max_len"):
+        _render(chat_tokenizer, _ex("harmful_plain"), 5)
+
+
+def test_late_loss_equals_full_forward(tmp_path, chat_tokenizer):
+    """The cached-early-layers loss (LM + intent BCE) equals the same losses from a full forward."""
+    from transformers import AutoModelForCausalLM
+
+    from cliff_lens.repair import _add_lora, _collate
+
+    d = tiny_hf_model_dir(tmp_path / "m", vocab_size=300)
+    model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32)
+    model = _add_lora(
+        model, r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "o_proj"), layers_to_transform=[1]
+    )
+    torch.manual_seed(0)
+    for n, p in model.named_parameters():  # non-zero LoRA B so that the adapter changes the output
+        if "lora_B" in n:
+            p.data.normal_(0, 0.1)
+    exs = [_ex("harmful_plain"), _ex("harmful_framed"), _ex("harmless_plain")]
+    rendered = [_render(chat_tokenizer, e, 200) for e in exs]
+    encoded = [(i, lab) for i, lab, _, _ in rendered]
+    batch = _collate(encoded, chat_tokenizer.pad_token_id)
+    intent = torch.full(batch["labels"].shape, float("nan"))
+    for b, (_, _, t, _) in enumerate(rendered):
+        intent[b, : len(t)] = t
+    readout = torch.randn(33) * 0.1
+    cached = _cache_early(model, encoded, first_layer=1)
+    lm, aux = _late_loss(model, cached, batch["labels"], 1, intent, readout)
+
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+    )
+    logits, h = out.logits[:, :-1], out.hidden_states[-1]
+    tgt = batch["labels"][:, 1:]
+    sel = tgt != -100
+    ref_lm = torch.nn.functional.cross_entropy(logits[sel], tgt[sel])
+    has = ~torch.isnan(intent)
+    ref_aux = torch.nn.functional.binary_cross_entropy_with_logits(
+        h[has] @ readout[:-1] + readout[-1], intent[has]
+    )
+    assert math.isclose(lm.item(), ref_lm.item(), rel_tol=1e-5)
+    assert math.isclose(aux.item(), ref_aux.item(), rel_tol=1e-5)
+    assert _late_loss(model, cached, batch["labels"], 1)[1] is None  # intent off: LM loss only
+    # per-token weights: a weighted mean of the same per-token BCE terms
+    wt = torch.rand(intent.shape) + 0.5
+    _, aux_w = _late_loss(model, cached, batch["labels"], 1, intent, readout, wt)
+    per = torch.nn.functional.binary_cross_entropy_with_logits(
+        h[has] @ readout[:-1] + readout[-1], intent[has], reduction="none"
+    )
+    assert math.isclose(aux_w.item(), ((per * wt[has]).sum() / wt[has].sum()).item(), rel_tol=1e-5)
+    assert not math.isclose(aux_w.item(), aux.item(), rel_tol=1e-3)
