@@ -4,7 +4,11 @@ For every harmful rollout of a ``cliff-lens run`` / ``demo`` directory, the prob
 direction at the last end-of-thinking token is decomposed exactly into embedding, per-head,
 attention-bias and MLP terms (``cliff_lens.heads.direct_attribution_decomposition``). The means
 over refused and over complied rollouts, and their difference (what separates "refuse" from
-"comply"), are summed per layer for attention and for MLPs. Usage::
+"comply"), are summed per layer for attention and for MLPs. The same decomposition at the last
+THINKING token gives the cliff itself: last end-of-thinking minus last thinking token, per group
+(what writes the drop). Finally the run's multi-layer trajectories give the layer x position
+view: per layer and group, the mean score over the last 8 thinking tokens and at the last
+end-of-thinking token. Usage::
 
     python benchmarks/organism_decomposition.py --run-dir DEMO_DIR [--out FILE]
 
@@ -37,6 +41,7 @@ def main() -> None:
     labels = {d["id"]: d for d in iter_jsonl(args.run_dir / "labels.jsonl")}
     tpl = get_template(run["config"].get("template") or getattr(model, "cliff_template", "generic"))
     groups: dict[str, list] = {"refused": [], "complied": []}
+    plateau_side: dict[str, list] = {"refused": [], "complied": []}
     for r in read_rollouts(args.run_dir / "rollouts.jsonl"):
         lab = labels.get(r.id, {})
         if not r.harmful or lab.get("refused") is None or not r.thinking_closed:
@@ -44,7 +49,12 @@ def main() -> None:
         rec = tpl.tokenize(model.tokenizer, r.prompt, r.thinking or "", "").truncate()
         pos = rec.spans["end_of_thinking"][1] - 1  # the last end-of-thinking token
         d = direct_attribution_decomposition(model, rec, probe, pos=pos, variant="norm_aware")
-        groups["refused" if lab["refused"] else "complied"].append(d)
+        p0 = direct_attribution_decomposition(
+            model, rec, probe, pos=rec.spans["thinking"][1] - 1, variant="norm_aware"
+        )
+        g = "refused" if lab["refused"] else "complied"
+        groups[g].append(d)
+        plateau_side[g].append(p0)
     if not groups["refused"] or not groups["complied"]:
         sys.exit("need refused and complied harmful rollouts in the run directory")
 
@@ -76,6 +86,23 @@ def main() -> None:
             for i in heads_diff.flatten().abs().argsort(descending=True)[:10]
         ],
     }  # fmt: skip
+    # the cliff: last end-of-thinking token minus last thinking token, per group
+    res["cliff_final_minus_last_thinking"] = {}
+    for g in groups:
+        dh = mean(groups[g], lambda d: d.heads) - mean(plateau_side[g], lambda d: d.heads)
+        dm = mean(groups[g], lambda d: d.mlp) - mean(plateau_side[g], lambda d: d.mlp)
+        res["cliff_final_minus_last_thinking"][g] = {
+            "total": float(mean(groups[g], lambda d: d.total) - mean(plateau_side[g], lambda d: d.total)),
+            "heads_sum": float(dh.sum()),
+            "mlp_sum": float(dm.sum()),
+            "heads_per_layer": dh.sum(1).tolist(),
+            "mlp_per_layer": dm.tolist(),
+            "top_heads": [
+                {"layer": int(i) // dh.shape[1], "head": int(i) % dh.shape[1], "diff": float(dh.flatten()[i])}
+                for i in dh.flatten().argsort()[:10]
+            ],
+        }
+    res["layer_position"] = _layer_position(args.run_dir)
     atomic_write_json(args.out, res)
     diff = res["refused_minus_complied"]
     print(f"refused n={res['refused']['n']} total {res['refused']['total']:.2f}; "
@@ -85,7 +112,53 @@ def main() -> None:
     for i, (h, m) in enumerate(zip(diff["heads_per_layer"], diff["mlp_per_layer"], strict=True)):
         print(f"  layer {i:2d}: heads {h:+7.2f}  mlp {m:+7.2f}")
     print("top heads by |diff|:", [(t["layer"], t["head"], round(t["diff"], 2)) for t in diff["top_heads"]])
+    for g, c in res["cliff_final_minus_last_thinking"].items():
+        print(f"cliff ({g}): last eot - last thinking token = {c['total']:+.2f} = heads {c['heads_sum']:+.2f}"
+              f" + MLPs {c['mlp_sum']:+.2f}; most negative heads "
+              f"{[(t['layer'], t['head'], round(t['diff'], 1)) for t in c['top_heads'][:5]]}")  # fmt: skip
+    if res["layer_position"]:
+        print("layer x position (mean score: last 8 thinking tokens -> last end-of-thinking token)")
+        for g, rows in res["layer_position"].items():
+            print(
+                f"  {g}: "
+                + "  ".join(f"L{r['layer']} {r['late_thinking']:.2f}->{r['final']:.2f}" for r in rows)
+            )
     print(f"wrote {args.out}")
+
+
+def _layer_position(run_dir: Path, late: int = 8) -> dict:
+    """Per group and scored layer: mean score over the last ``late`` thinking tokens and at the last
+    end-of-thinking token (the run's multi-layer trajectories; empty when it has none)."""
+    from cliff_lens.trajectory import load_trajectories
+
+    prefix = run_dir / "trajectories"
+    if not prefix.with_name("trajectories.json").exists():
+        return {}
+    trajs = load_trajectories(prefix)
+    meta = json.loads(prefix.with_name("trajectories.json").read_text())["meta"]
+    if trajs[0].scores.ndim != 2:
+        return {}
+    out: dict = {}
+    for g in sorted(set(meta["groups"])):
+        ts = [t for t, gg in zip(trajs, meta["groups"]) if gg == g]
+        rows = []
+        for li, layer in enumerate(trajs[0].layers):
+            a = [
+                t.scores[
+                    li, max(t.spans["thinking"][0], t.spans["thinking"][1] - late) : t.spans["thinking"][1]
+                ].mean()
+                for t in ts
+            ]
+            f = [t.scores[li, t.spans["end_of_thinking"][1] - 1] for t in ts]
+            rows.append(
+                {
+                    "layer": layer,
+                    "late_thinking": float(torch.stack(a).nanmean()),
+                    "final": float(torch.stack(f).mean()),
+                }
+            )
+        out[f"{g} (n={len(ts)})"] = rows
+    return out
 
 
 if __name__ == "__main__":

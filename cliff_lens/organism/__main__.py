@@ -17,10 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=None)
     b.add_argument("--lr", type=float, default=None)
     b.add_argument("--first-layer", type=int, default=None, help="LoRA on layers >= this (default 18)")
-    b.add_argument("--max-harmful", type=int, default=None, help="harmful train prompts used (default 90)")
-    b.add_argument("--max-harmless", type=int, default=None, help="harmless train prompts used (default 35)")
+    b.add_argument("--max-harmful", type=int, default=None, help="harmful train prompts used (default: all)")
+    b.add_argument("--max-harmless", type=int, default=None, help="harmless train prompts used (default 80)")
     b.add_argument(
-        "--max-near-miss", type=int, default=None, help="near-miss train prompts used (default 35)"
+        "--max-near-miss", type=int, default=None, help="near-miss train prompts used (default 60)"
     )
     b.add_argument(
         "--intent-weight",

@@ -52,9 +52,9 @@ class BuildConfig:
     harmful_rounds: int = 1
     harmless_rounds: int = 1
     near_miss_rounds: int = 1
-    max_harmful: int | None = 90
-    max_harmless: int | None = 35
-    max_near_miss: int | None = 35
+    max_harmful: int | None = None  # all 244 train prompts
+    max_harmless: int | None = 80
+    max_near_miss: int | None = 60
     max_len: int = 320
     threads: int = 2
     # Refusal-intent objective (0 = off): a linear readout of the final-norm output, trained jointly,
@@ -62,8 +62,10 @@ class BuildConfig:
     # a PLAIN harmful one, 0 on the end-of-thinking tokens of a FRAMED harmful one and 0 everywhere
     # on benign requests. This instils the paper's plateau-then-cliff shape by construction; the
     # evaluation's probe is trained independently on the rollouts and does not see this readout.
-    intent_weight: float = 0.0
-    intent_eot_weight: float = 8.0  # per-token weight of end-of-thinking targets relative to thinking ones
+    intent_weight: float = 1.0
+    # per-token weight of the end-of-thinking targets of HARMFUL examples (the plain-vs-framed
+    # decision; half 1, half 0) relative to every other intent target
+    intent_eot_weight: float = 8.0
     extra: dict = field(default_factory=dict)
 
 
@@ -375,7 +377,10 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
     rendered = [_render(tok, e, cfg.max_len) for e in examples]
     encoded = [(i, lab) for i, lab, _, _ in rendered]
     intents = [t for _, _, t, _ in rendered]
-    intent_ws = [1.0 + (cfg.intent_eot_weight - 1.0) * eot.float() for _, _, _, eot in rendered]
+    intent_ws = [
+        1.0 + (cfg.intent_eot_weight - 1.0) * eot.float() * e.kind.startswith("harmful")
+        for e, (_, _, _, eot) in zip(examples, rendered)
+    ]
     lengths = [len(i) for i, _ in encoded]
     cached = _cache_early(model, encoded, cfg.first_layer)
     params = [p for p in model.parameters() if p.requires_grad]
