@@ -14,7 +14,7 @@ helped plain-harmless rollouts, last token of prompt + thinking + end-of-thinkin
 output including its weight) on half of those rollouts and reports, per rollout, the late-thinking
 plateau (mean score over the last ``plateau_tokens`` thinking tokens) minus the final score.
 Results go to ``DIR/eval.json`` (+ ``DIR/rollouts_*.jsonl``, ``DIR/trajectories.json``,
-``DIR/trajectory.png`` when matplotlib is installed).
+``DIR/trajectory_<read-out>.svg``).
 """
 
 from __future__ import annotations
@@ -306,7 +306,8 @@ def _probe_section(
         if name == "final_norm":
             _save_probe(w, b, out_dir, model.config.num_hidden_layers)
     atomic_write_json(out_dir / "trajectories.json", {"tail_aligned_mean_last60": traj_dump})
-    _plot(traj_dump, out_dir / "trajectory.png")
+    eot_len = next((f["eot"][1] - f["eot"][0] for fs in gfeat.values() for f in fs), 1)
+    _plot(traj_dump, out_dir, eot_len)
     return result
 
 
@@ -341,28 +342,26 @@ def _save_probe(w: Tensor, b: float, out_dir: Path, n_layers: int) -> None:
         )
 
 
-def _plot(traj: dict, path: Path) -> None:
-    try:
-        import matplotlib
+def _plot(traj: dict, out_dir: Path, eot_len: int) -> None:
+    """``out_dir/trajectory_<read-out>.svg``: the tail-aligned mean curves of each group."""
+    from ..viz.svg import line_plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, axes = plt.subplots(1, len(traj), figsize=(6 * len(traj), 4), squeeze=False)
-    for ax, (hook, groups) in zip(axes[0], traj.items()):
-        for g, curve in groups.items():
-            if curve:
-                xs = np.arange(-len(curve) + 1, 1)
-                ax.plot(xs, [np.nan if v is None else v for v in curve], label=g)
-        ax.set_title(f"cliff organism: probe on {hook}")
-        ax.set_xlabel("token position relative to the last end-of-thinking token")
-        ax.set_ylabel("refusal score")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    for name, groups in traj.items():
+        series = {
+            g: (list(range(-len(c) + 1, 1)), [np.nan if v is None else v for v in c])
+            for g, c in groups.items()
+            if c
+        }
+        if series:
+            svg = line_plot(
+                series,
+                vlines=[(-eot_len + 0.5, "end of thinking")],
+                xlabel="token position relative to the last end-of-thinking token",
+                ylabel="refusal score",
+                title=f"cliff organism: {name}",
+                ylim=(0.0, 1.0),
+            )
+            (out_dir / f"trajectory_{name}.svg").write_text(svg, encoding="utf-8")
 
 
 def evaluate(
