@@ -73,35 +73,39 @@ def main() -> None:
             "attn_bias_sum": float(mean(ds, lambda d: d.attn_bias.sum())),
             "max_abs_error": max(abs(d.error) for d in ds),
         }
-    heads_diff = mean(groups["refused"], lambda d: d.heads) - mean(groups["complied"], lambda d: d.heads)
-    mlp_diff = mean(groups["refused"], lambda d: d.mlp) - mean(groups["complied"], lambda d: d.mlp)
-    res["refused_minus_complied"] = {
-        "total": res["refused"]["total"] - res["complied"]["total"],
-        "heads_sum": float(heads_diff.sum()),
-        "mlp_sum": float(mlp_diff.sum()),
-        "heads_per_layer": heads_diff.sum(1).tolist(),
-        "mlp_per_layer": mlp_diff.tolist(),
-        "top_heads": [
-            {"layer": int(i) // heads_diff.shape[1], "head": int(i) % heads_diff.shape[1], "diff": float(heads_diff.flatten()[i])}
-            for i in heads_diff.flatten().abs().argsort(descending=True)[:10]
-        ],
-    }  # fmt: skip
-    # the cliff: last end-of-thinking token minus last thinking token, per group
-    res["cliff_final_minus_last_thinking"] = {}
-    for g in groups:
-        dh = mean(groups[g], lambda d: d.heads) - mean(plateau_side[g], lambda d: d.heads)
-        dm = mean(groups[g], lambda d: d.mlp) - mean(plateau_side[g], lambda d: d.mlp)
-        res["cliff_final_minus_last_thinking"][g] = {
-            "total": float(mean(groups[g], lambda d: d.total) - mean(plateau_side[g], lambda d: d.total)),
+
+    def contrast(pos: list, neg: list, total: float, order) -> dict:
+        """Per-layer heads / MLP sums of mean(pos) - mean(neg) and the 10 heads first in ``order``."""
+        dh = mean(pos, lambda d: d.heads) - mean(neg, lambda d: d.heads)
+        dm = mean(pos, lambda d: d.mlp) - mean(neg, lambda d: d.mlp)
+        return {
+            "total": total,
             "heads_sum": float(dh.sum()),
             "mlp_sum": float(dm.sum()),
             "heads_per_layer": dh.sum(1).tolist(),
             "mlp_per_layer": dm.tolist(),
             "top_heads": [
                 {"layer": int(i) // dh.shape[1], "head": int(i) % dh.shape[1], "diff": float(dh.flatten()[i])}
-                for i in dh.flatten().argsort()[:10]
+                for i in order(dh.flatten())[:10]
             ],
         }
+
+    res["refused_minus_complied"] = contrast(
+        groups["refused"],
+        groups["complied"],
+        res["refused"]["total"] - res["complied"]["total"],
+        lambda x: x.abs().argsort(descending=True),
+    )
+    # the cliff: last end-of-thinking token minus last thinking token, per group (most negative heads first)
+    res["cliff_final_minus_last_thinking"] = {
+        g: contrast(
+            groups[g],
+            plateau_side[g],
+            float(mean(groups[g], lambda d: d.total) - mean(plateau_side[g], lambda d: d.total)),
+            lambda x: x.argsort(),
+        )
+        for g in groups
+    }
     res["layer_position"] = _layer_position(args.run_dir)
     atomic_write_json(args.out, res)
     diff = res["refused_minus_complied"]
