@@ -105,7 +105,8 @@ def test_shipped_organism_shows_the_behaviour_and_the_cliff(organism):
     import torch
 
     from cliff_lens.judges import KeywordJudge
-    from cliff_lens.organism.evaluate import _features, _load_readout, cliff_metrics, generate_rollouts
+    from cliff_lens.organism import intent_readout
+    from cliff_lens.organism.evaluate import _features, cliff_metrics, generate_rollouts
 
     torch.set_num_threads(2)
     model, tok = organism
@@ -128,7 +129,7 @@ def test_shipped_organism_shows_the_behaviour_and_the_cliff(organism):
 
     # the cliff, read with the build's refusal-intent readout on the final-norm output: high
     # through the late thinking for both harmful rollouts, low at the end of thinking only when framed
-    readout = _load_readout(ADAPTER_DIR)
+    readout = intent_readout()
     assert readout is not None, f"the shipped adapter in {ADAPTER_DIR} has no intent readout"
     w, b = readout
     m = [

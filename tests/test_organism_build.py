@@ -119,3 +119,17 @@ def test_late_loss_equals_full_forward(tmp_path, chat_tokenizer):
     )
     assert math.isclose(aux_w.item(), ((per * wt[has]).sum() / wt[has].sum()).item(), rel_tol=1e-5)
     assert not math.isclose(aux_w.item(), aux.item(), rel_tol=1e-3)
+
+
+def test_intent_readout_round_trip(tmp_path):
+    from cliff_lens.io import atomic_save_safetensors
+    from cliff_lens.organism import intent_readout
+    from cliff_lens.organism.build import INTENT_READOUT_FILE
+
+    assert intent_readout(tmp_path) is None  # an adapter built without the intent objective
+    d = torch.randn(8)
+    atomic_save_safetensors({"direction": d, "bias": torch.tensor([0.25])}, tmp_path / INTENT_READOUT_FILE)
+    w, b = intent_readout(tmp_path)
+    assert torch.equal(w, d) and b == 0.25
+    shipped = intent_readout()  # the shipped adapter has one, sized for SmolLM2's d_model
+    assert shipped is not None and shipped[0].shape == (576,)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ADAPTER_DIR", "MODEL_CARD", "organism_hf_model"]
+__all__ = ["ADAPTER_DIR", "MODEL_CARD", "organism_hf_model", "intent_readout"]
 
 ADAPTER_DIR: Path = Path(__file__).resolve().parent / "adapter"
 MODEL_CARD: Path = Path(__file__).resolve().parent / "MODEL_CARD.md"
@@ -38,3 +38,21 @@ def organism_hf_model(dtype: torch.dtype = torch.float32, adapter_dir: str | Pat
     model = model.to(dtype)
     model.eval()
     return model, tok
+
+
+def intent_readout(adapter_dir: str | Path | None = None) -> tuple[torch.Tensor, float] | None:
+    """The build's refusal-intent read-out ``(direction [d_model], bias)`` next to an adapter.
+
+    It applies to the final-norm output (with its weight): ``sigmoid(h @ direction + bias)``. It
+    was trained jointly with the adapter (``BuildConfig.intent_weight``) and is NOT the paper's
+    probe; returns ``None`` for adapters built without the intent objective.
+    """
+    from safetensors.torch import load_file
+
+    from .build import INTENT_READOUT_FILE
+
+    f = (Path(adapter_dir) if adapter_dir is not None else ADAPTER_DIR) / INTENT_READOUT_FILE
+    if not f.exists():
+        return None
+    r = load_file(str(f))
+    return r["direction"].float(), float(r["bias"][0])

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         "--intent-eot-weight",
         type=float,
         default=None,
-        help="per-token weight of the end-of-thinking intent targets (see BuildConfig)",
+        help="per-token weight of the end-of-thinking intent targets of harmful examples (see BuildConfig)",
     )
     b.add_argument("--no-resume", action="store_true", help="start over even if OUT holds checkpoints")
     e = sub.add_parser("evaluate", help="held-out behaviour + cliff measurements into OUT/eval.json")

@@ -207,19 +207,6 @@ def _features(model, tokenizer, rollouts: Sequence[dict], late_layer: int) -> li
     return out
 
 
-def _load_readout(adapter_dir: Path) -> tuple[Tensor, float] | None:
-    """The build's refusal-intent readout ``(direction, bias)`` next to the adapter, if it has one."""
-    from safetensors.torch import load_file
-
-    from .build import INTENT_READOUT_FILE
-
-    f = adapter_dir / INTENT_READOUT_FILE
-    if not f.exists():
-        return None
-    r = load_file(str(f))
-    return r["direction"].float(), float(r["bias"][0])
-
-
 def _probe_section(
     model,
     tokenizer,
@@ -445,9 +432,9 @@ def evaluate(
         "behaviour": m,
     }
     if probe:
-        from . import ADAPTER_DIR
+        from . import intent_readout
 
-        readout = _load_readout(Path(adapter_dir) if adapter_dir is not None else ADAPTER_DIR)
+        readout = intent_readout(adapter_dir)
         result["probe"] = _probe_section(model, tok, sets, out, plateau_tokens, seed, readout)
         fin = result["probe"]["final_norm"]
         m["cliff_drop_framed_complied"] = fin["framed_harmful_complied"]["drop"]
