@@ -133,3 +133,31 @@ def test_intent_readout_round_trip(tmp_path):
     assert torch.equal(w, d) and b == 0.25
     shipped = intent_readout()  # the shipped adapter has one, sized for SmolLM2's d_model
     assert shipped is not None and shipped[0].shape == (576,)
+
+
+def test_checkpoint_round_trip_restores_readout_and_its_optimizer_state(tmp_path):
+    """Resuming a build restores the intent read-out and its AdamW moments with the adapter's."""
+    from transformers import AutoModelForCausalLM
+
+    from cliff_lens.organism.build import _load_ckpt, _save_ckpt
+    from cliff_lens.repair import _add_lora
+
+    d = tiny_hf_model_dir(tmp_path / "m", vocab_size=300)
+
+    def fresh():
+        m = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32)
+        m = _add_lora(m, r=4, alpha=8, dropout=0.0, target_modules=("q_proj",), layers_to_transform=[1])
+        readout = torch.zeros(33, requires_grad=True)
+        params = [p for p in m.parameters() if p.requires_grad] + [readout]
+        return m, readout, torch.optim.AdamW(params, lr=0.1)
+
+    model, readout, opt = fresh()
+    loss = sum(p.sum() for p in model.parameters() if p.requires_grad) + (readout * torch.arange(33.0)).sum()
+    loss.backward()
+    opt.step()
+    _save_ckpt(model, opt, tmp_path, 1, 7, readout)
+
+    model2, readout2, opt2 = fresh()
+    assert _load_ckpt(model2, opt2, tmp_path / "ckpt-epoch1", readout2) == 7
+    assert torch.equal(readout2, readout) and readout.abs().sum() > 0
+    assert torch.equal(opt2.state[readout2]["exp_avg"], opt.state[readout]["exp_avg"])

@@ -243,6 +243,12 @@ def _lora_state(model) -> dict[str, Tensor]:
 INTENT_READOUT_FILE = "intent_readout.safetensors"
 
 
+def _save_readout(readout: Float[Tensor, "d_model_plus_1"], path: Path) -> None:
+    """Write the intent read-out as ``direction`` + ``bias`` (read by ``organism.intent_readout``)."""
+    r = readout.detach()
+    atomic_save_safetensors({"direction": r[:-1].clone(), "bias": r[-1:].clone()}, path)
+
+
 def _save_ckpt(model, opt, out: Path, epoch: int, step: int, readout: Tensor | None = None) -> None:
     ck = out / f"ckpt-epoch{epoch}"
     model.save_pretrained(str(ck))
@@ -251,10 +257,7 @@ def _save_ckpt(model, opt, out: Path, epoch: int, step: int, readout: Tensor | N
     params = [p for _, p in model.named_parameters() if p.requires_grad]
     if readout is not None:
         names, params = names + ["intent_readout"], params + [readout]
-        atomic_save_safetensors(
-            {"direction": readout[:-1].detach().clone(), "bias": readout[-1:].detach().clone()},
-            ck / INTENT_READOUT_FILE,
-        )
+        _save_readout(readout, ck / INTENT_READOUT_FILE)
     for name, p in zip(names, params):
         st = opt.state.get(p, {})
         for k in ("exp_avg", "exp_avg_sq", "step"):
@@ -269,13 +272,15 @@ def _load_ckpt(model, opt, ck: Path, readout: Tensor | None = None) -> int:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from . import intent_readout
+
     set_peft_model_state_dict(model, load_file(str(ck / "adapter_model.safetensors")))
     st = load_file(str(ck / "optimizer.safetensors"))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if readout is not None:
-        r = load_file(str(ck / INTENT_READOUT_FILE))
+        direction, bias = intent_readout(ck)
         with torch.no_grad():
-            readout.copy_(torch.cat([r["direction"], r["bias"]]))
+            readout.copy_(torch.cat([direction, torch.tensor([bias])]))
         named.append(("intent_readout", readout))
     for name, p in named:
         if f"{name}::exp_avg" in st:
@@ -385,8 +390,8 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
     cached = _cache_early(model, encoded, cfg.first_layer)
     params = [p for p in model.parameters() if p.requires_grad]
     # the intent readout (direction + bias) is trained with the adapter; zeros = an uninformed start
-    readout = torch.zeros(model.config.hidden_size + 1, requires_grad=cfg.intent_weight > 0)
-    if cfg.intent_weight > 0:
+    readout = torch.zeros(model.config.hidden_size + 1, requires_grad=True) if cfg.intent_weight > 0 else None
+    if readout is not None:
         params = params + [readout]
     n_train = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -398,7 +403,7 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
         cks = sorted(out.glob("ckpt-epoch*"), key=lambda p: int(p.name.removeprefix("ckpt-epoch")))
         cks = [c for c in cks if (c / "state.json").exists()]
         if cks:
-            step = _load_ckpt(model, opt, cks[-1], readout if cfg.intent_weight > 0 else None)
+            step = _load_ckpt(model, opt, cks[-1], readout)
             start_epoch = int(cks[-1].name.removeprefix("ckpt-epoch"))
             print(f"resuming from {cks[-1]} (epoch {start_epoch}, step {step})", flush=True)
 
@@ -429,7 +434,7 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg)
             intent = intent_w = None
-            if cfg.intent_weight > 0:
+            if readout is not None:
                 intent = torch.full(batch["labels"].shape, float("nan"))
                 intent_w = torch.zeros(batch["labels"].shape)
                 for b, i in enumerate(idx):
@@ -461,7 +466,7 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
                         }
                     ],
                 )
-        _save_ckpt(model, opt, out, epoch + 1, step, readout if cfg.intent_weight > 0 else None)
+        _save_ckpt(model, opt, out, epoch + 1, step, readout)
         append_jsonl(
             log_path,
             [
@@ -474,10 +479,7 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
             ],
         )
     dest = _export_adapter(model, out)
-    if cfg.intent_weight > 0:
-        atomic_save_safetensors(
-            {"direction": readout[:-1].detach().clone(), "bias": readout[-1:].detach().clone()},
-            dest / INTENT_READOUT_FILE,
-        )
+    if readout is not None:
+        _save_readout(readout, dest / INTENT_READOUT_FILE)
     append_jsonl(log_path, [{"event": "done", "elapsed_s": round(time.time() - t0, 1), "adapter": str(dest)}])
     return dest

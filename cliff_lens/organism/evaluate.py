@@ -254,8 +254,8 @@ def _probe_section(
     if readout is not None:  # the build's own readout, for comparison (not the paper's probe)
         probes.append(("intent_readout", "final_norm"))
     w_final = None
+    is_tr = np.array([i in tr_r for i in range(len(fr))] + [i in tr_h for i in range(len(fh))])
     for name, hook in probes:
-        is_tr = np.array([i in tr_r for i in range(len(fr))] + [i in tr_h for i in range(len(fh))])
         if name == "intent_readout":
             w, b = readout  # type: ignore[misc]
             sec: dict = {
