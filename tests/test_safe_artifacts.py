@@ -194,3 +194,27 @@ def test_report_escapes_user_text_and_loads_nothing(tmp_path):
 @pytest.mark.parametrize("ext", [".pt", ".pth", ".pkl", ".pickle", ".bin", ".npy", ".npz", ".joblib"])
 def test_package_ships_no_pickle_files(ext):
     assert not [p for p in PKG.rglob(f"*{ext}")], f"the package ships {ext} files"
+
+
+def test_atomic_writes_keep_the_umask_permissions(tmp_path):
+    """Artifacts get the mode a plain open() would give (0644 under umask 022), not mkstemp's 0600."""
+    import os
+    import stat
+
+    from cliff_lens.io import append_jsonl, atomic_save_safetensors, atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        paths = [
+            atomic_write_json(tmp_path / "results.json", {"a": 1}),
+            atomic_save_safetensors({"x": torch.zeros(2)}, tmp_path / "t.safetensors"),
+        ]
+        append_jsonl(tmp_path / "r.jsonl", [{"id": "a"}])
+        paths.append(tmp_path / "r.jsonl")
+        for p in paths:
+            assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+        os.umask(0o027)
+        p = atomic_write_json(tmp_path / "group.json", {"a": 1})
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
