@@ -3,23 +3,45 @@
 For each *setting* (baseline, top-k% suppression heads, random-k% heads with several seeds,
 or any named head list) the model generates answers to the harmful and to the harmless prompts
 with the heads ablated at every position (hooks fire on every generation step), a judge labels
-the ANSWER only, and the setting is summarised:
+the ANSWER only, and the setting is summarised.
+
+Every harmful and harmless rollout gets ONE outcome by :func:`cliff_lens.judges.outcome`:
+``"refused"``, ``"complied"`` or ``"no_answer"`` (thinking never closed, or a blank answer after
+a closed thinking; the judge is not asked). Each setting row then holds:
 
 ``asr``
-    attack successes / harmful prompts, where an attack success is a harmful prompt whose
-    thinking closed and whose answer the judge does not call a refusal. A rollout whose thinking
-    never closed has no answer: it is not a success, and the fraction is reported as
-    ``harmful_unclosed``.
+    attack successes / harmful prompts, an attack success being a ``"complied"`` harmful
+    rollout: a no-answer is NOT a success. ``asr_rate`` (``{"value", "k", "n", "ci95"}``) and
+    ``asr_ci95`` give the 95% Wilson interval (:func:`cliff_lens.stats.rate`);
+    ``n_attack_success`` is ``k``; ``n_harmful_no_answer`` counts the no-answers and
+    ``harmful_unclosed`` is the fraction whose thinking never closed.
 ``over_refusal``
-    refused answers / harmless prompts (unclosed ones counted in ``harmless_unclosed``). Harmful
-    and harmless prompts are never mixed into one rate.
+    ``"refused"`` harmless rollouts / harmless prompts (``over_refusal_rate``,
+    ``over_refusal_ci95``, ``n_over_refusal``, ``n_harmless_no_answer``, ``harmless_unclosed``).
+    Harmful and harmless prompts are never mixed into one rate.
+``harmful_outcomes`` / ``harmless_outcomes``
+    the per-prompt outcomes, in the order of ``harmful_prompts`` / ``harmless_prompts``.
+``vs_baseline``
+    (non-baseline rows, when the baseline runs) exact McNemar tests against the baseline on the
+    same prompts: ``{"asr": {"n", "baseline_only", "setting_only", "p_value"}, "over_refusal":
+    ...}`` where ``baseline_only`` counts prompts that were a success (resp. a refusal) under
+    the baseline only (:func:`cliff_lens.stats.mcnemar_exact`).
+``vs_random``
+    (top-k% rows, when random-k% sets of the same k run) ``{"n_sets", "asr_mean", "asr_min",
+    "asr_max", "asr_empirical_p"}``: the empirical p-value is ``(1 + #random sets with ASR <=
+    the top-k% ASR) / (1 + #random sets)`` (:func:`cliff_lens.stats.empirical_p_value`).
 ``refusal_score_end``
     with ``probe=``: the mean probe probability at the last end-of-thinking token of the harmful
     rollouts (closed ones), computed under the same ablation.
 
 Random-k% settings draw ``n_top_heads(n_layers * n_heads, k)`` heads uniformly without
 replacement (``torch.randperm`` with the seed); a ``random_summary`` row per k gives mean,
-standard deviation (population, ``ddof=0``), min and max over the seeds.
+standard deviation (population, ``ddof=0``), min and max over the seeds, plus the top-k% ASR and
+its empirical p-value (see :func:`summarize_random`).
+
+Cost: every setting is one generate call over its harmful + harmless prompts (they share
+batches). Settings cannot share a call: the ablation hooks act on the whole batch (the model's
+hook context), so a random set costs a full generation of all prompts.
 """
 
 from __future__ import annotations
@@ -35,6 +57,8 @@ from torch import Tensor
 
 from .ablation import AblationMode, ablation_hooks, probe_scores
 from .heads import n_top_heads, suppression_heads, validate_heads
+from .judges import KeywordJudge, attack_success_rate, count_outcomes, judge_outcomes, refusal_rate
+from .stats import Rate, empirical_p_value, mcnemar_exact
 
 __all__ = ["attack_success", "random_heads", "settings_for", "save_ablation_results", "summarize_random"]
 
@@ -121,18 +145,30 @@ def _call_generate(gen: Callable, model: Any, prompts: list[str], hooks: list, k
     return rollouts
 
 
-def _judge(judge: Any, answers: list[str]) -> list[bool]:
-    if not answers:
-        return []
-    if hasattr(judge, "judge_many"):
-        js = judge.judge_many(answers)
-    else:
-        js = [judge.judge(a) for a in answers]
-    return [bool(j.refused if hasattr(j, "refused") else j) for j in js]
-
-
 def _closed(r: Any) -> bool:
-    return bool(getattr(r, "thinking_closed", True)) and getattr(r, "answer", None) is not None
+    return getattr(r, "thinking_closed", True) is not False and getattr(r, "answer", None) is not None
+
+
+def _ci(r: Rate) -> list[float | None]:
+    return r.to_dict()["ci95"]
+
+
+def _mcnemar(base: list[bool], this: list[bool]) -> dict:
+    """Exact McNemar of the baseline's vs this setting's per-prompt events on the same prompts."""
+    m = mcnemar_exact(base, this)
+    return {"n": m["n"], "baseline_only": m["a_only"], "setting_only": m["b_only"], "p_value": m["p_value"]}
+
+
+def _outcome_fields(prefix: str, outs: list[str], rollouts: list) -> dict:
+    """Per-prompt outcomes and counts of one prompt group (``harmful`` / ``harmless``)."""
+    c = count_outcomes(outs)
+    return {
+        f"{prefix}_outcomes": outs,
+        f"n_{prefix}_refused": c["refused"],
+        f"n_{prefix}_complied": c["complied"],
+        f"n_{prefix}_no_answer": c["no_answer"],
+        f"{prefix}_unclosed": sum(getattr(r, "thinking_closed", True) is False for r in rollouts) / len(outs),
+    }
 
 
 def _default_tokenize(model: Any) -> Callable[[str, str], Any]:
@@ -175,8 +211,10 @@ def attack_success(
         heads_by_setting: extra named head lists (``{"paper heads": [(l, h), ...]}``).
         top_percents / random_seeds: the k values and the random-head seeds.
         mode / means: the ablation (``"mean"`` needs ``means=compute_head_means(...)``).
-        judge: anything with ``judge_many(answers)`` or ``judge(answer)`` returning objects with
-            ``.refused`` (default ``cliff_lens.judges.KeywordJudge()``).
+        judge: a :class:`cliff_lens.judges.Judge` (default ``KeywordJudge()``; the pipeline passes
+            ``KeywordJudge(mode=cfg.judge_mode)``). It is called once per setting as
+            ``judge.judge_many(answers, prompts)`` with each answer's prompt (a classifier judge
+            sees the user turn); ``judge_many(answers)`` / ``judge(answer)`` also work.
         max_new_tokens / batch_size / seed / **generate_kwargs: passed to the generator
             (default ``cliff_lens.rollout.generate_rollouts(model, prompts, hooks=..., ...)``);
             the same sampling seed is used in every setting.
@@ -196,8 +234,6 @@ def attack_success(
     if generate_fn is None:
         from .rollout import generate_rollouts as generate_fn
     if judge is None:
-        from .judges import KeywordJudge
-
         judge = KeywordJudge()
     if probe is not None and tokenize_fn is None:
         tokenize_fn = _default_tokenize(model)
@@ -242,25 +278,38 @@ def attack_success(
         else:
             both = _call_generate(generate_fn, model, harm + benign, hooks, kw)
         harm_r, ben_r = both[: len(harm)], both[len(harm) :]
-        closed = [r for r in harm_r if _closed(r)]
-        refused = _judge(judge, [r.answer for r in closed])
-        n_success = sum(not x for x in refused)
+        # one judge call per setting, every answer with its prompt (cliff_lens.judges.outcome rule)
+        outs = [o for o, _ in judge_outcomes(both, judge, prompts=harm + benign)]
+        h_out, b_out = outs[: len(harm)], outs[len(harm) :]
+        a = attack_success_rate(h_out)
         row.update(
             n_harmful=len(harm),
-            n_attack_success=n_success,
-            asr=n_success / len(harm),
-            harmful_unclosed=(len(harm) - len(closed)) / len(harm),
+            n_attack_success=a.k,
+            asr=a.value,
+            asr_ci95=_ci(a),
+            asr_rate=a.to_dict(),
+            **_outcome_fields("harmful", h_out, harm_r),
         )
         if benign:
-            bclosed = [r for r in ben_r if _closed(r)]
-            brefused = _judge(judge, [r.answer for r in bclosed])
+            o = refusal_rate(b_out)
             row.update(
                 n_harmless=len(benign),
-                over_refusal=sum(brefused) / len(benign),
-                harmless_unclosed=(len(benign) - len(bclosed)) / len(benign),
+                n_over_refusal=o.k,
+                over_refusal=o.value,
+                over_refusal_ci95=_ci(o),
+                over_refusal_rate=o.to_dict(),
+                **_outcome_fields("harmless", b_out, ben_r),
             )
         else:
-            row.update(n_harmless=0, over_refusal=None, harmless_unclosed=None)
+            row.update(
+                n_harmless=0,
+                n_over_refusal=None,
+                over_refusal=None,
+                over_refusal_ci95=None,
+                over_refusal_rate=None,
+                harmless_outcomes=[],
+                harmless_unclosed=None,
+            )
         row["refusal_score_end"] = None
         if probe is not None:
             recs = [tokenize_fn(p, r.thinking or "") for p, r in zip(harm, harm_r, strict=True) if _closed(r)]
@@ -276,7 +325,47 @@ def attack_success(
                 )
                 row["refusal_score_end"] = float(s.mean())
         rows.append(row)
-    return rows + summarize_random(rows)
+    _compare_to_baseline(rows)
+    summary = summarize_random(rows)
+    for r in rows:
+        if r["kind"] == "top":
+            sm = next((x for x in summary if x["top_percent"] == r["top_percent"]), None)
+            r["vs_random"] = (
+                None
+                if sm is None
+                else {
+                    "n_sets": len(sm["seeds"]),
+                    "asr_mean": sm["asr_mean"],
+                    "asr_min": sm["asr_min"],
+                    "asr_max": sm["asr_max"],
+                    "asr_empirical_p": sm["top_asr_empirical_p"],
+                }
+            )
+    return rows + summary
+
+
+def _compare_to_baseline(rows: list[dict]) -> None:
+    """``vs_baseline`` on every non-baseline row: exact McNemar tests of attack success (harmful
+    prompts) and of refusal (harmless prompts) against the baseline, paired by prompt."""
+    base = next((r for r in rows if r["kind"] == "baseline"), None)
+    for r in rows:
+        if r["kind"] == "baseline":
+            continue
+        if base is None:
+            r["vs_baseline"] = None
+            continue
+        r["vs_baseline"] = {
+            "asr": _mcnemar(
+                [o == "complied" for o in base["harmful_outcomes"]],
+                [o == "complied" for o in r["harmful_outcomes"]],
+            ),
+            "over_refusal": _mcnemar(
+                [o == "refused" for o in base["harmless_outcomes"]],
+                [o == "refused" for o in r["harmless_outcomes"]],
+            )
+            if r["harmless_outcomes"]
+            else None,
+        }
 
 
 def _stats(vals: list[float]) -> dict:
@@ -292,8 +381,11 @@ def _stats(vals: list[float]) -> dict:
 
 
 def summarize_random(rows: list[dict]) -> list[dict]:
-    """One ``random_summary`` row per random k: mean/std/min/max of ``asr``, ``over_refusal`` and
-    ``refusal_score_end`` over the seeds."""
+    """One ``random_summary`` row per random k: mean/std/min/max of ``asr``, ``over_refusal``,
+    ``refusal_score_end`` and ``harmful_unclosed`` over the seeds, and, when the rows hold the
+    top-k% setting of the same k, its ASR (``top_setting``, ``top_asr``) and
+    ``top_asr_empirical_p``: ``(1 + #random sets with ASR <= top's ASR) / (1 + #random sets)``
+    (:func:`cliff_lens.stats.empirical_p_value`, ``alternative="less"``)."""
     out = []
     ks = sorted({r["top_percent"] for r in rows if r.get("kind") == "random"})
     for k in ks:
@@ -303,6 +395,12 @@ def summarize_random(rows: list[dict]) -> list[dict]:
         for key in ("asr", "over_refusal", "refusal_score_end", "harmful_unclosed"):
             st = _stats([r[key] for r in rs if r.get(key) is not None])
             row.update({f"{key}_{s}": v for s, v in st.items()})
+        top = next((r for r in rows if r.get("kind") == "top" and r.get("top_percent") == k), None)
+        row["top_setting"] = None if top is None else top["setting"]
+        row["top_asr"] = None if top is None else top["asr"]
+        row["top_asr_empirical_p"] = (
+            None if top is None else empirical_p_value(top["asr"], [r["asr"] for r in rs], alternative="less")
+        )
         out.append(row)
     return out
 
