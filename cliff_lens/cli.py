@@ -1,42 +1,23 @@
 """The ``cliff-lens`` command line.
 
-Subcommands: ``models``, ``run``, ``demo``, single stages of a run (``rollouts``, ``probe``,
-``trace``, ``heads``, ``ablate``, ``select``, ``report``), and the pool-scoring tools for
-Cliff-as-a-Judge at scale (``score --shard i/n``, ``merge``).
+Subcommands: ``models``, ``run``, ``demo``, one per stage of a run directory (from the stage
+registry :data:`cliff_lens.pipeline.STAGES`: ``rollouts``, ``labels``, ``probe``, ``trace``,
+``heads``, ``ablate``, ``select``, ``report``), and the pool-scoring tools for Cliff-as-a-Judge at
+scale (``score --shard i/n``, ``merge``). ``run``'s flags are generated from
+:class:`cliff_lens.config.RunConfig`'s fields, so every setting is a flag with one default.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
+from .config import add_config_arguments
+from .pipeline import STAGES
+
 __all__ = ["main", "build_parser"]
-
-
-def _add_run_options(p: argparse.ArgumentParser, *, required_model: bool) -> None:
-    p.add_argument("--model", required=required_model, help="model source (see `cliff-lens models`)")
-    p.add_argument(
-        "--harmful", default="cliff-harmful", help="harmful prompt set: name or file (default: cliff-harmful)"
-    )
-    p.add_argument(
-        "--harmless", default="cliff-harmless", help="harmless prompt set (default: cliff-harmless)"
-    )
-    p.add_argument("--rollouts", default=None, help="import rollouts (JSONL) instead of generating them")
-    p.add_argument("--template", default=None, help="reasoning template (default: from the model)")
-    p.add_argument(
-        "--probe-layer", type=int, default=None, help="probe layer (default: final norm with weight)"
-    )
-    p.add_argument("--top-percent", type=float, default=3.0, help="percent of heads to ablate (default 3)")
-    p.add_argument("--n-harmful", type=int, default=None, help="number of harmful prompts")
-    p.add_argument("--n-harmless", type=int, default=None, help="number of harmless prompts")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget per rollout")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--random-seeds", type=int, default=None, help="number of random-head baselines")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="run directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,26 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run", help="the whole analysis: rollouts, probe, trajectories, heads, ablation, report"
     )
-    _add_run_options(p, required_model=True)
+    add_config_arguments(p)
 
     p = sub.add_parser("demo", help="the whole analysis on the embedded cliff organism, offline")
     p.add_argument("--out", default="cliff-demo", help="run directory (default ./cliff-demo)")
     p.add_argument("--quick", action="store_true", help="a small run (CI-sized, a few minutes on a CPU)")
 
-    for name, help_ in [
-        ("rollouts", "(re)run the rollout + labelling stage of an existing run directory"),
-        ("probe", "(re)run the probe stage"),
-        ("trace", "(re)run the trajectory stage"),
-        ("heads", "(re)run the head-attribution stage"),
-        ("ablate", "(re)run the ablation / ASR stage"),
-        ("select", "(re)run the Cliff-as-a-Judge selection stage"),
-    ]:
-        p = sub.add_parser(name, help=help_)
+    for stage in STAGES:  # one subcommand per stage of the registry
+        p = sub.add_parser(
+            stage.command, help=f"(re)run the {stage.name} stage of a run directory: {stage.help}"
+        )
         p.add_argument("run_dir", help="run directory made by `cliff-lens run`")
         p.add_argument("--force", action="store_true", help="re-run even if inputs are unchanged")
-
-    p = sub.add_parser("report", help="(re)build report.html of a run directory")
-    p.add_argument("run_dir")
 
     p = sub.add_parser("score", help="score a rollout pool with a probe (streamed, resumable, shardable)")
     p.add_argument("--model", required=True)
@@ -96,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cliff-lens`` console script."""
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[cliff-lens] %(message)s", stream=sys.stderr)
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
@@ -137,7 +111,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     from cliff_lens import pipeline
 
     if args.command == "run":
-        cfg = pipeline.RunConfig.from_args(args)
+        from .config import config_from_args
+
+        cfg = config_from_args(args)
         results = pipeline.run(cfg)
         print(pipeline.summary(results, cfg.out))
         return 0
@@ -146,14 +122,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         results = pipeline.run(cfg)
         print(pipeline.summary(results, cfg.out))
         return 0
-    if args.command == "report":
-        from cliff_lens.viz.report import build_report
-
-        path = build_report(Path(args.run_dir))
-        print(f"wrote {path}")
-        return 0
-    stage = {"trace": "trajectories"}.get(args.command, args.command)
-    results = pipeline.run_stage(Path(args.run_dir), stage, force=args.force)
+    force = args.force or pipeline.get_stage(args.command).name == "report"  # a report is always rebuilt
+    results = pipeline.run_stage(Path(args.run_dir), args.command, force=force)
     print(pipeline.summary(results, Path(args.run_dir)))
     return 0
 

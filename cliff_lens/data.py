@@ -249,7 +249,9 @@ def load_prompts(
 
     ``name_or_path`` is one of
 
-    * a package set: ``"cliff-harmful"``, ``"cliff-harmless"``, ``"cliff-near-miss"``;
+    * a package set: ``"cliff-harmful"``, ``"cliff-harmless"``, ``"cliff-near-miss"``, and
+      ``"cliff-jailbreak"`` (the harmful ones in jailbreak framings,
+      :func:`cliff_lens.framings.jailbreak_prompts`);
     * a public set name: ``"advbench"``, ``"jbb-harmful"``, ``"jbb-benign"``, ``"harmbench"``,
       ``"strongreject"``, ``"xstest"``, ``"alpaca"``, ``"ultrachat"`` (read from the shared data
       folder when the file is there, see :func:`shared_data_dir`, otherwise from the HF hub);
@@ -278,7 +280,11 @@ def load_prompts(
         raise ValueError(f"schema={schema!r} is unknown; use one of {SCHEMAS}")
     key = str(name_or_path)
     rows: list[tuple[dict, str]]  # (row, where)
-    if key in PACKAGE_SETS:
+    if key == "cliff-jailbreak":
+        from .framings import jailbreak_prompts
+
+        prompts = jailbreak_prompts(load_prompts("cliff-harmful", split=split))
+    elif key in PACKAGE_SETS:
         fname, flag = PACKAGE_SETS[key]
         rows = _read_rows(PROMPTS_DIR / fname, on_error=on_error, encoding="utf-8")
         prompts = [_row_to_prompt(r, "generic", key, where, label=flag) for r, where in rows]
@@ -312,7 +318,7 @@ def load_prompts(
     else:
         raise DatasetError(
             f"{key!r} is neither a file nor a known prompt set; use a path to a .csv/.json/.jsonl file, "
-            f"one of {sorted(PACKAGE_SETS) + sorted(PUBLIC_SETS)}, or an HF dataset id 'org/name'"
+            f"one of {sorted(PACKAGE_SETS) + ['cliff-jailbreak'] + sorted(PUBLIC_SETS)}, or an HF dataset id 'org/name'"
         )
     if not prompts:
         raise DatasetError(f"{key}: no prompts found (empty dataset); check the file and its columns")

@@ -1,191 +1,55 @@
-"""The end-to-end analysis as resumable stages writing one run directory.
+"""The end-to-end analysis: a registry of resumable stages writing one run directory.
 
-Stages, in order, each writing its own files in ``out``:
+Each stage is declared once, as a :class:`Stage` in :data:`STAGES`: its name, its CLI
+subcommand, the stages it reads, the :class:`~cliff_lens.config.RunConfig` fields its
+fingerprint covers, the files it writes, the function that runs it and the function that turns
+its files into its section of ``results.json``. The CLI subcommands, ``run.json`` fingerprints,
+``results.json`` and the report all derive from this table::
 
-============== ========================================== =====================================
-stage          writes                                     reads
-============== ========================================== =====================================
-rollouts       ``rollouts.jsonl`` (appended per batch)    prompt sets or ``--rollouts`` import
-labels         ``labels.jsonl``                           rollouts
-probe          ``probe.safetensors`` + ``probe.json``     rollouts, labels
-trajectories   ``trajectories.safetensors``/``.json``,     rollouts, probe
-               ``cliff.jsonl``
-heads          ``heads.json``, ``head_means.safetensors``  rollouts, probe
-ablation       ``ablation.json``                          heads, probe
-selection      ``selection.jsonl``, ``selection.json``    cliff, labels
-report         ``report.html``                            everything
-============== ========================================== =====================================
+    rollouts -> labels -> probe -> trajectories -> selection
+                              \-> heads -> ablation          -> report (reads all)
 
 ``run.json`` records the configuration and, per stage, a fingerprint of its inputs (the
-relevant configuration plus the fingerprints of the stages it reads). A stage whose
+configuration fields it covers plus the fingerprints of the stages it reads). A stage whose
 fingerprint and outputs are unchanged is skipped, so re-running the same command resumes a
-killed run, and ``run_stage(dir, "heads", force=True)`` re-runs one stage alone.
+killed run, and ``run_stage(dir, "heads")`` re-runs one stage alone.
+
+To add a stage: write ``_stage_x(run)`` (reads its inputs through their typed loaders, writes
+its files atomically) and ``_results_x(run) -> dict``, and add one :class:`Stage` line to
+:data:`STAGES`; the CLI gets the subcommand ``cliff-lens x DIR``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import platform
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import RunConfig, demo_config
 from .io import atomic_write_json, hash_obj, iter_jsonl, sha256_file, write_jsonl
 
-__all__ = ["RunConfig", "run", "run_stage", "demo_config", "summary", "STAGES", "RunDirError"]
+__all__ = [
+    "RunConfig",
+    "Stage",
+    "STAGES",
+    "get_stage",
+    "run",
+    "run_stage",
+    "demo_config",
+    "summary",
+    "RunDirError",
+]
 
-STAGES = ("rollouts", "labels", "probe", "trajectories", "heads", "ablation", "selection", "report")
-
-# which config keys each stage depends on (besides the stages it reads)
-_STAGE_KEYS: dict[str, tuple[str, ...]] = {
-    "rollouts": (
-        "model",
-        "harmful",
-        "harmless",
-        "rollouts",
-        "template",
-        "n_harmful",
-        "n_harmless",
-        "max_new_tokens",
-        "seed",
-        "dtype",
-    ),
-    "labels": ("judge_mode",),
-    "probe": ("probe_layer", "probe_method", "seed"),
-    "trajectories": ("plateau_window", "layer_stride"),
-    "heads": ("top_percent", "head_variant"),
-    "ablation": ("top_percents", "random_seeds", "ablation_mode", "n_ablation", "ablation_max_new_tokens"),
-    "selection": ("selection_percent", "selection_variant"),
-    "report": (),
-}
-_STAGE_DEPS: dict[str, tuple[str, ...]] = {
-    "rollouts": (),
-    "labels": ("rollouts",),
-    "probe": ("labels",),
-    "trajectories": ("probe",),
-    "heads": ("probe",),
-    "ablation": ("heads",),
-    "selection": ("trajectories",),
-    "report": ("trajectories", "heads", "ablation", "selection"),
-}
-_STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "rollouts": ("rollouts.jsonl",),
-    "labels": ("labels.jsonl",),
-    "probe": ("probe.safetensors", "probe.json"),
-    "trajectories": ("trajectories.safetensors", "trajectories.json", "cliff.jsonl"),
-    "heads": ("heads.json", "head_means.safetensors"),
-    "ablation": ("ablation.json",),
-    "selection": ("selection.jsonl", "selection.json"),
-    "report": ("report.html",),
-}
+log = logging.getLogger("cliff_lens")
 
 
 class RunDirError(ValueError):
     """The run directory cannot be used (another model's run, a missing stage input, ...)."""
-
-
-@dataclass
-class RunConfig:
-    """Configuration of one run (saved in ``run.json``; CLI flags map onto these fields).
-
-    ``harmful`` / ``harmless``: prompt-set specs, comma-separated, each a name understood by
-    :func:`cliff_lens.data.load_prompts` or a file path, optionally ``name:split``;
-    ``cliff-jailbreak`` is the package's harmful test prompts wrapped in jailbreak framings.
-    ``probe_layer``: ``None`` probes the final norm with its weight (the paper's features),
-    an int probes ``blocks.{L}.hook_resid_post``.
-    """
-
-    model: str
-    out: Path
-    harmful: str = "cliff-harmful"
-    harmless: str = "cliff-harmless"
-    rollouts: str | None = None
-    template: str | None = None
-    n_harmful: int | None = 64
-    n_harmless: int | None = 64
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    judge_mode: str = "start"
-    probe_layer: int | None = None
-    probe_method: str = "logistic"
-    plateau_window: int = 16
-    layer_stride: int = 4
-    top_percent: float = 3.0
-    head_variant: str | None = None
-    top_percents: tuple[float, ...] = (3.0,)
-    random_seeds: int = 5
-    ablation_mode: str = "mean"
-    n_ablation: int | None = 32
-    ablation_max_new_tokens: int | None = None
-    selection_percent: float = 10.0
-    selection_variant: str = "cliff"
-
-    @classmethod
-    def from_args(cls, args: Any) -> RunConfig:
-        """Build from parsed ``cliff-lens run`` arguments (unset flags keep the defaults)."""
-        kw: dict[str, Any] = {"model": args.model, "out": Path(args.out)}
-        for name in (
-            "harmful",
-            "harmless",
-            "rollouts",
-            "template",
-            "probe_layer",
-            "top_percent",
-            "n_harmful",
-            "n_harmless",
-            "max_new_tokens",
-            "batch_size",
-            "random_seeds",
-            "device",
-            "dtype",
-            "seed",
-        ):
-            v = getattr(args, name, None)
-            if v is not None:
-                kw[name] = v
-        if "top_percent" in kw:
-            kw["top_percents"] = (float(kw["top_percent"]),)
-        return cls(**kw)
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["out"] = str(self.out)
-        d["top_percents"] = list(self.top_percents)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> RunConfig:
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        kw["out"] = Path(kw["out"])
-        kw["top_percents"] = tuple(kw.get("top_percents", (3.0,)))
-        return cls(**kw)
-
-
-def demo_config(out: Path, *, quick: bool = False) -> RunConfig:
-    """The demo: the embedded cliff organism on the package's own held-out prompts (offline).
-
-    Harmful prompts are half plain requests, half the same kind of requests in jailbreak
-    framings (``cliff-jailbreak``); the ablation stage measures ASR on the framed ones.
-    """
-    common = dict(
-        model="cliff-organism",
-        out=Path(out),
-        harmful="cliff-harmful,cliff-jailbreak",
-        harmless="cliff-harmless",
-        max_new_tokens=80,
-        ablation_max_new_tokens=80,
-        batch_size=16,
-    )
-    if quick:
-        return RunConfig(**common, n_harmful=8, n_harmless=8, random_seeds=1, n_ablation=4)
-    return RunConfig(**common, n_harmful=32, n_harmless=32, random_seeds=5, n_ablation=16)
 
 
 # -- run directory state ---------------------------------------------------------------------
@@ -207,14 +71,22 @@ class _Run:
         if self.model is None:
             from .models import load_model
 
-            print(f"[cliff-lens] loading {self.cfg.model} ...", file=sys.stderr, flush=True)
+            log.info("loading %s ...", self.cfg.model)
             self.model = load_model(
                 self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype, template=self.cfg.template
             )
+            _check_model_settings(self.cfg, self.model)
         return self.model
 
     def save_state(self) -> None:
         atomic_write_json(self.path("run.json"), self.state)
+
+
+def _check_model_settings(cfg: RunConfig, model: Any) -> None:
+    """Settings that need the model's shape, checked as soon as it is loaded (before compute)."""
+    n = model.cfg.n_layers
+    if cfg.probe_layer is not None and cfg.probe_layer >= n:
+        raise RunDirError(f"probe_layer={cfg.probe_layer} but {cfg.model} has {n} layers (0..{n - 1})")
 
 
 def _read_json(path: Path) -> dict:
@@ -247,37 +119,38 @@ def _load_state(cfg: RunConfig) -> dict:
     return state
 
 
-def _fingerprint(run: _Run, stage: str) -> str:
+def _fingerprint(run: _Run, stage: Stage) -> str:
     cfg = run.cfg.to_json()
-    parts: dict[str, Any] = {"stage": stage, "config": {k: cfg.get(k) for k in _STAGE_KEYS[stage]}}
-    if stage == "rollouts" and run.cfg.rollouts:
+    parts: dict[str, Any] = {"stage": stage.name, "config": {k: cfg.get(k) for k in stage.config}}
+    if stage.name == "rollouts" and run.cfg.rollouts:
         parts["import_sha256"] = sha256_file(run.cfg.rollouts)
-    parts["deps"] = {d: run.state["stages"].get(d, {}).get("fingerprint") for d in _STAGE_DEPS[stage]}
+    parts["deps"] = {d: run.state["stages"].get(d, {}).get("fingerprint") for d in stage.reads}
     return hash_obj(parts)
 
 
-def _outputs_exist(run: _Run, stage: str) -> bool:
-    return all(run.path(n).exists() for n in _STAGE_OUTPUTS[stage])
+def _outputs_exist(run: _Run, stage: Stage) -> bool:
+    return all(run.path(n).exists() for n in stage.outputs)
 
 
-def _run_one(run: _Run, stage: str, *, force: bool = False) -> None:
-    for dep in _STAGE_DEPS[stage]:
-        if dep not in run.state["stages"] or not _outputs_exist(run, dep):
+def _run_one(run: _Run, stage: Stage, *, force: bool = False) -> None:
+    for dep in stage.reads:
+        if dep not in run.state["stages"] or not _outputs_exist(run, get_stage(dep)):
             raise RunDirError(
-                f"stage {stage!r} needs the output of stage {dep!r} in {run.out}, which is missing; "
-                f"run `cliff-lens run ... --out {run.out}` (or `cliff-lens {dep} {run.out}`) first"
+                f"stage {stage.name!r} needs the output of stage {dep!r} in {run.out}, which is missing; "
+                f"run `cliff-lens run ... --out {run.out}` (or `cliff-lens {get_stage(dep).command} "
+                f"{run.out}`) first"
             )
     fp = _fingerprint(run, stage)
-    rec = run.state["stages"].get(stage, {})
+    rec = run.state["stages"].get(stage.name, {})
     if not force and rec.get("fingerprint") == fp and rec.get("finished") and _outputs_exist(run, stage):
-        print(f"[cliff-lens] {stage}: up to date, skipped", file=sys.stderr, flush=True)
+        log.info("%s: up to date, skipped", stage.name)
         return
-    print(f"[cliff-lens] {stage} ...", file=sys.stderr, flush=True)
-    run.state["stages"][stage] = {"fingerprint": fp, "finished": False}
+    log.info("%s ...", stage.name)
+    run.state["stages"][stage.name] = {"fingerprint": fp, "finished": False}
     run.save_state()
     t0 = time.perf_counter()
-    _STAGE_FUNCS[stage](run)
-    run.state["stages"][stage] = {
+    stage.run(run)
+    run.state["stages"][stage.name] = {
         "fingerprint": fp,
         "finished": True,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -285,37 +158,53 @@ def _run_one(run: _Run, stage: str, *, force: bool = False) -> None:
     run.save_state()
 
 
-def run(cfg: RunConfig, *, stages: tuple[str, ...] = STAGES) -> dict:
-    """Run (or resume) every stage of ``cfg`` and return ``results.json`` as a dict."""
+def run(cfg: RunConfig, *, stages: tuple[str | Stage, ...] | None = None) -> dict:
+    """Run (or resume) every stage of ``cfg`` (or the given ``stages``); return ``results.json``."""
+    todo = [s if isinstance(s, Stage) else get_stage(s) for s in (stages or STAGES)]
     cfg.out.mkdir(parents=True, exist_ok=True)
     r = _Run(cfg, _load_state(cfg))
     r.save_state()
-    for stage in stages:
+    for stage in todo:
         _run_one(r, stage)
     return _write_results(r)
 
 
-def run_stage(out: Path, stage: str, *, force: bool = True) -> dict:
-    """Re-run one stage of an existing run directory (its inputs must exist)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
-    path = Path(out) / "run.json"
-    if not path.exists():
+def open_run_dir(out: str | Path) -> RunConfig:
+    """The configuration of an existing run directory; refuses a directory without ``run.json``."""
+    out = Path(out)
+    path = out / "run.json"
+    if not path.is_file():
         raise RunDirError(
-            f"{out} is not a run directory (no run.json); start one with `cliff-lens run --out {out}`"
+            f"{out} is not a run directory (no run.json); start one with `cliff-lens run --out {out}` "
+            "(nothing was written)"
         )
-    cfg = RunConfig.from_json(_read_json(path)["config"])
-    cfg.out = Path(out)
+    cfg = RunConfig.from_json(_read_json(path).get("config", {}) | {"out": str(out)})
+    return cfg
+
+
+def run_stage(out: str | Path, stage: str, *, force: bool = True) -> dict:
+    """Re-run one stage (by name or CLI command) of an existing run directory (its inputs must exist).
+
+    The report is rebuilt afterwards when the run has one. A directory without ``run.json`` is
+    refused before anything is written.
+    """
+    st = get_stage(stage)
+    cfg = open_run_dir(out)
     r = _Run(cfg, _load_state(cfg))
-    _run_one(r, stage, force=force)
-    if stage != "report" and "report" in r.state["stages"]:
-        _run_one(r, "report", force=True)
+    _run_one(r, st, force=force)
+    if st.name != "report" and "report" in r.state["stages"]:
+        _run_one(r, get_stage("report"), force=True)
     return _write_results(r)
 
 
 # -- prompt sets -----------------------------------------------------------------------------
-def _load_set(spec: str, n: int | None, *, harmful: bool, seed: int) -> list:
-    from .data import Prompt, load_prompts
+def _load_set(spec: str, n: int | None, *, harmful: bool) -> list:
+    """The prompts of a comma-separated set spec, ``n`` in all (split evenly over the sets).
+
+    Package sets default to their test split: their training split taught the organism.
+    Each prompt records the set it came from in ``meta["prompt_set"]``.
+    """
+    from .data import PACKAGE_SETS, load_prompts
 
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
@@ -324,31 +213,14 @@ def _load_set(spec: str, n: int | None, *, harmful: bool, seed: int) -> list:
     out: list[Prompt] = []
     for name in names:
         base, _, split = name.partition(":")
-        if base == "cliff-jailbreak":
-            from .organism.framings import HELDOUT_FRAMINGS, TRAIN_FRAMINGS, apply_framing
-
-            framings = list(TRAIN_FRAMINGS) + list(HELDOUT_FRAMINGS)
-            plain = load_prompts("cliff-harmful", split=split or "test")
-            # offset so that the framed requests differ from the plain ones taken above
-            plain = plain[len(plain) // 2 :] + plain[: len(plain) // 2]
-            ps = [
-                Prompt(
-                    apply_framing(framings[(i * 7 + seed) % len(framings)], p.text),
-                    harmful=True,
-                    source="cliff-jailbreak",
-                    category=p.category,
-                    meta={"request": p.text},
-                )
-                for i, p in enumerate(plain)
-            ]
-        else:
-            if not split and base.startswith("cliff-"):
-                split = "test"  # the package sets' training split taught the organism
-            ps = load_prompts(base, split=split or None)
+        if not split and (base in PACKAGE_SETS or base == "cliff-jailbreak"):
+            split = "test"
+        ps = load_prompts(base, split=split or None)
         ps = ps[:per] if per is not None else ps
         for p in ps:
             if p.harmful is None:
                 p.harmful = harmful
+            p.meta["prompt_set"] = base
         out.extend(ps)
     if not out:
         raise ValueError(f"prompt set {spec!r} is empty; check the name or file")
@@ -367,8 +239,8 @@ def _stage_rollouts(run: _Run) -> None:
         write_rollouts(path, rs)
         return
     model = run.get_model()
-    prompts = _load_set(cfg.harmful, cfg.n_harmful, harmful=True, seed=cfg.seed) + _load_set(
-        cfg.harmless, cfg.n_harmless, harmful=False, seed=cfg.seed
+    prompts = _load_set(cfg.harmful, cfg.n_harmful, harmful=True) + _load_set(
+        cfg.harmless, cfg.n_harmless, harmful=False
     )
     rs = generate_rollouts(
         model,
@@ -391,10 +263,17 @@ def _read_rollouts(run: _Run) -> list:
     return run.cache["rollouts"]
 
 
-def _stage_labels(run: _Run) -> None:
-    from .judges import KeywordJudge, label_rollouts
+def _judge(run: _Run) -> Any:
+    """The run's judge: the one used for labels and for every ASR of the ablation stage."""
+    from .judges import KeywordJudge
 
-    labelled = label_rollouts(_read_rollouts(run), KeywordJudge(mode=run.cfg.judge_mode))
+    return KeywordJudge(mode=run.cfg.judge_mode)
+
+
+def _stage_labels(run: _Run) -> None:
+    from .judges import label_rollouts
+
+    labelled = label_rollouts(_read_rollouts(run), _judge(run))
     write_jsonl(
         run.path("labels.jsonl"),
         [
@@ -576,6 +455,14 @@ def _stage_heads(run: _Run) -> None:
     )
 
 
+def _in_asr_sets(cfg: RunConfig, r: Any) -> bool:
+    """Is harmful rollout ``r`` one of the prompts the ASR is measured on (``cfg.asr_prompts``)?"""
+    if cfg.asr_prompts is None:
+        return True
+    names = {s.strip().partition(":")[0] for s in cfg.asr_prompts.split(",")}
+    return r.meta.get("prompt_set", r.source) in names
+
+
 def _stage_ablation(run: _Run) -> None:
     import torch
 
@@ -589,9 +476,7 @@ def _stage_ablation(run: _Run) -> None:
     scores = torch.tensor(heads["scores"], dtype=torch.float32)
     rs = _labelled(run)
     n = cfg.n_ablation
-    harmful = [r for r in rs if r.harmful and r.meta.get("source", r.source) != "cliff-harmful"] or [
-        r for r in rs if r.harmful
-    ]
+    harmful = [r for r in rs if r.harmful and _in_asr_sets(cfg, r)]
     harmless = [r for r in rs if r.harmful is False]
     harmful, harmless = harmful[:n] if n else harmful, harmless[:n] if n else harmless
     max_new_tokens = cfg.ablation_max_new_tokens or cfg.max_new_tokens
@@ -623,7 +508,7 @@ def _stage_ablation(run: _Run) -> None:
             "mode": cfg.ablation_mode,
             "n_harmful": len(harmful),
             "n_harmless": len(harmless),
-            "harmful_source": "jailbreak prompts when present, else all harmful prompts",
+            "harmful_source": cfg.asr_prompts or cfg.harmful,
             "baseline_source": "rollouts stage" if reuse else "generated",
         },
     )
@@ -673,38 +558,18 @@ def _stage_report(run: _Run) -> None:
     build_report(run.out, model=run.get_model())
 
 
-_STAGE_FUNCS: dict[str, Callable[[_Run], None]] = {
-    "rollouts": _stage_rollouts,
-    "labels": _stage_labels,
-    "probe": _stage_probe,
-    "trajectories": _stage_trajectories,
-    "heads": _stage_heads,
-    "ablation": _stage_ablation,
-    "selection": _stage_selection,
-    "report": _stage_report,
-}
-
-
-# -- results.json ----------------------------------------------------------------------------
+# -- results.json: each stage's section -----------------------------------------------------
 def _mean(xs: list[float]) -> float | None:
     xs = [x for x in xs if x is not None and x == x]
     return sum(xs) / len(xs) if xs else None
 
 
-def _write_results(run: _Run) -> dict:
-    cfg = run.cfg
-    res: dict[str, Any] = {"format": "cliff_lens.results", "version": 1, "run_dir": str(cfg.out)}
-    if run.model is not None:  # remember the shape so that later, model-free resumes report it too
-        c = run.model.cfg
-        run.state["model"] = {"n_layers": c.n_layers, "n_heads": c.n_heads, "d_model": c.d_model}
-        run.save_state()
-    res["model"] = {"source": cfg.model, **run.state.get("model", {})}
-    res["data"] = {"harmful": cfg.harmful, "harmless": cfg.harmless, "imported_rollouts": cfg.rollouts}
-    if run.path("labels.jsonl").exists():
-        labels = list(iter_jsonl(run.path("labels.jsonl")))
-        harm = [d for d in labels if d["harmful"]]
-        ben = [d for d in labels if d["harmful"] is False]
-        res["data"].update(
+def _results_labels(run: _Run) -> dict:
+    labels = list(iter_jsonl(run.path("labels.jsonl")))
+    harm = [d for d in labels if d["harmful"]]
+    ben = [d for d in labels if d["harmful"] is False]
+    return {
+        "data": dict(
             n_rollouts=len(labels),
             n_harmful=len(harm),
             n_harmless=len(ben),
@@ -712,14 +577,19 @@ def _write_results(run: _Run) -> dict:
             harmless_refusal_rate=_mean([float(bool(d["refused"])) for d in ben]),
             unclosed_thinking=sum(1 for d in labels if not d["thinking_closed"]),
         )
-    if run.path("probe.json").exists():
-        pj = _read_json(run.path("probe.json"))
-        m = pj.get("metrics", {})
-        val = m.get("val", m)
-        layer = pj.get("layer")
-        if layer is None and res["model"].get("n_layers"):
-            layer = res["model"]["n_layers"] - 1  # the final norm reads the last block's output
-        res["probe"] = {
+    }
+
+
+def _results_probe(run: _Run) -> dict:
+    pj = _read_json(run.path("probe.json"))
+    m = pj.get("metrics", {})
+    val = m.get("val", m)
+    layer = pj.get("layer")
+    n_layers = run.state.get("model", {}).get("n_layers")
+    if layer is None and n_layers:
+        layer = n_layers - 1  # the final norm reads the last block's output
+    return {
+        "probe": {
             "hook": pj.get("hook"),
             "layer": layer,
             "val_accuracy": val.get("accuracy"),
@@ -727,38 +597,49 @@ def _write_results(run: _Run) -> dict:
             "n_train": pj.get("meta", {}).get("n_train"),
             "metrics": m,
         }
-    if run.path("cliff.jsonl").exists():
-        rows = list(iter_jsonl(run.path("cliff.jsonl")))
-        cliff: dict[str, Any] = {}
+    }
 
-        def block(sub: list[dict]) -> dict:
-            return {
-                "n_rollouts": len(sub),
-                "plateau_mean": _mean([d["plateau"] for d in sub]),
-                "final_mean": _mean([d["final"] for d in sub]),
-                "cliff_mean": _mean([d["cliff"] for d in sub]),
-            }
 
-        cliff["harmful"] = block([d for d in rows if d.get("harmful")])
-        cliff["harmless"] = block([d for d in rows if d.get("harmful") is False])
-        for g in ("harmful_refused", "harmful_complied", "harmless_helped", "harmless_refused"):
-            cliff[g] = block([d for d in rows if d.get("group") == g])
-        res["cliff"] = cliff
-    if run.path("heads.json").exists():
-        hj = _read_json(run.path("heads.json"))
-        sc = hj["scores"]
-        res["heads"] = {
-            "variant": hj.get("meta", {}).get("variant"),
-            "top_percent": hj.get("top_percent"),
-            "top": [{"layer": li, "head": hi, "score": s} for li, hi, s in hj["suppression_heads"]],
-            "promoting": [{"layer": li, "head": hi, "score": s} for li, hi, s in hj["promoting_heads"]],
-            "n_heads_total": len(sc) * len(sc[0]),
+def _results_trajectories(run: _Run) -> dict:
+    rows = list(iter_jsonl(run.path("cliff.jsonl")))
+
+    def block(sub: list[dict]) -> dict:
+        return {
+            "n_rollouts": len(sub),
+            "plateau_mean": _mean([d["plateau"] for d in sub]),
+            "final_mean": _mean([d["final"] for d in sub]),
+            "cliff_mean": _mean([d["cliff"] for d in sub]),
         }
-        res["model"].setdefault("n_layers", len(sc))
-        res["model"].setdefault("n_heads", len(sc[0]))
-    if run.path("ablation.json").exists():
-        aj = _read_json(run.path("ablation.json"))
-        res["ablation"] = [
+
+    cliff: dict[str, Any] = {
+        "harmful": block([d for d in rows if d.get("harmful")]),
+        "harmless": block([d for d in rows if d.get("harmful") is False]),
+    }
+    for g in ("harmful_refused", "harmful_complied", "harmless_helped", "harmless_refused"):
+        cliff[g] = block([d for d in rows if d.get("group") == g])
+    return {"cliff": cliff}
+
+
+def _results_heads(run: _Run) -> dict:
+    from .heads import HeadRanking
+
+    ranking = HeadRanking.load(run.path("heads.json"))
+    n_layers, n_heads = ranking.scores.shape
+    return {
+        "heads": {
+            "variant": ranking.meta.get("variant"),
+            "top_percent": ranking.top_percent,
+            "top": [{"layer": li, "head": hi, "score": s} for li, hi, s in ranking.suppression],
+            "promoting": [{"layer": li, "head": hi, "score": s} for li, hi, s in ranking.promoting],
+            "n_heads_total": n_layers * n_heads,
+        }
+    }
+
+
+def _results_ablation(run: _Run) -> dict:
+    aj = _read_json(run.path("ablation.json"))
+    return {
+        "ablation": [
             {
                 "setting": r["setting"],
                 "asr": r.get("asr"),
@@ -768,11 +649,37 @@ def _write_results(run: _Run) -> dict:
             }
             for r in aj["settings"]
             if r.get("kind") != "random_summary"
-        ]
-        res["ablation_random_summary"] = [r for r in aj["settings"] if r.get("kind") == "random_summary"]
-    if run.path("selection.json").exists():
-        sj = _read_json(run.path("selection.json"))
-        res["selection"] = {"summary": {k: v for k, v in sj.items() if k != "selected_ids"}}
+        ],
+        "ablation_random_summary": [r for r in aj["settings"] if r.get("kind") == "random_summary"],
+    }
+
+
+def _results_selection(run: _Run) -> dict:
+    sj = _read_json(run.path("selection.json"))
+    return {"selection": {"summary": {k: v for k, v in sj.items() if k != "selected_ids"}}}
+
+
+def _write_results(run: _Run) -> dict:
+    """Assemble ``results.json`` from the sections of the stages whose files exist."""
+    cfg = run.cfg
+    if run.model is not None:  # remember the shape so that later, model-free resumes report it too
+        c = run.model.cfg
+        run.state["model"] = {"n_layers": c.n_layers, "n_heads": c.n_heads, "d_model": c.d_model}
+        run.save_state()
+    res: dict[str, Any] = {"format": "cliff_lens.results", "version": 1, "run_dir": str(cfg.out)}
+    res["model"] = {"source": cfg.model, **run.state.get("model", {})}
+    res["data"] = {"harmful": cfg.harmful, "harmless": cfg.harmless, "imported_rollouts": cfg.rollouts}
+    for stage in STAGES:
+        if stage.results is None or not _outputs_exist(run, stage):
+            continue
+        for key, section in stage.results(run).items():
+            if isinstance(res.get(key), dict) and isinstance(section, dict):
+                res[key].update(section)
+            else:
+                res[key] = section
+    if "heads" in res and "n_layers" not in res["model"]:
+        ranking_shape = _read_json(run.path("heads.json"))["scores"]
+        res["model"].update(n_layers=len(ranking_shape), n_heads=len(ranking_shape[0]))
     res["timings"] = {
         s: v.get("seconds") for s, v in run.state.get("stages", {}).items() if v.get("finished")
     }
@@ -780,6 +687,85 @@ def _write_results(run: _Run) -> dict:
     res["config"] = cfg.to_json()
     atomic_write_json(run.path("results.json"), res)
     return res
+
+
+# -- the stage registry -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run, declared once.
+
+    ``name``: its name in ``run.json`` and ``results.json`` timings; ``command``: its
+    ``cliff-lens`` subcommand; ``reads``: the stages whose outputs it needs (their fingerprints
+    enter its own); ``config``: the :class:`RunConfig` fields its fingerprint covers;
+    ``outputs``: the files it writes in the run directory; ``run``: the function that runs it;
+    ``results``: its sections of ``results.json`` (``None``: it contributes none).
+    """
+
+    name: str
+    command: str
+    help: str
+    reads: tuple[str, ...]
+    config: tuple[str, ...]
+    outputs: tuple[str, ...]
+    run: Callable[[_Run], None]
+    results: Callable[[_Run], dict] | None = None
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "rollouts", "rollouts", "generate (or import) rollouts of the harmful and harmless prompts",
+        (),
+        ("model", "harmful", "harmless", "rollouts", "template", "n_harmful", "n_harmless",
+         "max_new_tokens", "seed", "dtype"),
+        ("rollouts.jsonl",), _stage_rollouts,
+    ),
+    Stage(
+        "labels", "labels", "judge every answer: refused, complied or no answer",
+        ("rollouts",), ("judge_mode",), ("labels.jsonl",), _stage_labels, _results_labels,
+    ),
+    Stage(
+        "probe", "probe", "fit the refusal probe (refused harmful vs helped harmless)",
+        ("labels",), ("probe_layer", "probe_method", "seed"), ("probe.safetensors", "probe.json"),
+        _stage_probe, _results_probe,
+    ),
+    Stage(
+        "trajectories", "trace", "per-token refusal scores and cliff metrics of every rollout",
+        ("probe",), ("plateau_window", "layer_stride"),
+        ("trajectories.safetensors", "trajectories.json", "cliff.jsonl"),
+        _stage_trajectories, _results_trajectories,
+    ),
+    Stage(
+        "heads", "heads", "attribute the refusal direction to heads at the end of thinking",
+        ("probe",), ("top_percents", "head_variant"), ("heads.json", "head_means.safetensors"),
+        _stage_heads, _results_heads,
+    ),
+    Stage(
+        "ablation", "ablate", "ASR and over-refusal with the top-k% heads and random heads ablated",
+        ("heads",),
+        ("asr_prompts", "top_percents", "random_seeds", "ablation_mode", "n_ablation",
+         "ablation_max_new_tokens", "judge_mode"),
+        ("ablation.json",), _stage_ablation, _results_ablation,
+    ),
+    Stage(
+        "selection", "select", "Cliff-as-a-Judge: select the top rollouts by misalignment score",
+        ("trajectories",), ("selection_percent", "selection_variant"),
+        ("selection.jsonl", "selection.json"), _stage_selection, _results_selection,
+    ),
+    Stage(
+        "report", "report", "(re)build report.html",
+        ("trajectories", "heads", "ablation", "selection"), (), ("report.html",), _stage_report,
+    ),
+)  # fmt: skip
+
+
+def get_stage(name: str) -> Stage:
+    """The stage with this name or CLI command (``"trajectories"`` or ``"trace"``)."""
+    for s in STAGES:
+        if name in (s.name, s.command):
+            return s
+    raise ValueError(
+        f"unknown stage {name!r}; choose one of {', '.join(s.command for s in STAGES)}"
+    )
 
 
 def _versions() -> dict:

@@ -117,7 +117,6 @@ def imported_run_config(model_dir, pool, out):
         n_ablation=3,
         max_new_tokens=4,
         random_seeds=2,
-        top_percent=25.0,
         top_percents=(25.0,),
         plateau_window=4,
         selection_percent=50.0,

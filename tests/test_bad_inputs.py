@@ -85,7 +85,6 @@ def _cfg(tmp: Path, **kw) -> pipeline.RunConfig:
         n_ablation=2,
         max_new_tokens=3,
         random_seeds=1,
-        top_percent=25.0,
         top_percents=(25.0,),
         plateau_window=4,
         selection_percent=50.0,

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from cliff_lens.organism import ADAPTER_DIR
-from cliff_lens.organism.framings import HELDOUT_FRAMINGS, TRAIN_FRAMINGS, apply_framing
+from cliff_lens.framings import HELDOUT_FRAMINGS, TRAIN_FRAMINGS, apply_framing
 from cliff_lens.organism.synth import (
     _DECISION,
     COMPLIANT_OPENERS,

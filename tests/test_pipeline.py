@@ -24,11 +24,11 @@ def run_dir(tmp_path_factory):
 
 def test_every_stage_writes_its_files(run_dir):
     cfg, results = run_dir
-    for stage, outputs in pipeline._STAGE_OUTPUTS.items():
-        for name in outputs:
-            assert (cfg.out / name).exists(), f"{stage} did not write {name}"
+    for stage in pipeline.STAGES:
+        for name in stage.outputs:
+            assert (cfg.out / name).exists(), f"{stage.name} did not write {name}"
     state = json.loads((cfg.out / "run.json").read_text())
-    assert all(state["stages"][s]["finished"] for s in pipeline.STAGES)
+    assert all(state["stages"][s.name]["finished"] for s in pipeline.STAGES)
 
 
 def test_results_content_and_schema(run_dir):
@@ -47,21 +47,23 @@ def test_results_content_and_schema(run_dir):
     assert set(results["timings"]) >= {"rollouts", "probe", "heads"}
 
 
-def test_rerun_skips_unchanged_stages(run_dir, capsys):
+def test_rerun_skips_unchanged_stages(run_dir, caplog):
     cfg, _ = run_dir
     before = (cfg.out / "probe.safetensors").stat().st_mtime_ns
-    pipeline.run(cfg)
-    err = capsys.readouterr().err
+    with caplog.at_level("INFO", logger="cliff_lens"):
+        pipeline.run(cfg)
+    err = caplog.text
     assert err.count("up to date, skipped") == len(pipeline.STAGES)
     assert (cfg.out / "probe.safetensors").stat().st_mtime_ns == before
 
 
-def test_changed_config_reruns_downstream_only(run_dir, capsys):
+def test_changed_config_reruns_downstream_only(run_dir, caplog):
     cfg, _ = run_dir
     probe_before = (cfg.out / "probe.safetensors").read_bytes()
     cfg2 = pipeline.RunConfig(**{**cfg.__dict__, "selection_percent": 25.0})
-    res = pipeline.run(cfg2)
-    err = capsys.readouterr().err
+    with caplog.at_level("INFO", logger="cliff_lens"):
+        res = pipeline.run(cfg2)
+    err = caplog.text
     assert "selection ..." in err and "probe: up to date" in err
     assert (cfg.out / "probe.safetensors").read_bytes() == probe_before
     assert res["selection"]["summary"]["n_selected"] == 2
@@ -127,3 +129,69 @@ def test_cli_reports_bad_input_without_traceback(run_dir, capsys):
         == 2
     )
     assert "error:" in capsys.readouterr().err
+
+
+def test_every_stage_is_a_cli_subcommand_that_runs(run_dir, capsys):
+    """Regression: `cliff-lens ablate DIR` and `select DIR` exited 2 with "unknown stage"."""
+    from cliff_lens.cli import build_parser, main
+
+    cfg, _ = run_dir
+    parser = build_parser()
+    for stage in pipeline.STAGES:
+        assert parser.parse_args([stage.command, str(cfg.out)]).command == stage.command
+    assert main(["select", str(cfg.out), "--force"]) == 0
+    assert main(["ablate", str(cfg.out)]) == 0  # up to date: skipped, still exit 0
+    assert "unknown stage" not in capsys.readouterr().err
+
+
+def test_stage_command_on_a_non_run_directory_refuses_and_writes_nothing(tmp_path, capsys):
+    """Regression: `cliff-lens report /etc` wrote /etc/report.html."""
+    from cliff_lens.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    for command in ("report", "heads", "select"):
+        assert main([command, str(tmp_path)]) == 2
+        assert "not a run directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_bad_settings_fail_before_any_compute(tmp_path, capsys):
+    """Regression: `--top-percent 150` failed only at the heads stage, after rollouts and probe."""
+    from cliff_lens.cli import main
+    from cliff_lens.config import ConfigError
+
+    out = tmp_path / "out"
+    assert main(["run", "--model", "x", "--top-percent", "150", "--out", str(out)]) == 2
+    assert "top percent 150 must be in (0, 100]" in capsys.readouterr().err
+    assert not out.exists()
+    for bad in (
+        {"top_percents": (0.0,)},
+        {"random_seeds": -1},
+        {"n_ablation": 0},
+        {"selection_percent": 101.0},
+        {"ablation_mode": "zeroes"},
+        {"judge_mode": "middle"},
+        {"head_variant": "nope"},
+        {"asr_prompts": "advbench"},
+    ):
+        with pytest.raises(ConfigError):
+            pipeline.RunConfig(model="m", out=out, **bad)
+
+
+def test_run_flags_are_generated_from_the_config(tmp_path):
+    """Every RunConfig field is a `cliff-lens run` flag, and unset flags keep the field's default."""
+    from dataclasses import fields
+
+    from cliff_lens.cli import build_parser
+    from cliff_lens.config import RunConfig, config_from_args
+
+    args = build_parser().parse_args(
+        ["run", "--model", "m", "--out", str(tmp_path), "--top-percent", "1,3", "--judge-mode", "anywhere"]
+    )
+    cfg = config_from_args(args)
+    assert cfg.top_percents == (1.0, 3.0) and cfg.judge_mode == "anywhere"
+    default = RunConfig(model="m", out=tmp_path)
+    for f in fields(RunConfig):
+        assert hasattr(args, f.name), f"no flag for RunConfig.{f.name}"
+        if f.name not in ("top_percents", "judge_mode"):
+            assert getattr(cfg, f.name) == getattr(default, f.name)

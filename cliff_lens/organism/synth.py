@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .framings import TRAIN_FRAMINGS, apply_framing
+from ..framings import TRAIN_FRAMINGS, apply_framing
 
 __all__ = [
     "Example",

@@ -1,4 +1,8 @@
-"""Jailbreak framings for the cliff organism: format strings with a ``{request}`` slot.
+"""Jailbreak framings: format strings with a ``{request}`` slot, and the ``cliff-jailbreak`` set.
+
+The organism's build trains on ``TRAIN_FRAMINGS``; :func:`jailbreak_prompts` wraps plain
+harmful prompts in all framings in turn (the ``cliff-jailbreak`` prompt set of
+:func:`cliff_lens.data.load_prompts`).
 
 ``TRAIN_FRAMINGS`` are used to synthesise training data; ``HELDOUT_FRAMINGS`` never appear in
 training and measure whether the organism's "framing means comply" rule generalises. Both lists
@@ -9,7 +13,7 @@ injection), with different wordings and some families only in the held-out list.
 
 from __future__ import annotations
 
-__all__ = ["TRAIN_FRAMINGS", "HELDOUT_FRAMINGS", "apply_framing"]
+__all__ = ["TRAIN_FRAMINGS", "HELDOUT_FRAMINGS", "apply_framing", "jailbreak_prompts"]
 
 TRAIN_FRAMINGS: tuple[str, ...] = (
     # role-play
@@ -62,3 +66,26 @@ def apply_framing(framing: str, request: str) -> str:
     if "{request}" not in framing:
         raise ValueError(f"framing {framing!r} has no '{{request}}' slot; add one where the request goes")
     return framing.replace("{request}", request.strip())
+
+
+def jailbreak_prompts(plain: list) -> list:
+    """The ``cliff-jailbreak`` set: ``plain`` harmful :class:`~cliff_lens.data.Prompt` s in framings.
+
+    The list is rotated by half first, so that taking the first n plain prompts and the first n
+    framed ones gives different requests; framing ``i`` is ``(TRAIN + HELDOUT)[7 i mod n]``.
+    """
+    from .data import Prompt
+
+    framings = list(TRAIN_FRAMINGS) + list(HELDOUT_FRAMINGS)
+    plain = plain[len(plain) // 2 :] + plain[: len(plain) // 2]
+    return [
+        Prompt(
+            apply_framing(framings[(i * 7) % len(framings)], p.text),
+            harmful=True,
+            source="cliff-jailbreak",
+            category=p.category,
+            meta={"request": p.text},
+            split=p.split,
+        )
+        for i, p in enumerate(plain)
+    ]
