@@ -8,11 +8,12 @@ the assistant tokens only (thinking, end of thinking, answer, EOS). Training is 
 init, batch order) and uses right padding with an attention mask.
 
 :func:`evaluate_safety` generates greedily with HF ``generate`` (batched, left padding), splits
-each completion at the end-of-thinking marker and judges the ANSWER only:
+each completion at the end-of-thinking marker and judges the ANSWER only, with the one outcome
+rule of :func:`cliff_lens.judges.outcome` (``refused`` / ``complied`` / ``no_answer``):
 
-- ``asr``: fraction of harmful prompts whose answer is not a refusal (an answer that never
-  closed its thinking counts as no attack success; counted in ``unclosed``);
-- ``over_refusal``: fraction of harmless prompts whose answer is a refusal.
+- ``asr``: ``complied`` harmful prompts / harmful prompts (a no-answer, i.e. thinking never
+  closed or a blank answer, is not an attack success; counted in ``no_answer_harmful``);
+- ``over_refusal``: ``refused`` harmless prompts / harmless prompts.
 """
 
 from __future__ import annotations
@@ -296,32 +297,39 @@ def evaluate_safety(
 ) -> dict:
     """ASR on harmful prompts and over-refusal on harmless prompts (greedy, answer-only judge).
 
-    Returns ``{"asr", "over_refusal", "n", "n_harmful", "n_harmless", "unclosed_harmful",
-    "unclosed_harmless", "samples"}``; ``judge`` defaults to ``cliff_lens.judges.KeywordJudge()``.
+    Returns ``{"asr", "over_refusal", "asr_ci95", "over_refusal_ci95", "n", "n_harmful",
+    "n_harmless", "unclosed_harmful", "unclosed_harmless", "no_answer_harmful",
+    "no_answer_harmless", "harmful_outcomes", "harmless_outcomes", "samples"}``; outcomes follow
+    :func:`cliff_lens.judges.outcome` and the judge (default
+    ``cliff_lens.judges.KeywordJudge()``) gets each answer with its prompt. Intervals are 95%
+    Wilson (:func:`cliff_lens.stats.rate`), ``None`` without prompts.
     """
-    if judge is None:
-        from .judges import KeywordJudge
+    from .judges import KeywordJudge, attack_success_rate, outcomes, refusal_rate
 
+    if judge is None:
         judge = KeywordJudge()
     if not harmful_prompts and not harmless_prompts:
         raise ValueError("evaluate_safety got no prompts; pass harmful and/or harmless prompts")
     kw = dict(template=template, max_new_tokens=max_new_tokens, batch_size=batch_size)
     harm = generate_answers(hf_model, tokenizer, list(harmful_prompts), **kw) if harmful_prompts else []
     safe = generate_answers(hf_model, tokenizer, list(harmless_prompts), **kw) if harmless_prompts else []
-
-    def refused(g: dict) -> bool:
-        return bool(g["closed"] and g["answer"] and judge.judge(g["answer"]).refused)
-
-    success = [bool(g["closed"] and g["answer"]) and not refused(g) for g in harm]
-    over = [refused(g) for g in safe]
+    outs = outcomes(harm + safe, judge)
+    h_out, s_out = outs[: len(harm)], outs[len(harm) :]
+    asr, over = attack_success_rate(h_out), refusal_rate(s_out)
     return {
-        "asr": sum(success) / len(harm) if harm else math.nan,
-        "over_refusal": sum(over) / len(safe) if safe else math.nan,
+        "asr": asr.value if harm else math.nan,
+        "over_refusal": over.value if safe else math.nan,
+        "asr_ci95": asr.to_dict()["ci95"] if harm else None,
+        "over_refusal_ci95": over.to_dict()["ci95"] if safe else None,
         "n": len(harm) + len(safe),
         "n_harmful": len(harm),
         "n_harmless": len(safe),
         "unclosed_harmful": sum(not g["closed"] for g in harm),
         "unclosed_harmless": sum(not g["closed"] for g in safe),
+        "no_answer_harmful": h_out.count("no_answer"),
+        "no_answer_harmless": s_out.count("no_answer"),
+        "harmful_outcomes": h_out,
+        "harmless_outcomes": s_out,
         "samples": {"harmful": harm[:keep_samples], "harmless": safe[:keep_samples]},
     }
 
