@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import warnings
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,10 +28,12 @@ from torch import Tensor
 
 from cliff_lens.io import atomic_save_safetensors, atomic_write_json
 
-__all__ = ["RefusalProbe", "ProbeLoadError", "probe_metrics"]
+__all__ = ["RefusalProbe", "CrossFit", "ProbeLoadError", "probe_metrics"]
 
 _FORMAT = "cliff_lens.RefusalProbe"
 _VERSION = 1
+_CF_FORMAT = "cliff_lens.CrossFit"
+_CF_VERSION = 1
 
 
 class ProbeLoadError(ValueError):
@@ -312,7 +315,8 @@ class RefusalProbe:
             info.setdefault("model_name", model.cfg.model_name)
             info.setdefault("template", getattr(model, "cliff_template", None))
         probe = cls(direction=w / scale, bias=b, scale=scale, hook=hook, layer=layer, meta=info)
-        probe.meta["metrics"] = {"train": probe_metrics(probe.score(xt), yt)}
+        # in-sample: the probe was fit on these examples (optimistic); "val" / "cv" are held out
+        probe.meta["metrics"] = {"train": {**probe_metrics(probe.score(xt), yt), "in_sample": True}}
         if val_mask.any():
             probe.meta["metrics"]["val"] = probe_metrics(probe.score(x[val_mask]), y[val_mask])
         return probe
@@ -373,56 +377,153 @@ class RefusalProbe:
         ``prefix`` may be given with or without the ``.safetensors`` / ``.json`` suffix.
         Missing, truncated or corrupt files raise :class:`ProbeLoadError` naming the file.
         """
-        from safetensors import safe_open
-
-        prefix = Path(prefix)
-        if prefix.suffix in (".safetensors", ".json"):
-            prefix = prefix.with_suffix("")
-        st = prefix.with_name(prefix.name + ".safetensors")
-        js = prefix.with_name(prefix.name + ".json")
-        for p in (st, js):
-            if not p.exists():
-                raise ProbeLoadError(
-                    f"probe file {p} does not exist; save the probe with RefusalProbe.save({prefix!s})"
-                )
-        try:
-            info = json.loads(js.read_text(encoding="utf-8"))
-            if not isinstance(info, dict) or info.get("format") != _FORMAT:
-                raise ValueError(f"not a {_FORMAT} file")
-            bias, scale, d_model = float(info["bias"]), float(info["scale"]), int(info["d_model"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise ProbeLoadError(
-                f"probe metadata {js} is corrupt or not a probe file ({e}); re-save the probe"
-            ) from None
-        try:
-            with safe_open(str(st), framework="pt") as f:
-                direction = f.get_tensor("direction")
-        except Exception as e:  # safetensors raises its own error types for truncation
-            raise ProbeLoadError(
-                f"probe tensor file {st} is corrupt or truncated ({type(e).__name__}: {e}); re-save the probe"
-            ) from None
-        if direction.ndim != 1 or direction.numel() != d_model:
-            raise ProbeLoadError(
-                f"{st} holds a direction of shape {tuple(direction.shape)} but {js} says d_model={d_model}; "
-                "the two files do not belong together"
-            )
-        if info.get("direction_hash") and info["direction_hash"] != _tensor_hash(direction.float()):
-            raise ProbeLoadError(
-                f"{st} does not match the direction hash recorded in {js}; re-save the probe"
-            )
-        meta = dict(info.get("meta") or {})
-        meta.setdefault("model_name", info.get("model_name"))
-        probe = cls(
-            direction=direction,
-            bias=bias,
-            scale=scale,
-            hook=info.get("hook", "final_norm_weighted"),
-            layer=info.get("layer"),
-            meta=meta,
-        )
+        st, js = _pair_paths(prefix)
+        info, tensors = _read_pair(st, js, _FORMAT, "probe", "RefusalProbe.save")
+        if "direction" not in tensors:
+            raise ProbeLoadError(f"probe tensor file {st} has no 'direction' tensor; re-save the probe")
+        probe = _probe_from_record(cls, info, tensors["direction"], st, js)
         if model is not None:
             probe.check_model(model, strict_name=strict_name)
         return probe
+
+    # ------------------------------------------------------------------ cross-fitting
+    @classmethod
+    def cross_fit(
+        cls,
+        acts: Float[Tensor, "n d_model"],
+        labels,
+        *,
+        k: int = 5,
+        groups: Sequence[Hashable] | None = None,
+        ids: Sequence[str] | None = None,
+        seed: int = 0,
+        **fit_kwargs,
+    ) -> CrossFit:
+        """k-fold cross-fitting: ``k`` fold probes, out-of-fold scores, held-out metrics, final probe.
+
+        The examples are split into ``k`` stratified folds (seeded; ``StratifiedKFold``, or
+        ``StratifiedGroupKFold`` when ``groups`` is given so that e.g. all rollouts of one
+        prompt fall in the same fold). Fold probe ``i`` is :meth:`fit` on the other folds with
+        the same settings (``fit_kwargs``: ``method``, ``C``, ``standardize``, ``hook``,
+        ``layer``, ``model``...; no inner validation split) and scores fold ``i``: every
+        example gets an out-of-fold score from a probe that never saw it. Accuracy (threshold
+        0.5, Wilson interval) and AUROC (stratified bootstrap interval) are computed over all
+        out-of-fold predictions. The ``final`` probe, for new data, is fit on ALL examples; its
+        ``metrics["cv"]`` holds the cross-validated numbers, ``metrics["val"]`` the same
+        held-out point values (what readers of ``metrics["val"]`` show), and
+        ``metrics["train"]`` its in-sample numbers (``in_sample: True``).
+
+        ``k`` is lowered to the size of the smallest class (with groups: the number of groups
+        holding it) with a warning and a note in ``metrics["cv"]["note"]``; a class with fewer
+        than 2 examples (groups) raises ``ValueError``. ``ids`` (one string per example, e.g.
+        rollout ids) lets :meth:`CrossFit.probe_for` look examples up by id.
+        """
+        if "val_fraction" in fit_kwargs:
+            raise ValueError(
+                "cross_fit holds out whole folds itself (each fold probe trains on the other folds, with "
+                "no inner validation split); drop val_fraction= from the call"
+            )
+        x, y = _check_xy(acts, labels)
+        n = x.shape[0]
+        if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 2:
+            raise ValueError(f"k must be an integer >= 2 (the number of folds), got {k!r}")
+        k_req = int(k)
+        gkeys = None
+        if groups is not None:
+            gkeys = [str(g) for g in groups]
+            if len(gkeys) != n:
+                raise ValueError(f"got {n} activations but {len(gkeys)} groups; they must match one to one")
+        if ids is not None:
+            ids = [str(i) for i in ids]
+            if len(ids) != n:
+                raise ValueError(f"got {n} activations but {len(ids)} ids; they must match one to one")
+            if len(set(ids)) != n:
+                dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+                raise ValueError(f"ids must be unique (one per example); repeated: {dup}")
+
+        fold, k, note = _make_folds(y, gkeys, k_req, seed)
+        for i in range(k):
+            tr = y[fold != i]
+            if int(tr.sum()) in (0, tr.numel()):
+                raise ValueError(
+                    f"fold {i}: the other folds hold only one class, so its probe cannot be trained "
+                    f"(groups too unbalanced for k={k}); pass a smaller k or groups=None"
+                )
+
+        probes: list[RefusalProbe] = []
+        oof = torch.empty(n, dtype=torch.float32)
+        per_fold = []
+        for i in range(k):
+            te = fold == i
+            p = cls.fit(x[~te], y[~te], val_fraction=0, seed=seed, **fit_kwargs)
+            p.meta.update({"fold": i, "n_folds": k, "n_heldout": int(te.sum())})
+            p.meta["data_hashes"]["heldout_acts"] = _tensor_hash(x[te])
+            lg = p.logit(x[te]).float()
+            oof[te] = lg
+            hm = probe_metrics(torch.sigmoid(lg), y[te])
+            p.meta["metrics"]["heldout"] = hm
+            per_fold.append({"fold": i, "n": hm["n"], "accuracy": hm["accuracy"], "auroc": _num(hm["auroc"])})
+            probes.append(p)
+
+        from cliff_lens.stats import auroc_interval, rate
+
+        prob = torch.sigmoid(oof)
+        pm = probe_metrics(prob, y)
+        acc = rate(((prob >= 0.5).long() == y).tolist())
+        auc, lo, hi = auroc_interval(y.tolist(), prob.double().tolist(), seed=seed)
+        cv: dict[str, Any] = {
+            "kind": (
+                f"out-of-fold, {k}-fold cross-fitting: each example scored by the fold probe that did not "
+                "see it" + (" (groups kept within one fold)" if gkeys is not None else "")
+            ),
+            "k": k,
+            "k_requested": k_req,
+            "grouped": gkeys is not None,
+            "seed": seed,
+            "n": n,
+            "n_refusal": int(y.sum()),
+            "accuracy": acc.to_dict(),
+            "auroc": {
+                "value": _num(auc),
+                "n": n,
+                "ci95": [_num(lo), _num(hi)],
+                "interval": "stratified bootstrap",
+            },
+            "brier": pm["brier"],
+            "ece": pm["ece"],
+            "folds": per_fold,
+        }
+        if note:
+            cv["note"] = note
+
+        final = cls.fit(x, y, val_fraction=0, seed=seed, **fit_kwargs)
+        final.meta["metrics"]["cv"] = cv
+        final.meta["metrics"]["val"] = {
+            "accuracy": acc.value,
+            "auroc": _num(auc),
+            "brier": pm["brier"],
+            "ece": pm["ece"],
+            "n": n,
+            "n_refusal": int(y.sum()),
+            "accuracy_ci95": [_num(acc.low), _num(acc.high)],
+            "auroc_ci95": [_num(lo), _num(hi)],
+            "source": cv["kind"],
+        }
+        final.meta["cross_fit"] = {"k": k, "seed": seed, "grouped": gkeys is not None}
+        settings = {key: v for key, v in fit_kwargs.items() if key not in ("model", "meta")}
+        return CrossFit(
+            probes=probes,
+            final=final,
+            fold=fold,
+            labels=y,
+            oof_logit=oof,
+            metrics=cv,
+            ids=ids,
+            groups=gkeys,
+            seed=seed,
+            k_requested=k_req,
+            settings=_jsonable(settings),
+        )
 
     def __repr__(self) -> str:
         val = self.meta.get("metrics", {}).get("val", {})
@@ -445,3 +546,366 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def _num(x) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+def _pair_paths(prefix: str | Path) -> tuple[Path, Path]:
+    prefix = Path(prefix)
+    if prefix.suffix in (".safetensors", ".json"):
+        prefix = prefix.with_suffix("")
+    return prefix.with_name(prefix.name + ".safetensors"), prefix.with_name(prefix.name + ".json")
+
+
+def _read_pair(st: Path, js: Path, fmt: str, what: str, saver: str) -> tuple[dict, dict[str, Tensor]]:
+    """Read a ``.json`` of format ``fmt`` and all tensors of its ``.safetensors``; ProbeLoadError on trouble."""
+    from safetensors import safe_open
+
+    for p in (st, js):
+        if not p.exists():
+            raise ProbeLoadError(
+                f"{what} file {p} does not exist; save it with {saver}({st.with_suffix('')!s})"
+            )
+    try:
+        info = json.loads(js.read_text(encoding="utf-8"))
+        if not isinstance(info, dict) or info.get("format") != fmt:
+            raise ValueError(f"not a {fmt} file")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProbeLoadError(
+            f"{what} metadata {js} is corrupt or not a {what} file ({e}); re-save the {what}"
+        ) from None
+    try:
+        with safe_open(str(st), framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncation
+        raise ProbeLoadError(
+            f"{what} tensor file {st} is corrupt or truncated ({type(e).__name__}: {e}); re-save the {what}"
+        ) from None
+    return info, tensors
+
+
+def _probe_from_record(
+    cls, info: dict, direction: Tensor, st: Path, js: Path, where: str = ""
+) -> RefusalProbe:
+    """Rebuild a probe from its :meth:`RefusalProbe.to_json` record and direction, checking both."""
+    try:
+        bias, scale, d_model = float(info["bias"]), float(info["scale"]), int(info["d_model"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ProbeLoadError(
+            f"probe metadata {js}{where} is corrupt or not a probe file ({e!r}); re-save the probe"
+        ) from None
+    if direction.ndim != 1 or direction.numel() != d_model:
+        raise ProbeLoadError(
+            f"{st}{where} holds a direction of shape {tuple(direction.shape)} but {js} says "
+            f"d_model={d_model}; the two files do not belong together"
+        )
+    if info.get("direction_hash") and info["direction_hash"] != _tensor_hash(direction.float()):
+        raise ProbeLoadError(
+            f"{st}{where} does not match the direction hash recorded in {js}; re-save the probe"
+        )
+    meta = dict(info.get("meta") or {})
+    meta.setdefault("model_name", info.get("model_name"))
+    return cls(
+        direction=direction,
+        bias=bias,
+        scale=scale,
+        hook=info.get("hook", "final_norm_weighted"),
+        layer=info.get("layer"),
+        meta=meta,
+    )
+
+
+def _make_folds(y: Tensor, groups: list[str] | None, k: int, seed: int) -> tuple[Tensor, int, str | None]:
+    """Stratified (grouped) fold index of every example; ``k`` lowered to what the classes allow."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    names = {0: "non-refusal (label 0)", 1: "refusal (label 1)"}
+    yl = y.tolist()
+    if groups is None:
+        sizes = {c: yl.count(c) for c in (0, 1)}
+        unit = "examples"
+    else:
+        sizes = {c: len({g for g, v in zip(groups, yl) if v == c}) for c in (0, 1)}
+        unit = "groups"
+    small = min(sizes, key=lambda c: sizes[c])
+    if yl.count(small) == 0:
+        raise ValueError(
+            f"labels contain only one class ({yl.count(0)} non-refusal, {yl.count(1)} refusal); "
+            "a probe needs examples of both"
+        )
+    if sizes[small] < 2:
+        raise ValueError(
+            f"labels: the {names[small]} class has {sizes[small]} {unit} ({sizes[0]} non-refusal, "
+            f"{sizes[1]} refusal {unit}); cross-fitting needs at least 2 per class so that every held-out "
+            "fold is scored by a probe trained on both classes. Add examples of that class"
+            + (", or pass groups=None (groups keep each group in one fold)" if groups is not None else "")
+            + "; RefusalProbe.fit(..., val_fraction=0) trains a probe without held-out metrics"
+        )
+    note = None
+    if sizes[small] < k:
+        note = (
+            f"k lowered from {k} to {sizes[small]}: the {names[small]} class has only {sizes[small]} {unit}, "
+            "and every fold must hold one of each class"
+        )
+        warnings.warn(note, stacklevel=3)
+        k = sizes[small]
+    fold = np.full(len(yl), -1, dtype=np.int64)
+    z = np.zeros((len(yl), 1))
+    if groups is None:
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(z, yl)
+    else:
+        splits = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(z, yl, groups)
+    for i, (_, te) in enumerate(splits):
+        fold[te] = i
+    empty = [i for i in range(k) if not (fold == i).any()]
+    if (fold < 0).any() or empty:
+        raise ValueError(f"the split left fold(s) {empty} empty; pass a smaller k")
+    return torch.from_numpy(fold), k, note
+
+
+@dataclass
+class CrossFit:
+    """The result of :meth:`RefusalProbe.cross_fit`: fold probes, out-of-fold scores, final probe.
+
+    Attributes:
+        probes: the ``k`` fold probes; ``probes[i]`` was trained on every example with
+            ``fold != i`` and never saw the examples of fold ``i``.
+        final: the probe fit on ALL examples (for new data); ``final.metrics["cv"]`` is
+            :attr:`metrics`.
+        fold: ``[n]`` int64, the fold in which each training example is held out.
+        labels: ``[n]`` int64, the 0/1 labels the folds were fit on.
+        oof_logit: ``[n]`` float32, each example's logit under the fold probe that did not see it.
+        metrics: held-out accuracy (Wilson interval), AUROC (bootstrap interval), Brier, ECE,
+            per-fold numbers, ``k`` / ``k_requested`` and a ``note`` when ``k`` was lowered.
+        ids: optional example ids (e.g. rollout ids), for :meth:`probe_for` by id.
+        groups: optional group key of each example (as strings); groups never straddle folds.
+    """
+
+    probes: list[RefusalProbe]
+    final: RefusalProbe
+    fold: Tensor
+    labels: Tensor
+    oof_logit: Tensor
+    metrics: dict
+    ids: list[str] | None = None
+    groups: list[str] | None = None
+    seed: int = 0
+    k_requested: int = 5
+    settings: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._id_index = {i: n for n, i in enumerate(self.ids)} if self.ids is not None else {}
+        self._group_fold: dict[str, int] = {}
+        if self.groups is not None:
+            for g, f in zip(self.groups, self.fold.tolist()):
+                self._group_fold.setdefault(g, int(f))
+
+    @property
+    def k(self) -> int:
+        """The number of folds actually used."""
+        return len(self.probes)
+
+    @property
+    def n(self) -> int:
+        """The number of training examples."""
+        return int(self.fold.numel())
+
+    @property
+    def oof_score(self) -> Tensor:
+        """``[n]`` out-of-fold refusal probabilities (``sigmoid(oof_logit)``)."""
+        return torch.sigmoid(self.oof_logit)
+
+    def heldout(self, i: int) -> Tensor:
+        """Indices (into the training examples) of fold ``i``, the examples ``probes[i]`` never saw."""
+        return (self.fold == i).nonzero().flatten()
+
+    def fold_for(
+        self, index: int | None = None, *, id: str | None = None, group: Hashable | None = None
+    ) -> int | None:
+        """The fold whose probe did not see this example, or ``None`` for :attr:`final`.
+
+        * ``index``: row of a training example (as passed to ``cross_fit``) -> its fold.
+        * ``id``: a training example's id -> its fold; an id that was not trained on falls
+          through to ``group``.
+        * ``group``: for an example outside the training set whose group (prompt) has training
+          examples (cross-fit with ``groups``) -> that group's fold, whose probe saw no example
+          of the group.
+        * anything else (not trained on, no known group) -> ``None``: the final probe, which
+          never saw it either.
+        """
+        if index is not None and id is not None:
+            raise ValueError("pass index= or id=, not both")
+        if index is not None:
+            i = int(index)
+            if not 0 <= i < self.n:
+                raise IndexError(
+                    f"training index {index} out of range for {self.n} examples; pass index=None "
+                    "(or an id) for an example that was not in the training set"
+                )
+            return int(self.fold[i])
+        if id is not None:
+            if self.ids is None:
+                raise ValueError(
+                    "this CrossFit has no ids; pass ids=... to RefusalProbe.cross_fit or use index="
+                )
+            i = self._id_index.get(str(id))
+            if i is not None:
+                return int(self.fold[i])
+        if group is not None and self.groups is not None:
+            return self._group_fold.get(str(group))
+        return None
+
+    def probe_for(
+        self, index: int | None = None, *, id: str | None = None, group: Hashable | None = None
+    ) -> RefusalProbe:
+        """The probe that did not see this example (see :meth:`fold_for`): a fold probe or :attr:`final`."""
+        f = self.fold_for(index, id=id, group=group)
+        return self.final if f is None else self.probes[f]
+
+    def split_by_probe(
+        self, ids: Sequence[str], groups: Sequence[Hashable] | None = None
+    ) -> list[tuple[int | None, RefusalProbe, list[int]]]:
+        """Partition a list of examples by the probe that did not see them.
+
+        Returns ``(fold or None, probe, positions)`` for each probe used, ``positions`` indexing
+        ``ids``; fold probes first (by fold), then the final probe. Score each part with its
+        probe and put the results back at ``positions``.
+        """
+        if groups is not None and len(groups) != len(ids):
+            raise ValueError(f"got {len(ids)} ids but {len(groups)} groups; they must match one to one")
+        parts: dict[int | None, list[int]] = {}
+        for pos, i in enumerate(ids):
+            f = self.fold_for(id=i, group=None if groups is None else groups[pos])
+            parts.setdefault(f, []).append(pos)
+        order = sorted(f for f in parts if f is not None) + ([None] if None in parts else [])
+        return [(f, self.final if f is None else self.probes[f], parts[f]) for f in order]
+
+    def check_model(self, model, *, strict_name: bool = True) -> None:
+        """Raise :class:`ProbeLoadError` if ``model`` is not the one the probes were trained on."""
+        self.final.check_model(model, strict_name=strict_name)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, prefix: str | Path) -> tuple[Path, Path]:
+        """Write ``prefix.safetensors`` (directions, folds, labels, out-of-fold logits) and ``prefix.json``.
+
+        The JSON holds every probe's :meth:`RefusalProbe.to_json` record (``folds``, ``final``),
+        :attr:`metrics`, ``ids``, ``groups`` and the settings; both files are written atomically.
+        """
+        st, js = _pair_paths(prefix)
+        tensors = {
+            "fold_directions": torch.stack([p.direction.float() for p in self.probes]),
+            "final_direction": self.final.direction.float(),
+            "fold": self.fold.long().contiguous(),
+            "labels": self.labels.long().contiguous(),
+            "oof_logit": self.oof_logit.float().contiguous(),
+        }
+        info = {
+            "format": _CF_FORMAT,
+            "version": _CF_VERSION,
+            "model_name": self.final.meta.get("model_name"),
+            "d_model": self.final.d_model,
+            "hook": self.final.hook,
+            "layer": self.final.layer,
+            "k": self.k,
+            "k_requested": self.k_requested,
+            "seed": self.seed,
+            "n": self.n,
+            "settings": self.settings,
+            "metrics": self.metrics,
+            "tensor_hashes": {key: _tensor_hash(tensors[key]) for key in ("fold", "labels", "oof_logit")},
+            "ids": self.ids,
+            "groups": self.groups,
+            "final": self.final.to_json(),
+            "folds": [p.to_json() for p in self.probes],
+        }
+        atomic_save_safetensors(tensors, st, metadata={"format": _CF_FORMAT, "version": str(_CF_VERSION)})
+        atomic_write_json(js, _jsonable(info))
+        return st, js
+
+    @classmethod
+    def load(
+        cls,
+        prefix: str | Path,
+        model=None,
+        *,
+        strict_name: bool = True,
+        final: RefusalProbe | None = None,
+    ) -> CrossFit:
+        """Load a :class:`CrossFit` written by :meth:`save` (``ProbeLoadError`` for bad files).
+
+        ``model``: refuse the folds if its d_model / name differ. ``final``: the probe saved
+        separately (``probe.safetensors``); it must be the final probe these folds were saved
+        with (same direction, bias, scale), else ``ProbeLoadError`` (stale folds file), and it
+        is used as :attr:`final`.
+        """
+        st, js = _pair_paths(prefix)
+        info, t = _read_pair(st, js, _CF_FORMAT, "cross-fit", "CrossFit.save")
+        try:
+            k, n = int(info["k"]), int(info["n"])
+            recs, frec = list(info["folds"]), dict(info["final"])
+            dirs, fdir = t["fold_directions"], t["final_direction"]
+            fold, labels, oof = t["fold"].long(), t["labels"].long(), t["oof_logit"].float()
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProbeLoadError(
+                f"cross-fit files {js} / {st} are incomplete ({e!r}); re-save them"
+            ) from None
+        if (
+            len(recs) != k
+            or dirs.ndim != 2
+            or dirs.shape[0] != k
+            or any(v.numel() != n for v in (fold, labels, oof))
+        ):
+            raise ProbeLoadError(
+                f"{st} holds {tuple(dirs.shape)} fold directions and {fold.numel()} fold indices but {js} says "
+                f"k={k}, n={n}; the two files do not belong together"
+            )
+        for key, v in (info.get("tensor_hashes") or {}).items():
+            if key in t and v != _tensor_hash(t[key]):
+                raise ProbeLoadError(f"{st} tensor {key!r} does not match the hash recorded in {js}; re-save")
+        probes = [
+            _probe_from_record(RefusalProbe, r, dirs[i], st, js, f" (fold {i})") for i, r in enumerate(recs)
+        ]
+        fin = _probe_from_record(RefusalProbe, frec, fdir, st, js, " (final)")
+        if final is not None:
+            same = (
+                final.d_model == fin.d_model
+                and _tensor_hash(final.direction) == _tensor_hash(fin.direction)
+                and final.bias == fin.bias
+                and final.scale == fin.scale
+            )
+            if not same:
+                raise ProbeLoadError(
+                    f"{st} was saved with another final probe than the one given (its direction / bias / "
+                    "scale differ): the folds are stale; re-run the cross-fit (the probe stage)"
+                )
+            fin = final
+        ids, groups = info.get("ids"), info.get("groups")
+        for name, v in (("ids", ids), ("groups", groups)):
+            if v is not None and len(v) != n:
+                raise ProbeLoadError(f"{js}: {name} has {len(v)} entries for n={n}; re-save the cross-fit")
+        cf = cls(
+            probes=probes,
+            final=fin,
+            fold=fold,
+            labels=labels,
+            oof_logit=oof,
+            metrics=dict(info.get("metrics") or {}),
+            ids=None if ids is None else [str(i) for i in ids],
+            groups=None if groups is None else [str(g) for g in groups],
+            seed=int(info.get("seed", 0)),
+            k_requested=int(info.get("k_requested", k)),
+            settings=dict(info.get("settings") or {}),
+        )
+        if model is not None:
+            for p in (*cf.probes, cf.final):
+                p.check_model(model, strict_name=strict_name)
+        return cf
+
+    def __repr__(self) -> str:
+        acc = (self.metrics.get("accuracy") or {}).get("value")
+        auc = (self.metrics.get("auroc") or {}).get("value")
+        extra = f", oof_acc={acc:.3f}" if acc is not None else ""
+        extra += f", oof_auroc={auc:.3f}" if auc is not None else ""
+        return f"CrossFit(k={self.k}, n={self.n}, grouped={self.groups is not None}{extra})"

@@ -182,3 +182,15 @@ def test_bad_training_data():
     assert RefusalProbe.fit(x[:2], [0, 1], val_fraction=0).d_model == 4
     with pytest.raises(ValueError, match="d_model=4"):
         RefusalProbe.fit(x, [0, 1] * 5).score(torch.randn(3, 5))
+
+
+def test_cross_fit_on_the_planted_model(planted):
+    """Out-of-fold scores on real activations: held-out accuracy near 1, with an interval around it."""
+    m, d, acts, y = planted
+    cf = RefusalProbe.cross_fit(acts, y, k=5, hook="blocks.{L}.hook_resid_post", layer=1, model=m)
+    acc, auc = cf.metrics["accuracy"], cf.metrics["auroc"]
+    assert acc["n"] == 200 and acc["value"] > 0.95 and acc["ci95"][0] <= acc["value"] <= acc["ci95"][1]
+    assert auc["value"] > 0.95 and auc["ci95"][0] > 0.9
+    assert all(float(p.direction @ d) > 0.95 for p in cf.probes)
+    assert cf.final.meta["n_train"] == 200 and cf.final.metrics["val"]["accuracy"] == acc["value"]
+    assert cf.final.metrics["cv"]["k"] == 5 and cf.final.meta["model_name"] == "planted"
