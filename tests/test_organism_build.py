@@ -161,3 +161,20 @@ def test_checkpoint_round_trip_restores_readout_and_its_optimizer_state(tmp_path
     assert _load_ckpt(model2, opt2, tmp_path / "ckpt-epoch1", readout2) == 7
     assert torch.equal(readout2, readout) and readout.abs().sum() > 0
     assert torch.equal(opt2.state[readout2]["exp_avg"], opt.state[readout]["exp_avg"])
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_cached_layers_are_causal_with_any_attention(tmp_path, attn):
+    """Regression: _run_layers passed attention_mask=None; with eager attention every token saw
+    the future. A prefix must give the same hidden states as the full sequence at its positions."""
+    from transformers import AutoModelForCausalLM
+
+    from cliff_lens.organism.build import _run_layers
+
+    d = tiny_hf_model_dir(tmp_path / "m", vocab_size=300)
+    model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation=attn)
+    inner = model.model
+    ids = torch.randint(10, 300, (1, 12))
+    full = _run_layers(inner, inner.embed_tokens(ids), inner.layers)
+    prefix = _run_layers(inner, inner.embed_tokens(ids[:, :5]), inner.layers)
+    torch.testing.assert_close(full[:, :5], prefix, atol=1e-5, rtol=1e-5)

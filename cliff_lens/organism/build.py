@@ -150,10 +150,19 @@ def _inner(model):
 
 
 def _run_layers(inner, h: Tensor, layers) -> Tensor:
-    pos = torch.arange(h.shape[1]).unsqueeze(0)
+    """Run decoder ``layers`` on right-padded hidden states with an explicit causal mask.
+
+    The mask is passed, not left to SDPA's implicit causal flag: eager (or any other) attention
+    given ``attention_mask=None`` would let every token see the future. Right padding + causal
+    attention means real tokens never see the pads.
+    """
+    n = h.shape[1]
+    pos = torch.arange(n, device=h.device).unsqueeze(0)
     pe = inner.rotary_emb(h, position_ids=pos)
-    for layer in layers:  # right padding + causal attention: real tokens never see the pads
-        h = layer(h, attention_mask=None, position_embeddings=pe, position_ids=pos)
+    causal = torch.full((n, n), torch.finfo(h.dtype).min, dtype=h.dtype, device=h.device).triu(1)
+    mask = causal[None, None]  # [1, 1, query, key], additive
+    for layer in layers:
+        h = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=pos)
         h = h[0] if isinstance(h, tuple) else h
     return h
 
