@@ -8,6 +8,12 @@ Held-out metrics (accuracy, AUROC, Brier score, expected calibration error) are 
 a stratified validation split; :meth:`RefusalProbe.evaluate` scores any other labelled set
 (out-of-distribution checks). ``save`` / ``load`` use safetensors + JSON (never pickle),
 and ``load(..., model=...)`` refuses a probe trained on another model.
+
+:meth:`RefusalProbe.cross_fit` is k-fold cross-fitting over the training examples: ``k``
+fold probes, each example's out-of-fold score from the probe that did not see it, held-out
+accuracy / AUROC with 95% intervals over all examples, and a final probe fit on everything.
+The returned :class:`CrossFit` maps any rollout to a probe that did not see it
+(:meth:`CrossFit.probe_for`) and saves as safetensors + JSON like a probe.
 """
 
 from __future__ import annotations
