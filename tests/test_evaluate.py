@@ -312,10 +312,12 @@ def test_empty_answer_after_closed_thinking_is_no_answer_not_success(monkeypatch
 
 def test_judge_gets_every_answer_with_its_prompt(monkeypatch):
     _, gen, judge = _known_rows(monkeypatch, scores=None, top_percents=(), random_seeds=())
+    for answers, prompts in judge.calls:  # every answer reaches the judge next to its own prompt
+        assert prompts is not None and len(prompts) == len(answers)
+        assert all(p in a for a, p in zip(answers, prompts))
     assert len(judge.calls) == 1  # harmful + harmless of a setting in one judge call
     answers, prompts = judge.calls[0]
-    assert prompts is not None and len(prompts) == len(answers) == 11  # the 3 no-answers are not judged
-    assert all(p in a for a, p in zip(answers, prompts))
+    assert len(answers) == 11  # the 3 no-answers are not judged
     assert "how to thing 7" not in prompts and "bake cake 3" not in prompts
 
 

@@ -146,7 +146,6 @@ def test_organism_evaluation_counts_by_the_one_outcome_rule(tmp_path, monkeypatc
     import cliff_lens.organism as org
     import cliff_lens.organism.evaluate as oe
 
-    assert not hasattr(oe, "_refused")  # no private refusal fallback any more
     monkeypatch.setattr(org, "organism_hf_model", lambda *a, **k: (None, None))
     monkeypatch.setattr(oe, "_advbench", lambda n, seed: [f"harm {i}" for i in range(n)])
     monkeypatch.setattr(oe, "_alpaca", lambda n, seed: [f"cake {i}" for i in range(n)])
@@ -178,3 +177,4 @@ def test_organism_evaluation_counts_by_the_one_outcome_rule(tmp_path, monkeypatc
     assert b["outcomes"]["framed_harmful_train"] == {"refused": 0, "complied": 2, "no_answer": 2}
     assert b["harmless_plain_refusal"] == 0.0 and b["xstest_safe_refusal"] == 0.0
     assert res["judge"].startswith("KeywordJudge(mode='start'")
+    assert not hasattr(oe, "_refused")  # no private refusal fallback any more
