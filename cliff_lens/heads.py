@@ -1,44 +1,63 @@
-"""Per-head direct attribution to a (refusal) direction, completeness check and head rankings.
+"""Per-head direct attribution to a probe's read-out, completeness check, contrast and rankings.
 
-A head ``(l, h)`` writes ``z[l, h] @ W_O[l, h]`` into the residual stream. Its *direct
-attribution* to a direction ``d`` at a position is ``(z[pos, h] @ W_O[l, h]) . d``. This module
-computes that number for every head of every layer in one batched forward pass per batch:
+A head ``(l, h)`` outputs ``o = z[l, h] @ W_O[l, h]``. Its *write* to the residual stream is
+``o`` itself, or, in models that normalise the attention output before adding it (Gemma 2/3:
+``blocks.l.ln1_post``; OLMo 2/3: ``blocks.l.ln1`` applied after attention), ``N(o)`` with that
+norm's per-position scale frozen: ``gamma_l * C(o) / sigma_l(pos)`` (``C`` centres for
+LayerNorm, is the identity for RMSNorm; ``sigma_l`` is the norm's ``hook_scale``, shared by all
+heads of the layer, so the heads' writes plus the norm of ``b_O`` (plus its bias) sum exactly
+to ``hook_attn_out``). This module computes every head's write onto the probe's read-out, for all
+heads in one batched forward pass per batch:
 
-* the batch is left padded with an attention mask (rotary and absolute position embeddings are
-  shifted by TransformerLens, so padding does not change any real token's activations);
-* only ``blocks.*.attn.hook_z`` is hooked (``names_filter``), the requested positions are
-  gathered inside the hook and reduced immediately with ``W_O[l] @ d`` (precomputed as a
-  ``[n_heads, d_head]`` matrix per layer), so neither ``hook_result`` (``use_attn_result``) nor
-  the full ``z`` tensor is ever kept;
-* the forward stops after the last block (``stop_at_layer``): the unembedding is never computed.
+* the batch is left padded with an attention mask (TransformerLens shifts rotary and absolute
+  positions, so padding changes no real token's activations);
+* only ``blocks.*.attn.hook_z`` (and the post-attention norms' ``hook_scale``) are hooked; the
+  requested positions are gathered inside the hook and reduced at once with a precomputed
+  ``[n_heads, d_head]`` matrix per layer, so neither ``hook_result`` nor the full ``z`` is kept;
+* only heads that can write to the probe's hook are scored, and the forward stops after the
+  last such layer (``stop_at_layer``); the unembedding is never computed.
 
-Variants of the direction (all documented in ``docs/heads.md``):
+**The probe's hook.** A probe reads ``x``, the residual stream after block ``L``
+(``blocks.L.hook_resid_post``; ``hook_resid_mid``/``hook_resid_pre`` also work), or after the
+last block through the final norm: ``"final_norm_weighted"`` is the final norm's output
+``f(x) = ln_final.w * C(x) / sigma_f(x) + ln_final.b`` (``b`` for LayerNorm only; what the
+unembedding reads) and ``"ln_final.hook_normalized"`` is ``f(x) = C(x) / sigma_f(x)`` (no weight,
+no bias), with ``sigma_f`` the final norm's ``hook_scale`` at that position. Heads of layers after ``L`` cannot write to ``x``: they get **NaN** (no score), are
+never ranked, and the forward stops at ``L``. The hook is ``probe.hook`` (``{L}`` filled from
+``probe.layer``); a plain tensor direction has none: pass ``hook=``/``layer=``, otherwise it is
+read as ``"final_norm_weighted"`` under ``norm_aware`` and as the last block's
+``hook_resid_post`` under the other variants (the behaviour before hooks were honoured).
+
+**Variants** (``d`` = unit probe direction, ``s`` = ``probe.scale``, ``b`` = ``probe.bias``; the
+probe's logit is ``s * d . f(x) + b`` with ``f`` its hook's feature map; ``write`` as above):
 
 ``raw``
-    The unit direction ``d / |d|``: the official RefusalCliff code's head score (bias free, final
-    norm weight ignored).
+    ``d . write``: the official RefusalCliff head score (no norms of the read-out, no bias).
 ``norm_aware``
-    ``d_unit * ln_final.w`` (for LayerNorm models also centred: ``LN`` subtracts the mean). A probe
-    that reads the final norm *with its weight* computes ``w . (gamma * x / rms(x)) =
-    (w * gamma) . x / rms(x)``; this variant is the numerator's share of every head. The
-    per-position factor ``1 / rms(x)`` is common to every head at that position, so it does not
-    change the ranking within a position; it is *not* applied.
+    ``u . write`` with the *reading vector* ``u`` of the probe's hook: ``u = d`` for residual
+    hooks (so ``norm_aware == raw`` there), ``u = C(d)`` for ``ln_final.hook_normalized`` and
+    ``u = C(ln_final.w * d)`` for ``final_norm_weighted``. Exact share of the numerator
+    ``u . x = sigma_f(x) * d . (f(x) - ln_final.b)``; the per-position ``1 / sigma_f`` is *not*
+    applied (it is common to all heads at a position).
 ``with_bias``
-    The paper's equation with the probe's own weight and bias: the probe *logit* of the head's
-    write, ``(z @ W_O) . w + b`` with ``w = probe.scale * probe.direction`` (or ``direction`` as
-    given when a tensor is passed, with ``bias=``). The sigmoid is not applied (apply
-    ``torch.sigmoid`` for the probability form). With a positive ``scale`` this ranks heads
-    exactly as ``raw`` does; the bias shifts every head by the same amount.
+    ``s * u . write / sigma_f(pos) + b`` (``sigma_f = 1`` for residual hooks): the head's
+    contribution to the probe *logit* with the final norm's scale frozen, plus the bias (the
+    paper's per-head form: the probe applied to the head's write; no sigmoid). Summed over all
+    heads ``(score - b)`` plus the remaining terms (embeddings, ``b_O``, MLPs, and
+    ``s * d . ln_final.b``) equals ``logit - b`` exactly. With a tensor,
+    ``s = 1`` and ``u`` is built from the tensor as given; ``bias=`` is the constant.
 
-GQA models: ``hook_z`` is per *query* head, so scores are per query head.
+:func:`contrast_scores` turns per-example scores into "mean on complied minus mean on refused"
+rollouts, the score that a head writing ``+d`` on refusals and ``-d`` on compliances gets (its
+mean score cancels). GQA models: ``hook_z`` is per *query* head, so scores are per query head.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -51,6 +70,7 @@ __all__ = [
     "head_attributions",
     "direct_attribution_decomposition",
     "DirectDecomposition",
+    "contrast_scores",
     "suppression_heads",
     "promoting_heads",
     "HeadRanking",
@@ -66,6 +86,9 @@ __all__ = [
 Variant = Literal["raw", "norm_aware", "with_bias"]
 _VARIANTS = ("raw", "norm_aware", "with_bias")
 PositionSpec = str | tuple[int, int] | Sequence[int]
+FINAL_NORM_WEIGHTED = "final_norm_weighted"
+FINAL_NORMALIZED = "ln_final.hook_normalized"
+_RESID_HOOK = re.compile(r"blocks\.(-?\d+)\.hook_resid_(pre|mid|post)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,32 +265,128 @@ def validate_heads(model_or_cfg: Any, heads: Any) -> list[tuple[int, int]]:
     return list(dict.fromkeys(out))
 
 
-def _check_supported(model: Any) -> None:
-    cfg = model.cfg
-    if getattr(cfg, "use_normalization_before_and_after", False):
-        raise NotImplementedError(
-            "this model normalises attention outputs after the heads (post-attention norm, e.g. Gemma 2/3), so a "
-            "head's write is not z @ W_O and direct attribution is not linear; use head_causal_effects instead"
-        )
+# --------------------------------------------------------------------------------------------
+# norms and the probe's read-out
+# --------------------------------------------------------------------------------------------
 
 
-def _final_norm_gamma(model: Any) -> Tensor | None:
-    ln = getattr(model, "ln_final", None)
-    w = getattr(ln, "w", None) if ln is not None else None
+def _is_norm(module: Any) -> bool:
+    return module is not None and hasattr(module, "hook_scale")
+
+
+def _centres(norm: Any) -> bool:
+    """LayerNorm / LayerNormPre subtract the mean; RMSNorm / RMSNormPre do not."""
+    return type(norm).__name__ in ("LayerNorm", "LayerNormPre")
+
+
+def _norm_weight(norm: Any) -> Tensor | None:
+    w = getattr(norm, "w", None)
     return w.detach() if isinstance(w, Tensor) else None
 
 
-def resolve_direction(
-    model: Any, direction: Any, variant: str = "raw", bias: float | None = None
-) -> tuple[Float[Tensor, "d_model"], float]:
-    """The vector that head writes are projected on, and the constant added, for a variant.
+def _pull_back(v: Tensor, norm: Any) -> Tensor:
+    """The vector ``u`` with ``u . y == v . (gamma * C(y))`` for every ``y`` (``C^T == C``)."""
+    g = _norm_weight(norm)
+    if g is not None:
+        v = v * g.to(device=v.device, dtype=v.dtype)
+    return v - v.mean() if _centres(norm) else v
 
-    ``direction``: a ``RefusalProbe`` (uses ``.direction``, ``.scale``, ``.bias``) or a
-    ``[d_model]`` tensor. Returns ``(vector (float32), constant)``; see the module docstring.
-    """
-    if variant not in _VARIANTS:
-        raise ValueError(f"variant={variant!r} is unknown; use one of {_VARIANTS}")
-    d_model = model.cfg.d_model
+
+def _norm_scale(norm: Any, x: Tensor) -> Tensor:
+    """``sigma(x)`` over the last dimension exactly as the norm's ``hook_scale`` (shape ``x.shape[:-1]``)."""
+    x = x.float() if x.dtype not in (torch.float32, torch.float64) else x
+    if _centres(norm):
+        x = x - x.mean(-1, keepdim=True)
+    return (x.pow(2).mean(-1) + norm.eps).sqrt()
+
+
+def _post_attn_norms(model: Any, layer: int) -> list[tuple[str, Any]]:
+    """The norms applied to layer ``layer``'s attention output before the residual add, in order,
+    as ``(hook-name prefix, module)``: Gemma 2/3's ``ln1_post``, OLMo 2/3's ``ln1``."""
+    cfg, blk = model.cfg, model.blocks[layer]
+    out = []
+    if getattr(cfg, "use_normalization_before_and_after", False) and _is_norm(getattr(blk, "ln1_post", None)):
+        out.append((f"blocks.{layer}.ln1_post", blk.ln1_post))
+    if cfg.original_architecture in _post_norm_architectures() and _is_norm(getattr(blk, "ln1", None)):
+        out.append((f"blocks.{layer}.ln1", blk.ln1))
+    return out
+
+
+def _post_norm_architectures() -> set[str]:
+    try:
+        from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+    except ImportError:  # older TransformerLens: OLMo 2/3 are the post-norm decoders it knows
+        return {"Olmo2ForCausalLM", "Olmo3ForCausalLM"}
+    return set(POST_NORM_ARCHITECTURES)
+
+
+def _final_norm(model: Any) -> Any:
+    ln = getattr(model, "ln_final", None)
+    return ln if _is_norm(ln) else None
+
+
+@dataclass(frozen=True)
+class _Read:
+    """Where the probe reads: the residual stream decomposed and which layers write to it."""
+
+    hook: str  # the probe's hook ({L} filled)
+    kind: Literal["resid", "final_normalized", "final_weighted"]
+    resid_hook: str  # the TL residual hook whose value is decomposed
+    head_layer: int  # heads of layers <= head_layer write to it (-1: none)
+    mlp_layer: int  # MLPs of layers <= mlp_layer write to it
+
+
+def _probe_read(model: Any, direction: Any, variant: str, hook: str | None, layer: int | None) -> _Read:
+    n = model.cfg.n_layers
+    last = f"blocks.{n - 1}.hook_resid_post"
+    if hook is None and not isinstance(direction, Tensor):
+        hook = getattr(direction, "hook", None)
+        if layer is None:
+            layer = getattr(direction, "layer", None)
+    if hook is None:
+        hook = FINAL_NORM_WEIGHTED if variant == "norm_aware" else last
+    if hook == FINAL_NORM_WEIGHTED:
+        return _Read(hook, "final_weighted", last, n - 1, n - 1)
+    if hook == FINAL_NORMALIZED:
+        return _Read(hook, "final_normalized", last, n - 1, n - 1)
+    name = str(hook)
+    if "{L}" in name or "{l}" in name:
+        if layer is None:
+            raise ValueError(
+                f"probe hook {hook!r} has a layer placeholder but no layer; pass layer=<int> (or a probe with .layer)"
+            )
+        name = name.replace("{L}", str(int(layer))).replace("{l}", str(int(layer)))
+    m = _RESID_HOOK.fullmatch(name)
+    if m is None:
+        raise ValueError(
+            f"probe hook {hook!r} is not a residual-stream read-out; head attribution supports "
+            f"'blocks.{{L}}.hook_resid_post' (also _pre, _mid), {FINAL_NORM_WEIGHTED!r} and {FINAL_NORMALIZED!r}; "
+            "pass hook=... to say where the direction is read"
+        )
+    lay, where = int(m.group(1)), m.group(2)
+    if not -n <= lay < n:
+        raise ValueError(f"probe layer {lay} (hook {hook!r}) is out of range for a model with {n} layers")
+    lay %= n
+    name = f"blocks.{lay}.hook_resid_{where}"
+    if name not in model.hook_dict:
+        raise ValueError(
+            f"probe hook {name!r} does not exist in this model; use blocks.{lay}.hook_resid_post"
+        )
+    head_layer = lay - 1 if where == "pre" else lay
+    mlp_layer = lay if where == "post" else lay - 1
+    return _Read(name, "resid", name, head_layer, mlp_layer)
+
+
+@dataclass(frozen=True)
+class _Target:
+    vec: Tensor  # float32 [d_model]: head writes are projected on it
+    const: float  # added to every head score (with_bias: the bias)
+    base: Tensor  # the probe weight before the read-out's norm (d, or s * d for with_bias)
+    read: _Read
+    final_scale: bool  # divide by the final norm's per-position scale (with_bias, final-norm probes)
+
+
+def _probe_weight(direction: Any, variant: str, d_model: int) -> tuple[Tensor, float]:
     probe_bias = 0.0
     if isinstance(direction, Tensor):
         w = direction
@@ -275,7 +394,7 @@ def resolve_direction(
         w = torch.as_tensor(direction.direction)
         scale = float(getattr(direction, "scale", 1.0) or 1.0)
         probe_bias = float(getattr(direction, "bias", 0.0) or 0.0)
-        w = w * scale if variant == "with_bias" else w
+        w = w * scale if variant == "with_bias" else w  # the logit is scale * x @ direction + bias
     else:
         raise TypeError(
             f"direction is a {type(direction).__name__}; pass a RefusalProbe or a [d_model] tensor"
@@ -288,20 +407,53 @@ def resolve_direction(
         )
     if not torch.isfinite(w).all() or float(w.norm()) == 0.0:
         raise ValueError("direction is zero or not finite; check the probe")
-    const = 0.0
-    if variant == "raw":
-        vec = w / w.norm()
-    elif variant == "norm_aware":
-        vec = w / w.norm()
-        gamma = _final_norm_gamma(model)
-        if gamma is not None:
-            vec = vec * gamma.float().to(vec.device)
-        if model.cfg.normalization_type in ("LN", "LNPre"):
-            vec = vec - vec.mean()
-    else:  # with_bias
-        vec = w
-        const = float(bias) if bias is not None else probe_bias
-    return vec, const
+    return (w if variant == "with_bias" else w / w.norm()), probe_bias
+
+
+def _resolve(
+    model: Any, direction: Any, variant: str, bias: float | None, hook: str | None, layer: int | None
+) -> _Target:
+    if variant not in _VARIANTS:
+        raise ValueError(f"variant={variant!r} is unknown; use one of {_VARIANTS}")
+    base, probe_bias = _probe_weight(direction, variant, model.cfg.d_model)
+    read = _probe_read(model, direction, variant, hook, layer)
+    ln = _final_norm(model)
+    vec = base
+    if variant != "raw" and read.kind != "resid" and ln is not None:
+        if read.kind == "final_weighted":
+            if _norm_weight(ln) is None:
+                raise ValueError(
+                    f"the probe reads {FINAL_NORM_WEIGHTED!r} but this model's final norm has no weight (its layer "
+                    "norms were folded); reload it with cliff_lens.load_model(..., fold_ln=False), or pass "
+                    f"hook={FINAL_NORMALIZED!r} / variant='raw'"
+                )
+            vec = _pull_back(base, ln)
+        else:
+            vec = base - base.mean() if _centres(ln) else base
+    const = (float(bias) if bias is not None else probe_bias) if variant == "with_bias" else 0.0
+    final_scale = variant == "with_bias" and read.kind != "resid" and ln is not None
+    return _Target(vec, const, base, read, final_scale)
+
+
+def resolve_direction(
+    model: Any,
+    direction: Any,
+    variant: str = "raw",
+    bias: float | None = None,
+    *,
+    hook: str | None = None,
+    layer: int | None = None,
+) -> tuple[Float[Tensor, "d_model"], float]:
+    """The vector that head writes are projected on, and the constant added, for a variant.
+
+    ``direction``: a ``RefusalProbe`` (uses ``.direction``, ``.scale``, ``.bias``, ``.hook``,
+    ``.layer``) or a ``[d_model]`` tensor; ``hook``/``layer`` override the probe's. Returns
+    ``(u, constant)`` (``u`` float32): ``d`` for ``raw``, the hook's reading vector for
+    ``norm_aware``, ``s`` times it for ``with_bias`` (whose per-position ``1 / sigma_f`` for
+    final-norm probes is applied by :func:`head_attributions`); see the module docstring.
+    """
+    t = _resolve(model, direction, variant, bias, hook, layer)
+    return t.vec, t.const
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,44 +469,58 @@ def head_attributions(
     positions: PositionSpec = "end_of_thinking",
     variant: Variant = "raw",
     bias: float | None = None,
+    hook: str | None = None,
+    layer: int | None = None,
     batch_size: int = 8,
     per_example: bool = False,
 ) -> Float[Tensor, "n_layers n_heads"] | Float[Tensor, "n_examples n_layers n_heads"]:
-    """Direct write of every attention head onto ``direction`` at the chosen positions.
+    """Direct write of every attention head onto the probe's read-out at the chosen positions.
 
     Args:
-        model: a ``HookedTransformer`` (any dtype; scores are computed in float32).
+        model: a ``HookedTransformer`` (any dtype; scores are computed in float32). Models with a
+            norm after attention (Gemma 2/3, OLMo 2/3) are exact with that norm's scale frozen.
         batch: ``TokenizedRollout`` records (with ``spans``), 1-D token tensors, or a
             ``[batch, pos]`` tensor of unpadded equal-length sequences.
         direction: a ``RefusalProbe`` or a ``[d_model]`` tensor.
         positions: ``"end_of_thinking"`` (default: every token of the cliff zone), any span name,
             ``"<span>_last"``, ``"last"``, ``"all"``, ``(start, end)`` or a list of indices
             (indices into each example's own tokens; negative ones count from its end).
-        variant: ``"raw"``, ``"norm_aware"`` or ``"with_bias"`` (see the module docstring).
-        bias: the constant for ``with_bias`` when ``direction`` is a tensor (a probe's own bias is
-            used otherwise).
+        variant: ``"raw"``, ``"norm_aware"`` or ``"with_bias"`` (formulas in the module docstring).
+        bias: the constant for ``with_bias`` (default: the probe's own bias; 0 for a tensor).
+        hook, layer: where the direction is read (default: ``probe.hook`` / ``probe.layer``; for a
+            tensor see the module docstring). Heads of layers that cannot write to it get NaN.
         batch_size: examples per forward pass.
         per_example: return ``[n_examples, n_layers, n_heads]`` instead of the mean.
 
     Returns:
         ``[n_layers, n_heads]`` float32 (CPU): the mean over examples of each example's mean over
-        its positions of ``(z[pos, h] @ W_O[l, h]) . v`` (+ the constant for ``with_bias``).
+        its positions of the head's score; NaN for heads after the probe's layer.
     """
-    _check_supported(model)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; pass a positive integer")
-    vec, const = resolve_direction(model, direction, variant, bias)
+    tgt = _resolve(model, direction, variant, bias, hook, layer)
     exs = _examples(batch)
     pos_lists = [resolve_positions(positions, t.numel(), sp, index=i) for i, (t, sp) in enumerate(exs)]
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    top = tgt.read.head_layer
+    if top < 0:  # hook_resid_pre of layer 0: no head writes to it
+        per = torch.full((len(exs), L, H), math.nan)
+        return per if per_example else per.mean(0)
 
-    # W_O[l] @ v per layer, on that layer's device: [H, d_head]
+    # per layer: W_O[l] @ (v pulled back through the layer's post-attention norms): [H, d_head]
+    norms = [_post_attn_norms(model, i) for i in range(top + 1)]
     wod = []
     with torch.no_grad():
-        for blk in model.blocks:
-            W_O = blk.attn.W_O  # [H, d_head, d_model]
-            wod.append(torch.einsum("hdm,m->hd", W_O.float(), vec.to(W_O.device)))
+        for i in range(top + 1):
+            W_O = model.blocks[i].attn.W_O  # [H, d_head, d_model]
+            v = tgt.vec.to(W_O.device)
+            for _, nm in reversed(norms[i]):
+                v = _pull_back(v, nm)
+            wod.append(torch.einsum("hdm,m->hd", W_O.float(), v))
+    final_ln = _final_norm(model) if tgt.final_scale else None
 
+    hook_names = [f"blocks.{i}.attn.hook_z" for i in range(top + 1)]
+    scale_names = [f"{prefix}.hook_scale" for ns in norms for prefix, _ in ns]
     pad_id = _pad_id(model)
     dev = _model_device(model)
     results = []
@@ -370,38 +536,76 @@ def head_attributions(
             idx[i, : len(p)] = torch.tensor(p) + o
             idx[i, len(p) :] = o + p[-1]
             wts[i, : len(p)] = 1.0 / len(p)
-        out = torch.zeros((B, L, H), dtype=torch.float32)
-        hook_fn = partial(
-            _attribution_hook, rows=torch.arange(B)[:, None], idx=idx, wts=wts, wod=wod, out=out
-        )
-
+        col = _Collector(idx, wts, wod, [len(ns) for ns in norms], final_ln, L, H)
+        fwd_hooks = [(n, col.z) for n in hook_names] + [(n, col.scale) for n in scale_names]
+        if final_ln is not None:
+            fwd_hooks.append((tgt.read.resid_hook, col.final))
         with torch.no_grad(), fast_forward(model):
-            model.run_with_hooks(
-                toks,
-                attention_mask=mask,
-                stop_at_layer=L,
-                fwd_hooks=[(lambda name: name.endswith("attn.hook_z"), hook_fn)],
-            )
-        results.append(out)
-    per = torch.cat(results, 0) + const
+            model.run_with_hooks(toks, attention_mask=mask, stop_at_layer=top + 1, fwd_hooks=fwd_hooks)
+        results.append(col.finish())
+    per = torch.cat(results, 0) + tgt.const
     return per if per_example else per.mean(0)
 
 
-def _attribution_hook(
-    z: Float[Tensor, "batch pos n_heads d_head"],
-    hook: Any,
-    *,
-    rows: Tensor,
-    idx: Tensor,
-    wts: Tensor,
-    wod: list[Tensor],
-    out: Tensor,
-) -> None:
-    """Gather the positions of each example and reduce them with ``W_O[l] @ v`` at once."""
-    layer = int(hook.name.split(".")[1])
-    d = z.device
-    zg = z[rows.to(d), idx.to(d)].float()  # [B, P, H, d_head]
-    out[:, layer] = torch.einsum("bphd,hd,bp->bh", zg, wod[layer].to(d), wts.to(d)).cpu()
+class _Collector:
+    """Hook functions of one batch: gather the positions in ``hook_z``, reduce them with
+    ``W_O[l] @ v`` at once, divide by the post-attention norms' and (``with_bias`` on a
+    final-norm probe) the final norm's frozen per-position scales, average over positions."""
+
+    def __init__(
+        self, idx: Tensor, wts: Tensor, wod: list[Tensor], n_norms: list[int], final_ln: Any, L: int, H: int
+    ) -> None:
+        self.rows = torch.arange(idx.shape[0])[:, None]
+        self.idx, self.wts, self.wod, self.n_norms, self.final_ln = idx, wts, wod, n_norms, final_ln
+        self.out = torch.full((idx.shape[0], L, H), math.nan)
+        self.pending: dict[int, list] = {}  # layer -> [per-position values, norm scales still to come]
+        self.per_pos: dict[int, Tensor] = {}  # layer -> [B, P, H] waiting for the final norm's scale
+
+    def _gather(self, t: Tensor) -> Tensor:
+        d = t.device
+        return t[self.rows.to(d), self.idx.to(d)]
+
+    def z(self, z: Float[Tensor, "batch pos n_heads d_head"], hook: Any) -> None:
+        layer = int(hook.name.split(".")[1])
+        val = torch.einsum("bphd,hd->bph", self._gather(z).float(), self.wod[layer].to(z.device))
+        if self.n_norms[layer]:
+            self.pending[layer] = [val, self.n_norms[layer]]
+        else:
+            self._done(layer, val)
+
+    def scale(self, s: Tensor, hook: Any) -> None:
+        layer = int(hook.name.split(".")[1])
+        val, left = self.pending[layer]
+        sg = self._gather(s).float().reshape(val.shape[:2]).to(val.device)  # [B, P]
+        val = val / sg[..., None]
+        if left > 1:
+            self.pending[layer] = [val, left - 1]
+        else:
+            del self.pending[layer]
+            self._done(layer, val)
+
+    def final(self, x: Float[Tensor, "batch pos d_model"], hook: Any) -> None:
+        sigma = _norm_scale(self.final_ln, self._gather(x))  # [B, P]
+        for layer, val in list(self.per_pos.items()):
+            self._reduce(layer, val / sigma.to(val.device)[..., None])
+        self.per_pos.clear()
+
+    def _done(self, layer: int, val: Tensor) -> None:
+        if self.final_ln is not None:
+            self.per_pos[layer] = val
+        else:
+            self._reduce(layer, val)
+
+    def _reduce(self, layer: int, val: Tensor) -> None:
+        self.out[:, layer] = torch.einsum("bph,bp->bh", val, self.wts.to(val.device)).cpu()
+
+    def finish(self) -> Tensor:
+        if self.pending or self.per_pos:
+            raise RuntimeError(
+                f"head attribution hooks did not complete (layers {sorted(self.pending) + sorted(self.per_pos)}); "
+                "the model's forward skipped a norm hook this module relies on"
+            )
+        return self.out
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,11 +615,18 @@ def _attribution_hook(
 
 @dataclass
 class DirectDecomposition:
-    """Every direct term of the final residual stream projected on a direction at one position.
+    """Every direct term of the residual stream a probe reads, projected at one position.
 
-    ``embed + pos_embed + heads.sum() + attn_bias.sum() + mlp.sum() == total`` and
-    ``resid_final`` is the projection of ``blocks[-1].hook_resid_post`` (before the final norm);
-    ``error = resid_final - total`` is zero up to float error."""
+    ``embed + pos_embed + nansum(heads) + nansum(attn_bias) + nansum(mlp) == total``.
+    ``resid_final`` is the same quantity read from the model itself: ``v . x`` for ``raw`` and
+    ``norm_aware`` (``x`` = the probe's residual hook ``hook``, ``v`` the variant's vector), the
+    probe's logit minus its bias from the probe's actual features for ``with_bias``;
+    ``error = resid_final - total`` is zero up to float error. ``attn_bias[l]`` is the rest of
+    attention layer ``l``'s output (``b_O``; in post-norm models ``b_O`` through the norm plus
+    the norm's bias). Terms of layers that cannot write to the hook are NaN. ``inv_scale`` is the
+    frozen ``1 / sigma_f`` every term was multiplied by (``with_bias`` on a final-norm probe);
+    ``norm_bias`` is ``s * d . ln_final.b`` (``with_bias`` on a ``final_norm_weighted`` probe of a
+    LayerNorm model; not scaled), included in ``total``."""
 
     embed: float
     pos_embed: float
@@ -426,22 +637,46 @@ class DirectDecomposition:
     resid_final: float
     error: float
     position: int
+    hook: str = ""
+    layer: int = -1
+    variant: str = "raw"
+    inv_scale: float = 1.0
+    bias: float = 0.0
+    norm_bias: float = 0.0
 
     def to_dict(self) -> dict:
-        """JSON-ready dict."""
+        """JSON-ready dict (NaN marks layers that cannot write to the probe's hook)."""
         return {
             "embed": self.embed,
             "pos_embed": self.pos_embed,
             "heads": self.heads.tolist(),
             "attn_bias": self.attn_bias.tolist(),
             "mlp": self.mlp.tolist(),
-            "heads_total": float(self.heads.sum()),
-            "mlp_total": float(self.mlp.sum()),
+            "heads_total": float(self.heads.nansum()),
+            "mlp_total": float(self.mlp.nansum()),
             "total": self.total,
             "resid_final": self.resid_final,
             "error": self.error,
             "position": self.position,
+            "hook": self.hook,
+            "layer": self.layer,
+            "variant": self.variant,
+            "inv_scale": self.inv_scale,
+            "bias": self.bias,
+            "norm_bias": self.norm_bias,
         }
+
+
+def _through_norms(y: Tensor, norms: list[tuple[str, Any]], sigmas: list[float]) -> Tensor:
+    """``y`` through post-attention norms with frozen scales: ``gamma * C(y) / sigma + beta``."""
+    for (_, nm), sig in zip(norms, sigmas, strict=True):
+        y = y - y.mean() if _centres(nm) else y
+        g = _norm_weight(nm)
+        y = (y * g.to(y) if g is not None else y) / sig
+        b = getattr(nm, "b", None)
+        if isinstance(b, Tensor):
+            y = y + b.detach().to(y)
+    return y
 
 
 def direct_attribution_decomposition(
@@ -450,32 +685,50 @@ def direct_attribution_decomposition(
     direction: Any,
     pos: int = -1,
     *,
-    variant: Literal["raw", "norm_aware"] = "raw",
+    variant: Variant = "raw",
+    bias: float | None = None,
+    hook: str | None = None,
+    layer: int | None = None,
 ) -> DirectDecomposition:
-    """Decompose ``resid_final[pos] . v`` into embedding, per-head, attention-bias and MLP terms.
+    """Decompose the probe's read-out at ``pos`` into embedding, per-head, attention-rest and MLP terms.
 
     ``tokens``: a 1-D token tensor or a ``TokenizedRollout``; ``pos``: token index (negative
-    counts from the end). ``v`` is the ``raw`` or ``norm_aware`` vector of ``direction`` (see
-    :func:`head_attributions`). Exact for models loaded with ``fold_ln=False`` and
-    ``center_writing_weights=False`` (centred writing weights are still exact; folding only
-    changes which vector the norm-aware variant should use). Use it to check that the per-head
-    scores account for the final projection (``error`` ~ 1e-6 in fp32).
+    counts from the end). The residual stream decomposed is the probe's (``probe.hook`` /
+    ``hook=``: ``blocks.L.hook_resid_post`` holds the embedding and the heads and MLPs of layers
+    ``<= L``; final-norm hooks the last block's output) and every term is projected as the
+    variant does (module docstring): ``raw``/``norm_aware`` give ``v . x``, ``with_bias`` gives
+    the probe logit minus its bias, with the final norm's scale frozen. Post-attention norms
+    (Gemma 2/3, OLMo 2/3) are frozen at their ``hook_scale``. Exact for models loaded with
+    ``fold_ln=False`` (``error`` ~ 1e-6 in fp32); the ``heads`` term equals
+    :func:`head_attributions` at that position (minus the bias for ``with_bias``).
     """
-    _check_supported(model)
-    if variant not in ("raw", "norm_aware"):
-        raise ValueError(f"variant={variant!r}: the decomposition is linear only for 'raw' and 'norm_aware'")
-    vec, _ = resolve_direction(model, direction, variant)
+    tgt = _resolve(model, direction, variant, bias, hook, layer)
+    read = tgt.read
     ((toks, _sp),) = _examples([tokens])
     (p,) = resolve_positions([pos], toks.numel())
-    L = model.cfg.n_layers
-    names = {"hook_embed", "hook_pos_embed", f"blocks.{L - 1}.hook_resid_post"}
-    names |= {f"blocks.{i}.attn.hook_z" for i in range(L)} | {f"blocks.{i}.hook_mlp_out" for i in range(L)}
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    hl, ml = read.head_layer, read.mlp_layer
+    norms = [_post_attn_norms(model, i) for i in range(hl + 1)]
+    ln = _final_norm(model)
+    names = {"hook_embed", "hook_pos_embed", read.resid_hook}
+    names |= {f"blocks.{i}.attn.hook_z" for i in range(hl + 1)}
+    names |= {f"{prefix}.hook_scale" for ns in norms for prefix, _ in ns}
+    names |= {f"blocks.{i}.hook_mlp_out" for i in range(ml + 1)}
+    features = tgt.final_scale  # with_bias on a final-norm probe: check against the probe's own features
+    if features:
+        names.add(FINAL_NORMALIZED)
+    stop = None if features else int(read.resid_hook.split(".")[1]) + 1
     dev = _model_device(model)
     with torch.no_grad():
-        _, cache = model.run_with_cache(toks[None].to(dev), names_filter=lambda n: n in names)
+        _, cache = model.run_with_cache(
+            toks[None].to(dev), names_filter=lambda n: n in names, stop_at_layer=stop
+        )
+    x = cache[read.resid_hook][0, p].double()
+    vec = tgt.vec.double().to(x.device)
+    inv = 1.0 / float(_norm_scale(ln, x)) if tgt.final_scale else 1.0
 
     def proj(t: Tensor) -> float:
-        return float(t[0, p].double() @ vec.double().to(t.device))
+        return float(t[0, p].double() @ vec.to(t.device)) * inv
 
     embed = proj(cache["hook_embed"])
     pos_embed = (
@@ -483,18 +736,37 @@ def direct_attribution_decomposition(
         if model.cfg.positional_embedding_type == "standard" and "hook_pos_embed" in cache
         else 0.0
     )
-    heads = torch.zeros(L, model.cfg.n_heads, dtype=torch.float64)
-    attn_bias = torch.zeros(L, dtype=torch.float64)
-    mlp = torch.zeros(L, dtype=torch.float64)
-    for i, blk in enumerate(model.blocks):
+    heads = torch.full((L, H), math.nan, dtype=torch.float64)
+    attn_bias = torch.full((L,), math.nan, dtype=torch.float64)
+    mlp = torch.full((L,), math.nan, dtype=torch.float64)
+    for i in range(hl + 1):
+        blk = model.blocks[i]
         z = cache[f"blocks.{i}.attn.hook_z"][0, p].double()  # [H, d_head]
-        v = vec.double().to(z.device)
-        heads[i] = torch.einsum("hd,hdm,m->h", z, blk.attn.W_O.detach().double(), v).cpu()
-        attn_bias[i] = float(blk.attn.b_O.detach().double() @ v)
+        v = vec.to(z.device)
+        for _, nm in reversed(norms[i]):
+            v = _pull_back(v, nm)
+        sig = [float(cache[f"{prefix}.hook_scale"][0, p].reshape(-1)[0]) for prefix, _ in norms[i]]
+        heads[i] = torch.einsum("hd,hdm,m->h", z, blk.attn.W_O.detach().double(), v).cpu() * (
+            inv / math.prod(sig)
+        )
+        rest = _through_norms(blk.attn.b_O.detach().double(), norms[i], sig)
+        attn_bias[i] = float(rest @ vec.to(rest.device)) * inv
+    for i in range(ml + 1):
         key = f"blocks.{i}.hook_mlp_out"
         mlp[i] = proj(cache[key]) if key in cache else 0.0
-    total = embed + pos_embed + float(heads.sum() + attn_bias.sum() + mlp.sum())
-    resid = proj(cache[f"blocks.{L - 1}.hook_resid_post"])
+    norm_bias = 0.0
+    if features and read.kind == "final_weighted" and isinstance(getattr(ln, "b", None), Tensor):
+        norm_bias = float(ln.b.detach().double() @ tgt.base.double().to(ln.b.device))
+    total = embed + pos_embed + float(heads.nansum() + attn_bias.nansum() + mlp.nansum()) + norm_bias
+    if features:  # the probe's own features: the final norm's output (weight and bias) or hook_normalized
+        feat = cache[FINAL_NORMALIZED][0, p].double()
+        if read.kind == "final_weighted":
+            feat = feat * _norm_weight(ln).double().to(feat.device)
+            if isinstance(getattr(ln, "b", None), Tensor):
+                feat = feat + ln.b.detach().double().to(feat.device)
+        target = float(feat @ tgt.base.double().to(feat.device))
+    else:
+        target = float(x @ vec) * inv
     return DirectDecomposition(
         embed=embed,
         pos_embed=pos_embed,
@@ -502,15 +774,64 @@ def direct_attribution_decomposition(
         attn_bias=attn_bias.float(),
         mlp=mlp.float(),
         total=total,
-        resid_final=resid,
-        error=resid - total,
+        resid_final=target,
+        error=target - total,
         position=p,
+        hook=read.hook,
+        layer=hl,
+        variant=variant,
+        inv_scale=inv,
+        bias=tgt.const,
+        norm_bias=norm_bias,
     )
 
 
 # --------------------------------------------------------------------------------------------
-# ranking
+# contrast and ranking
 # --------------------------------------------------------------------------------------------
+
+
+def contrast_scores(
+    per_example: Float[Tensor, "n n_layers n_heads"], refused: Sequence[bool | None] | Tensor
+) -> Float[Tensor, "n_layers n_heads"]:
+    """Mean score over complied rollouts minus mean score over refused ones, per head.
+
+    ``per_example``: ``head_attributions(..., per_example=True)`` on harmful rollouts;
+    ``refused``: one label per rollout (``True``/1 refused, ``False``/0 complied, ``None``
+    unlabelled and left out). A head that writes ``+a`` along the direction on refusals and
+    ``-a`` on compliances has mean score ~0 but contrast ``-2a``: negative contrasts are the
+    heads that write *less* refusal where the model complied, ranked first by
+    :func:`suppression_heads`. The ``with_bias`` constant cancels; NaN heads stay NaN. Raises
+    ``ValueError`` when a group is empty or the lengths differ.
+    """
+    if not isinstance(per_example, Tensor) or per_example.ndim != 3:
+        raise ValueError(
+            f"per_example must be a [n, n_layers, n_heads] tensor (head_attributions(..., per_example=True)), "
+            f"got {getattr(per_example, 'shape', type(per_example).__name__)}"
+        )
+    labels = refused.tolist() if isinstance(refused, Tensor) else list(refused)
+    n = per_example.shape[0]
+    if len(labels) != n:
+        raise ValueError(
+            f"refused has {len(labels)} labels but per_example has {n} rollouts; pass one per rollout"
+        )
+    ref, comp = [], []
+    for i, v in enumerate(labels):
+        if v is None:
+            continue
+        if isinstance(v, bool) or v in (0, 1):
+            (ref if bool(v) else comp).append(i)
+        else:
+            raise ValueError(
+                f"refused[{i}] is {v!r}; pass True (refused), False (complied) or None (unlabelled)"
+            )
+    if not ref or not comp:
+        raise ValueError(
+            f"contrast_scores needs refused and complied rollouts; got {len(ref)} refused and {len(comp)} "
+            f"complied of {n} (unlabelled ones are left out); use the mean score per_example.mean(0) instead"
+        )
+    x = per_example.detach().float().cpu()
+    return x[comp].mean(0) - x[ref].mean(0)
 
 
 def n_top_heads(n_total: int, top_percent: float) -> int:
@@ -535,11 +856,22 @@ def _check_scores(scores: Tensor) -> Tensor:
 def _top(scores: Tensor, top_percent: float, n: int | None, descending: bool) -> list[tuple[int, int, float]]:
     s = _check_scores(scores)
     H = s.shape[1]
-    k = n_top_heads(s.numel(), top_percent) if n is None else int(n)
-    if not 1 <= k <= s.numel():
-        raise ValueError(f"n={n} heads requested but the model has {s.numel()}; pass 1 <= n <= {s.numel()}")
     flat = s.flatten()
-    order = torch.sort(flat, descending=descending, stable=True).indices[:k]
+    scored = (~torch.isnan(flat)).nonzero().flatten()
+    n_ok = int(scored.numel())
+    if n_ok == 0:
+        raise ValueError(
+            "no head has a score (all NaN): no head can write to the probe's hook; read the probe at a later layer"
+        )
+    if n is None:  # top_percent of ALL heads (as the random baseline), at most the scored ones
+        k = min(n_top_heads(s.numel(), top_percent), n_ok)
+    else:
+        k = int(n)
+        if not 1 <= k <= n_ok:
+            raise ValueError(
+                f"n={n} heads requested but the model has {s.numel()} ({n_ok} with a score); pass 1 <= n <= {n_ok}"
+            )
+    order = scored[torch.sort(flat[scored], descending=descending, stable=True).indices[:k]]
     return [(int(i) // H, int(i) % H, float(flat[i])) for i in order]
 
 
@@ -547,15 +879,25 @@ def suppression_heads(
     scores: Float[Tensor, "n_layers n_heads"], top_percent: float = 3, *, n: int | None = None
 ) -> list[tuple[int, int, float]]:
     """The ``top_percent``% heads with the most negative scores (most negative first), as
-    ``(layer, head, score)``. ``n`` overrides the count. See :func:`n_top_heads`."""
+    ``(layer, head, score)``. ``n`` overrides the count. NaN heads (no score: after the probe's
+    layer) are never ranked; the count is ``top_percent`` of all heads, capped at the scored
+    ones. See :func:`n_top_heads`."""
     return _top(scores, top_percent, n, descending=False)
 
 
 def promoting_heads(
     scores: Float[Tensor, "n_layers n_heads"], top_percent: float = 3, *, n: int | None = None
 ) -> list[tuple[int, int, float]]:
-    """The ``top_percent``% heads with the most positive scores (most positive first)."""
+    """The ``top_percent``% heads with the most positive scores (most positive first); NaN heads
+    are never ranked (see :func:`suppression_heads`)."""
     return _top(scores, top_percent, n, descending=True)
+
+
+def _layer_sums(s: Tensor) -> Tensor:
+    """Sum over each layer's scored heads; NaN for a layer with no scored head."""
+    out = torch.nansum(s, 1)
+    out[torch.isnan(s).all(1)] = math.nan
+    return out
 
 
 @dataclass
@@ -565,7 +907,9 @@ class HeadRanking:
     ``scores``: ``[n_layers, n_heads]``; ``per_layer_sum``: total direct write of each layer's
     heads; ``per_layer_negative``/``per_layer_positive``: the sums of the negative / positive
     scores per layer (suppression vs promotion mass); ``suppression``/``promoting``: the top
-    ``top_percent``% lists."""
+    ``top_percent``% lists. NaN scores (heads after the probe's layer) are never ranked, the
+    per-layer sums skip them and are NaN for a layer without any scored head; ``heatmap`` and
+    ``to_dict`` keep them as NaN (written as ``NaN`` in JSON, read back by :meth:`from_dict`)."""
 
     scores: Float[Tensor, "n_layers n_heads"]
     top_percent: float = 3
@@ -587,18 +931,18 @@ class HeadRanking:
 
     @property
     def per_layer_sum(self) -> Float[Tensor, "n_layers"]:
-        """Sum over heads per layer."""
-        return self.scores.sum(1)
+        """Sum over the scored heads per layer (NaN: no scored head)."""
+        return _layer_sums(self.scores)
 
     @property
     def per_layer_negative(self) -> Float[Tensor, "n_layers"]:
-        """Sum of the negative scores per layer."""
-        return self.scores.clamp(max=0).sum(1)
+        """Sum of the negative scores per layer (NaN: no scored head)."""
+        return _layer_sums(self.scores.clamp(max=0))
 
     @property
     def per_layer_positive(self) -> Float[Tensor, "n_layers"]:
-        """Sum of the positive scores per layer."""
-        return self.scores.clamp(min=0).sum(1)
+        """Sum of the positive scores per layer (NaN: no scored head)."""
+        return _layer_sums(self.scores.clamp(min=0))
 
     def heatmap(self) -> dict:
         """Plot-ready data: ``{"z": [[...]] (layer rows x head columns), "x": heads, "y": layers, ...}``."""
@@ -633,9 +977,8 @@ class HeadRanking:
     def from_dict(cls, d: dict) -> HeadRanking:
         """Inverse of :meth:`to_dict`."""
         try:
-            return cls(
-                torch.tensor(d["scores"], dtype=torch.float32), d.get("top_percent", 3), d.get("meta", {})
-            )
+            rows = [[math.nan if v is None else v for v in row] for row in d["scores"]]
+            return cls(torch.tensor(rows, dtype=torch.float32), d.get("top_percent", 3), d.get("meta", {}))
         except KeyError:
             raise ValueError("heads.json has no 'scores'; write it with HeadRanking.save") from None
 
