@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage in STAGES:  # one subcommand per stage of the registry
         p = sub.add_parser(
-            stage.command, help=f"(re)run the {stage.name} stage of a run directory: {stage.help}"
+            stage.command,
+            help=f"(re)run the {stage.name} stage of a run directory: {stage.help}".replace("%", "%%"),
         )
         p.add_argument("run_dir", help="run directory made by `cliff-lens run`")
         p.add_argument("--force", action="store_true", help="re-run even if inputs are unchanged")

@@ -234,7 +234,7 @@ def add_config_arguments(p: argparse.ArgumentParser, *, required: tuple[str, ...
         if isinstance(default, tuple):
             default = ",".join(f"{x:g}" for x in default)
         help_ = f.metadata.get("help", "")
-        kw["help"] = help_ + (f" (default: {default})" if default is not None else "")
+        kw["help"] = (help_ + (f" (default: {default})" if default is not None else "")).replace("%", "%%")
         if f.name in required:
             kw["required"] = True
         p.add_argument(_flag(f), **kw)
