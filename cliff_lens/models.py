@@ -63,8 +63,21 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
     "Phi3ForCausalLM",
+    "Gemma2ForCausalLM",
     "Gemma3ForCausalLM",
+    "Olmo2ForCausalLM",
+    "Olmo3ForCausalLM",
+    "MixtralForCausalLM",
+    "OlmoeForCausalLM",
+    "GptOssForCausalLM",
 )
+
+#: Post-norm decoders (OLMo 2/3): the block norms act on each sublayer's OUTPUT, before the
+#: residual add, so folding their weights or centring writing weights is not valid algebra.
+POST_NORM_ARCHITECTURES: frozenset[str] = frozenset({"Olmo2ForCausalLM", "Olmo3ForCausalLM"})
+
+#: Mixture-of-experts decoders: attention is dense; each MLP is a routed set of experts.
+MOE_ARCHITECTURES: frozenset[str] = frozenset({"MixtralForCausalLM", "OlmoeForCausalLM", "GptOssForCausalLM"})
 
 #: ``model_type`` -> architecture, for configs that lack ``architectures``.
 _MODEL_TYPE_TO_ARCH = {
@@ -73,7 +86,13 @@ _MODEL_TYPE_TO_ARCH = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "phi3": "Phi3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "olmo3": "Olmo3ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "olmoe": "OlmoeForCausalLM",
+    "gpt_oss": "GptOssForCausalLM",
 }
 
 #: GGUF ``general.architecture`` values that map onto a supported architecture.
@@ -133,6 +152,74 @@ KNOWN_MODELS: list[dict[str, str]] = [
         "template": "phi4-mini-reasoning",
     },
     {"name": "google/gemma-3-1b-it", "architecture": "Gemma3ForCausalLM", "template": "generic"},
+    # -- the open reasoning families researchers study now ---------------------------------------
+    *(
+        {
+            "name": f"openai/gpt-oss-{s}",
+            "architecture": "GptOssForCausalLM",
+            "template": "gpt-oss",
+            "note": "MoE; harmony format (analysis = thinking, final = answer); MXFP4 experts unpacked on load",
+        }
+        for s in ("20b", "120b")
+    ),
+    *(
+        {
+            "name": f"allenai/{n}",
+            "architecture": "Olmo3ForCausalLM",
+            "template": "olmo3-think",
+            "note": "post-norm (load with fold_ln=False)",
+        }
+        for n in ("Olmo-3-7B-Think", "Olmo-3-32B-Think", "Olmo-3.1-32B-Think")
+    ),
+    {
+        "name": "Qwen/Qwen3-4B-Thinking-2507",
+        "architecture": "Qwen3ForCausalLM",
+        "template": "qwen3",
+        "note": "generation prompt already opens <think>",
+    },
+    *(
+        {
+            "name": f"Qwen/Qwen3-{s}-Thinking-2507",
+            "architecture": "Qwen3MoeForCausalLM",
+            "template": "qwen3",
+            "note": "NOT loadable: TransformerLens 3.9 has no Qwen3MoeForCausalLM conversion",
+        }
+        for s in ("30B-A3B", "235B-A22B")
+    ),
+    {
+        "name": "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B",
+        "architecture": "Qwen3ForCausalLM",
+        "template": "deepseek-r1",
+        "note": "Qwen3-8B weights with DeepSeek-R1-0528's tokenizer and chat template",
+    },
+    # non-reasoning relatives, listed for their architectures
+    *(
+        {
+            "name": f"google/gemma-2-{s}-it",
+            "architecture": "Gemma2ForCausalLM",
+            "template": "generic",
+            "note": "chat model, no thinking (no reasoning Gemma 2/3 derivative is listed)",
+        }
+        for s in ("2b", "9b")
+    ),
+    {
+        "name": "allenai/OLMo-2-1124-7B-Instruct",
+        "architecture": "Olmo2ForCausalLM",
+        "template": "generic",
+        "note": "chat model, no thinking; post-norm",
+    },
+    {
+        "name": "allenai/OLMoE-1B-7B-0125-Instruct",
+        "architecture": "OlmoeForCausalLM",
+        "template": "generic",
+        "note": "MoE chat model, no thinking",
+    },
+    {
+        "name": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+        "architecture": "MixtralForCausalLM",
+        "template": "generic",
+        "note": "MoE chat model, no thinking",
+    },
 ]
 
 _TL_LOAD_KEYS = ("default_prepend_bos", "default_padding_side", "n_ctx", "first_n_layers")
@@ -218,26 +305,54 @@ def _describe(source: Any) -> str:
     return repr(str(source))
 
 
-def detect_template(name: str = "", tokenizer: Any = None) -> str:
-    """Guess the reasoning template name from a model name/path and its tokenizer's chat template.
+def detect_template(name: str = "", tokenizer: Any = None, architecture: str | None = None) -> str:
+    """Choose the reasoning template from the tokenizer, the architecture and (last) the name.
 
-    Returns ``"deepseek-r1"`` (R1 distills, Skywork-OR1), ``"qwen3"`` (Qwen3, QwQ),
-    ``"phi4-mini-reasoning"`` or ``"generic"``.
+    Order: the tokenizer's chat template and special tokens (what the model was trained on:
+    harmony's ``<|channel|>`` -> ``"gpt-oss"``, ``<｜Assistant｜>`` -> ``"deepseek-r1"``, a ChatML
+    template that mentions ``<think>``: ``"olmo3-think"`` when its generation prompt ends in a
+    bare ``<think>``, else ``"qwen3"``); then an architecture with a single chat format
+    (``GptOssForCausalLM`` -> ``"gpt-oss"``); then the model name or path
+    (:func:`cliff_lens.templates.template_for_model_name`), for tokenizers without a chat
+    template. Falls back to ``"generic"``.
     """
-    n = str(name).lower().replace("_", "-")
-    if "deepseek-r1" in n or "skywork-or1" in n:
+    from .templates import template_for_model_name
+
+    found = _template_from_tokenizer(tokenizer)
+    if found:
+        return found
+    if architecture == "GptOssForCausalLM":
+        return "gpt-oss"
+    return template_for_model_name(str(name))
+
+
+def _template_from_tokenizer(tokenizer: Any) -> str | None:
+    if tokenizer is None:
+        return None
+    chat = getattr(tokenizer, "chat_template", None)
+    if isinstance(chat, dict):  # several named templates: the default one
+        chat = chat.get("default")
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # noqa: BLE001 - slow/custom tokenizers
+        vocab = {}
+    if isinstance(chat, str) and "<|channel|>" in chat and "<|message|>" in chat:
+        return "gpt-oss"
+    if not isinstance(chat, str) or not chat:
+        return "gpt-oss" if "<|channel|>" in vocab and "<|message|>" in vocab else None
+    if "<｜Assistant｜>" in chat:
         return "deepseek-r1"
-    if "phi-4-mini-reasoning" in n or "phi4-mini-reasoning" in n:
-        return "phi4-mini-reasoning"
-    if "qwen3" in n or "qwq" in n:
+    if "<|im_start|>" in chat and "<think>" in chat:
+        try:
+            gen = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+            )
+        except Exception:  # noqa: BLE001 - templates that need extra variables
+            gen = ""
+        return "olmo3-think" if isinstance(gen, str) and gen.endswith("<think>") else "qwen3"
+    if "enable_thinking" in chat:
         return "qwen3"
-    chat = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
-    if isinstance(chat, str):
-        if "<｜Assistant｜>" in chat:
-            return "deepseek-r1"
-        if "enable_thinking" in chat or ("<|im_start|>" in chat and "<think>" in chat):
-            return "qwen3"
-    return "generic"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,15 +422,25 @@ def hooked_config_from_hf(
     rp = _rope_params(c)
     partial = float(rp.get("partial_rotary_factor", getattr(c, "partial_rotary_factor", 1.0)) or 1.0)
     act = getattr(c, "hidden_activation", None) or getattr(c, "hidden_act", "silu")
-    if arch == "Gemma3ForCausalLM":
+    if arch in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
         act = getattr(c, "hidden_activation", None) or "gelu_pytorch_tanh"
     max_pos = getattr(c, "max_position_embeddings", 2048) or 2048
 
     for flag in ("attention_bias", "mlp_bias"):
-        if getattr(c, flag, False) and arch in ("LlamaForCausalLM", "MistralForCausalLM"):
+        if getattr(c, flag, False) and arch in _BIAS_DROPPING_CONVERTERS:
             raise ModelLoadError(
                 f"model {model_name!r} ({arch}) sets {flag}=True, which the TL {arch} converter drops; "
                 "such checkpoints are not supported"
+            )
+    if arch == "GptOssForCausalLM":
+        from transformer_lens.components.mlps.gpt_oss_moe import GPT_OSS_ALPHA, GPT_OSS_LIMIT
+
+        alpha, limit = getattr(c, "swiglu_alpha", GPT_OSS_ALPHA), getattr(c, "swiglu_limit", GPT_OSS_LIMIT)
+        if (float(alpha), float(limit)) != (GPT_OSS_ALPHA, GPT_OSS_LIMIT):
+            raise ModelLoadError(
+                f"model {model_name!r} (GptOssForCausalLM) sets swiglu_alpha={alpha}, swiglu_limit={limit}; "
+                f"TransformerLens' gpt-oss experts hard-code {GPT_OSS_ALPHA} and {GPT_OSS_LIMIT}, so the "
+                "converted model would differ from HF"
             )
 
     cfg: dict[str, Any] = {
@@ -347,10 +472,28 @@ def hooked_config_from_hf(
         "default_prepend_bos": default_prepend_bos,
         "from_checkpoint": False,
     }
-    if arch in ("Qwen2ForCausalLM", "Gemma3ForCausalLM", "MistralForCausalLM"):
+    if arch in (
+        "Qwen2ForCausalLM",
+        "Gemma2ForCausalLM",
+        "Gemma3ForCausalLM",
+        "MistralForCausalLM",
+        "MixtralForCausalLM",
+        "OlmoeForCausalLM",
+        "GptOssForCausalLM",
+    ):
         cfg["n_key_value_heads"] = n_kv  # these TL converters always use the GQA layout
     if arch in ("Qwen3ForCausalLM", "Gemma3ForCausalLM"):
-        cfg["use_qk_norm"] = True
+        cfg["use_qk_norm"] = True  # per-head q/k norms (OLMo's full-width ones: TL keys on the architecture)
+    if arch in MOE_ARCHITECTURES:
+        cfg["num_experts"] = int(getattr(c, "num_local_experts", None) or c.num_experts)
+        cfg["experts_per_token"] = int(c.num_experts_per_tok)
+        # Mixtral renormalises the top-k router weights unconditionally (its config has no flag);
+        # gpt-oss takes the softmax over the top-k logits (TL's GptOssMoE does so itself)
+        cfg["norm_topk_prob"] = bool(getattr(c, "norm_topk_prob", arch == "MixtralForCausalLM"))
+    if arch == "OlmoeForCausalLM" and getattr(c, "clip_qkv", None) is not None:
+        cfg["clip_qkv"] = float(c.clip_qkv)
+    if arch == "GptOssForCausalLM":
+        cfg["use_attention_sinks"] = True
 
     rt = _rope_type(rp)
     if rt == "linear" and not _per_layer_rope(c):
@@ -376,7 +519,7 @@ def hooked_config_from_hf(
     elif (
         not layer_types
         and window
-        and arch in ("MistralForCausalLM", "Phi3ForCausalLM")
+        and arch in ("MistralForCausalLM", "Phi3ForCausalLM", "MixtralForCausalLM")
         and window < cfg["n_ctx"]
     ):
         cfg.update(use_local_attn=True, window_size=int(window), attn_types=["local"] * c.num_hidden_layers)
@@ -388,6 +531,7 @@ def hooked_config_from_hf(
         cfg["rotary_base_local"] = float(local.get("rope_theta", 10_000.0))
         if _rope_type(glob) == "linear":
             cfg["rotary_scaling_factor"] = float(glob.get("factor", 1.0))
+    if arch in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
         cfg["use_normalization_before_and_after"] = True
         cfg["attn_scale"] = float(getattr(c, "query_pre_attn_scalar", d_head) or d_head) ** 0.5
         if getattr(c, "final_logit_softcapping", None):
@@ -400,6 +544,18 @@ def hooked_config_from_hf(
     return HookedTransformerConfig.from_dict(cfg)
 
 
+#: TL converters that write zero attention/MLP biases whatever the checkpoint holds.
+_BIAS_DROPPING_CONVERTERS = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Gemma2ForCausalLM",
+    "Olmo2ForCausalLM",
+    "Olmo3ForCausalLM",
+    "MixtralForCausalLM",
+    "OlmoeForCausalLM",
+)
+
+
 def _converter(arch: str) -> Callable:
     from transformer_lens.pretrained import weight_conversions as wc
 
@@ -409,7 +565,15 @@ def _converter(arch: str) -> Callable:
         "Qwen2ForCausalLM": wc.convert_qwen2_weights,
         "Qwen3ForCausalLM": wc.convert_qwen3_weights,
         "Phi3ForCausalLM": wc.convert_phi3_weights,
+        "Gemma2ForCausalLM": wc.convert_gemma_weights,
         "Gemma3ForCausalLM": wc.convert_gemma_weights,
+        # TL's OLMo 2 converter assumes n_kv_heads == n_heads (OLMo-2-32B uses GQA); its OLMo 3
+        # converter reads the same module names and handles both layouts
+        "Olmo2ForCausalLM": wc.convert_olmo3_weights,
+        "Olmo3ForCausalLM": wc.convert_olmo3_weights,
+        "MixtralForCausalLM": wc.convert_mixtral_weights,
+        "OlmoeForCausalLM": wc.convert_olmoe_weights,
+        "GptOssForCausalLM": wc.convert_gpt_oss_weights,
     }[arch]
 
 
@@ -487,6 +651,26 @@ def _attach_tokenizer(model: Any, tokenizer: Any, padding_side: str | None = Non
         tokenizer.bos_token = tokenizer.eos_token
 
 
+def _check_processing(
+    arch: str, hf_config: Any, name: str, *, fold_ln: bool, center_writing_weights: bool, center_unembed: bool
+) -> None:
+    """Refuse TL weight processing that would change this architecture's outputs."""
+    if arch in POST_NORM_ARCHITECTURES:
+        bad = [k for k, v in (("fold_ln", fold_ln), ("center_writing_weights", center_writing_weights)) if v]
+        if bad:
+            raise ModelLoadError(
+                f"model {name!r} ({arch}) is post-norm: its block norms act on each attention/MLP output "
+                f"before the residual add, so {' and '.join(f'{k}=True' for k in bad)} would change the "
+                "model; load it with fold_ln=False, center_writing_weights=False"
+            )
+    if center_unembed and getattr(hf_config, "final_logit_softcapping", None):
+        raise ModelLoadError(
+            f"model {name!r} ({arch}) soft-caps its logits (final_logit_softcapping="
+            f"{hf_config.final_logit_softcapping}), which is not invariant to centring the unembedding; "
+            "load it with center_unembed=False"
+        )
+
+
 def hooked_from_hf(
     hf_model: Any,
     tokenizer: Any = None,
@@ -514,6 +698,14 @@ def hooked_from_hf(
     hf_config = hf_model.config
     arch = _check_architecture(hf_config, hf_model)
     name = model_name or getattr(hf_config, "_name_or_path", "") or arch
+    _check_processing(
+        arch,
+        hf_config,
+        str(name),
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+    )
     dtype = resolve_dtype(dtype) if dtype is not None else next(hf_model.parameters()).dtype
     if default_prepend_bos is None:
         default_prepend_bos = tokenizer is not None and len(tokenizer.encode("")) > 0
@@ -546,7 +738,7 @@ def hooked_from_hf(
     model.move_model_modules_to_device()
     model.eval()
     _attach_tokenizer(model, tokenizer, default_padding_side)
-    model.cliff_template = template or detect_template(str(name), tokenizer)
+    model.cliff_template = template or detect_template(str(name), tokenizer, arch)
     return model
 
 
@@ -617,6 +809,14 @@ def _load_config(path_or_id: str, source: Any, hf_kw: dict):
         ) from e
 
 
+def _quant_method(hf_config: Any) -> str | None:
+    q = getattr(hf_config, "quantization_config", None)
+    if q is None:
+        return None
+    method = q.get("quant_method") if isinstance(q, dict) else getattr(q, "quant_method", None)
+    return str(getattr(method, "value", method)).lower() if method is not None else None
+
+
 def _load_weights(
     path_or_id: str, source: Any, hf_config: Any, dtype: torch.dtype, hf_kw: dict, gguf_file=None
 ):
@@ -628,6 +828,12 @@ def _load_weights(
         kw["gguf_file"] = gguf_file
     else:
         kw["config"] = hf_config
+        if _quant_method(hf_config) == "mxfp4" and "quantization_config" not in kw:
+            # gpt-oss ships its experts packed in MXFP4; the TL converter (and weight edits) need
+            # plain tensors, so let transformers unpack them at load time
+            from transformers import Mxfp4Config
+
+            kw["quantization_config"] = Mxfp4Config(dequantize=True)
     try:
         model = AutoModelForCausalLM.from_pretrained(path_or_id, **kw)
     except OSError as e:
@@ -861,7 +1067,7 @@ def load_model(
     if str(source) in ZOO_MODELS and template is None:
         template = ZOO_MODELS[str(source)]["template"]
     if template is None:
-        template = detect_template(f"{source} {name}", tok)
+        template = detect_template(f"{source} {name}", tok, _architecture(hf.config))
     model = hooked_from_hf(
         hf,
         tok,
@@ -902,7 +1108,9 @@ def _load_tl_official(official: str, *, tokenizer, trust_remote_code, template, 
     finally:
         tl_utils.get_tokenizer_with_bos = original
     model.eval()
-    model.cliff_template = template or detect_template(official, model.tokenizer)
+    model.cliff_template = template or detect_template(
+        official, model.tokenizer, model.cfg.original_architecture
+    )
     return model
 
 
@@ -919,8 +1127,9 @@ def list_models() -> list[dict[str, str]]:
     """Zoo models and known reasoning models.
 
     Each row: ``name``, ``architecture``, ``template``, ``route`` (``"zoo"``: offline built-in;
-    ``"convert"``: HF weights converted by architecture) and ``tl_official`` (``"yes"`` when
-    TransformerLens lists the name itself).
+    ``"convert"``: HF weights converted by architecture; ``"unsupported"``: listed so that the
+    answer is a clear no, see ``note``), ``tl_official`` (``"yes"`` when TransformerLens lists
+    the name itself) and ``note``.
     """
     rows: list[dict[str, str]] = []
     for name, info in ZOO_MODELS.items():
@@ -936,5 +1145,6 @@ def list_models() -> list[dict[str, str]]:
         )
     for info in KNOWN_MODELS:
         official = "yes" if _tl_official_name(info["name"]) else "no"
-        rows.append({**info, "route": "convert", "tl_official": official, "note": ""})
+        route = "convert" if info["architecture"] in SUPPORTED_ARCHITECTURES else "unsupported"
+        rows.append({"note": "", **info, "route": route, "tl_official": official})
     return rows

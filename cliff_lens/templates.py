@@ -33,6 +33,8 @@ __all__ = [
     "TemplateError",
     "TokenizedRollout",
     "ReasoningTemplate",
+    "HarmonyTemplate",
+    "HARMONY_END_OF_THINKING",
     "get_template",
     "register_template",
     "list_templates",
@@ -96,7 +98,9 @@ class ReasoningTemplate:
         use_tokenizer_chat_template: render the prefix with the tokenizer's own chat template
             when it has one (recommended: prompts then match what the model saw in training).
         system_prompt: optional system message (None: the tokenizer template's default).
-        eos: text appended after a non-empty answer when rendering training data (None: none).
+        open_suffix: text between ``think_open`` and the thinking when the chat prefix does not
+            already end in ``think_open`` + newline (``"\n"``; ``""`` for OLMo-3-Think, whose
+            generation prompt ends in a bare ``<think>``).
     """
 
     name: str
@@ -105,6 +109,7 @@ class ReasoningTemplate:
     think_close: str = "</think>"
     use_tokenizer_chat_template: bool = True
     system_prompt: str | None = None
+    open_suffix: str = "\n"
 
     # -- rendering ------------------------------------------------------------------------
     def _prefix_parts(self, tokenizer: Any | None) -> tuple[str, str]:
@@ -133,8 +138,12 @@ class ReasoningTemplate:
     def _think_prefix(self, after: str) -> str:
         # templates such as DeepSeek-R1's already end their generation prompt in "<think>\n"
         if after.rstrip().endswith(self.think_open):
-            return after if after.endswith("\n") else after + "\n"
-        return after + self.think_open + "\n"
+            return after if after.endswith("\n") else after + self.open_suffix
+        return after + self.think_open + self.open_suffix
+
+    def assistant_text(self, thinking: str, answer: str = "") -> str:
+        """The assistant turn as the model writes it (``<think>\\n{thinking}\\n</think>\\n\\n{answer}``)."""
+        return self.think_open + self.open_suffix + thinking + self.end_marker + answer
 
     @property
     def end_marker(self) -> str:
@@ -206,6 +215,98 @@ class ReasoningTemplate:
         text, char_spans = self.render(prompt, thinking, answer if include_answer else "", tokenizer)
         ids, spans = _tokenize_with_spans(tokenizer, text, char_spans)
         return TokenizedRollout(tokens=ids, spans=spans, text=text, template=self.name)
+
+
+#: The harmony header that closes gpt-oss's analysis channel and opens its final channel.
+HARMONY_END_OF_THINKING = "<|end|><|start|>assistant<|channel|>final<|message|>"
+_HARMONY_FINAL = "<|channel|>final<|message|>"
+_HARMONY_STOPS = ("<|return|>", "<|end|>", "<|call|>")
+
+
+@dataclass(frozen=True)
+class HarmonyTemplate(ReasoningTemplate):
+    """OpenAI's harmony format (gpt-oss): the analysis channel is the thinking, the final channel
+    the answer::
+
+        <|start|>system<|message|>...<|end|><|start|>user<|message|>{prompt}<|end|>
+        <|start|>assistant<|channel|>analysis<|message|>{thinking}
+        <|end|><|start|>assistant<|channel|>final<|message|>{answer}
+
+    The prefix is rendered here, not with the tokenizer's chat template: that template stamps
+    today's date into the system message (``strftime_now``), so the same prompt would tokenize
+    differently from one day to the next. ``current_date`` pins it (``None``: today, as HF does);
+    ``reasoning_effort`` is harmony's ``low``/``medium``/``high``; ``system_prompt`` becomes the
+    developer message's instructions. The text is what gpt-oss's published chat template renders
+    for the same date (checked token for token in tests/test_model_families.py).
+    ``openai-harmony`` is not used: it downloads its tokenizer vocabulary at run time.
+    """
+
+    think_open: str = "<|channel|>analysis<|message|>"
+    think_close: str = "<|end|>"
+    use_tokenizer_chat_template: bool = False
+    open_suffix: str = ""
+    model_identity: str = "You are ChatGPT, a large language model trained by OpenAI."
+    knowledge_cutoff: str = "2024-06"
+    current_date: str | None = "2025-08-05"
+    reasoning_effort: str = "medium"
+
+    def _system_message(self) -> str:
+        import datetime
+
+        date = self.current_date or datetime.date.today().strftime("%Y-%m-%d")
+        return (
+            f"<|start|>system<|message|>{self.model_identity}\nKnowledge cutoff: {self.knowledge_cutoff}\n"
+            f"Current date: {date}\n\nReasoning: {self.reasoning_effort}\n\n"
+            "# Valid channels: analysis, commentary, final. Channel must be included for every message."
+            "<|end|>"
+        )
+
+    def _prefix_parts(self, tokenizer: Any | None) -> tuple[str, str]:
+        if (
+            self.use_tokenizer_chat_template
+            and tokenizer is not None
+            and getattr(tokenizer, "chat_template", None)
+        ):
+            return super()._prefix_parts(tokenizer)
+        dev = ""
+        if self.system_prompt:
+            dev = f"<|start|>developer<|message|># Instructions\n\n{self.system_prompt}\n\n<|end|>"
+        return self._system_message() + dev + "<|start|>user<|message|>", "<|end|><|start|>assistant"
+
+    @property
+    def end_marker(self) -> str:
+        return HARMONY_END_OF_THINKING
+
+    def split(self, completion: str, *, strict: bool = False) -> tuple[str, str, bool]:
+        """Split a completion into ``(thinking, answer, closed)`` at the first final-channel header.
+
+        A leading ``<|start|>assistant`` / ``<|channel|>analysis<|message|>`` is removed; the answer
+        ends at the first ``<|return|>``/``<|end|>``/``<|call|>``. Thinking is kept verbatim (further
+        analysis messages before the final one stay inside it). Without a final channel the text up
+        to the first ``<|end|>`` is thinking and ``closed`` is False (or :class:`TemplateError`).
+        """
+        text = completion
+        if text.startswith("<|start|>assistant"):
+            text = text[len("<|start|>assistant") :]
+        if text.startswith(self.think_open):
+            text = text[len(self.think_open) :]
+        idx = text.find(_HARMONY_FINAL)
+        if idx < 0:
+            if strict:
+                raise TemplateError(
+                    f"template {self.name!r} found no final channel ({_HARMONY_FINAL!r}) in the completion "
+                    f"(starts {completion[:60]!r}); generate more tokens or pass thinking=... explicitly"
+                )
+            end = text.find(self.think_close)
+            return (text if end < 0 else text[:end]), "", False
+        thinking = text[:idx]
+        for tail in ("<|end|><|start|>assistant", "<|start|>assistant", "<|end|>"):
+            if thinking.endswith(tail):
+                thinking = thinking[: -len(tail)]
+                break
+        answer = text[idx + len(_HARMONY_FINAL) :]
+        cut = min((i for i in (answer.find(t) for t in _HARMONY_STOPS) if i >= 0), default=len(answer))
+        return thinking, answer[:cut], True
 
 
 def _strip_nl(s: str) -> str:
@@ -303,6 +404,18 @@ register_template(
 register_template(
     ReasoningTemplate("phi4-mini-reasoning", chat_format="<|user|>{prompt}<|end|><|assistant|>")
 )
+register_template(
+    ReasoningTemplate(
+        "olmo3-think",
+        chat_format=(
+            "<|im_start|>system\nYou are Olmo, a helpful AI assistant built by Ai2. Your date cutoff is "
+            "December 2024, and your model weights are available at https://huggingface.co/allenai.<|im_end|>\n"
+            "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>"
+        ),
+        open_suffix="",  # OLMo-3-Think's generation prompt ends in a bare "<think>"
+    )
+)
+register_template(HarmonyTemplate("gpt-oss"))
 
 
 def list_templates() -> list[str]:
@@ -312,7 +425,11 @@ def list_templates() -> list[str]:
 
 def template_for_model_name(name: str) -> str:
     """The built-in template name for a model id (by family; ``generic`` otherwise)."""
-    low = name.lower()
+    low = name.lower().replace("_", "-")
+    if "gpt-oss" in low:
+        return "gpt-oss"
+    if "olmo-3" in low and "think" in low:
+        return "olmo3-think"
     if "deepseek-r1" in low or "r1-distill" in low or "skywork-or1" in low:
         return "deepseek-r1"
     if "qwen3" in low or "qwq" in low:

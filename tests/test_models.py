@@ -78,6 +78,62 @@ def _hf_config(arch: str):
         )
     if arch == "mistral":
         return tf.MistralConfig(**COMMON, sliding_window=8)
+    # -- reasoning-model families (tests/test_model_families.py) ---------------------------------
+    if arch == "gemma2":  # local/global layers, pre+post norms, small soft-caps so they bite
+        return tf.Gemma2Config(
+            **COMMON,
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0,
+        )
+    if arch == "olmo2":  # post-norm, full-width qk-norm, GQA as OLMo-2-0325-32B
+        return tf.Olmo2Config(**COMMON, rope_theta=500000.0)
+    if arch == "olmo2-mha":  # as OLMo-2-1124-7B
+        return tf.Olmo2Config(**{**COMMON, "num_key_value_heads": 4})
+    if arch == "olmo3":  # + sliding/full layers, YaRN on full layers only, as OLMo-3-7B-Think
+        yarn = {
+            "rope_type": "yarn",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "attention_factor": 1.2,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "original_max_position_embeddings": 32,
+        }
+        return tf.Olmo3Config(
+            **COMMON,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 500000.0},
+                "full_attention": yarn,
+            },
+        )
+    if arch == "mixtral":  # 4 experts, top-2 (renormalised)
+        return tf.MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2)
+    if arch == "olmoe":  # 4 experts, top-2 (not renormalised), qk-norm, clip_qkv
+        return tf.OlmoeConfig(**COMMON, num_experts=4, num_experts_per_tok=2, clip_qkv=1.0)
+    if arch == "gpt_oss":  # sinks, qkv/o biases, biased router + experts, YaRN, sliding/full layers
+        return tf.GptOssConfig(
+            **COMMON,
+            head_dim=16,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 150000.0,
+                "factor": 8.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 32,
+            },
+        )
     raise AssertionError(arch)
 
 
@@ -90,13 +146,17 @@ def build_tiny_hf(arch: str, seed: int = 0):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.copy_(0.2 * torch.randn_like(p) + (0.0 if arch == "gemma3" else 1.0))
-            elif name.endswith("bias"):
+                p.copy_(0.2 * torch.randn_like(p) + (0.0 if arch.startswith("gemma") else 1.0))
+            elif name.endswith("bias") or name.endswith("sinks"):
                 p.copy_(0.1 * torch.randn_like(p))
+            if arch in FAMILY_ARCHS and name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(5.0)  # attention scores of order 1-10, so soft-caps, sinks and RoPE scaling bite
     return model
 
 
 ARCHS = ["llama", "qwen2", "qwen3", "phi3", "gemma3", "mistral"]
+#: reasoning-model families added later (parity tests in tests/test_model_families.py)
+FAMILY_ARCHS = ["gemma2", "olmo2", "olmo2-mha", "olmo3", "mixtral", "olmoe", "gpt_oss"]
 DIR_NAMES = {  # the llama dir name contains "llama" (TL's own local route skips its config then)
     "llama": "llama-tiny",
     "qwen2": "DeepSeek-R1-Distill-Qwen-tiny",
@@ -237,7 +297,7 @@ def test_list_models():
     assert (r1["architecture"], r1["template"], r1["route"]) == ("Qwen2ForCausalLM", "deepseek-r1", "convert")
     assert by_name["Qwen/Qwen3-8B"]["tl_official"] == "yes"
     assert by_name["Qwen/QwQ-32B"]["tl_official"] == "no"
-    assert all(r["architecture"] in SUPPORTED_ARCHITECTURES for r in rows)
+    assert all(r["architecture"] in SUPPORTED_ARCHITECTURES for r in rows if r["route"] != "unsupported")
 
 
 def _fake_hub_snapshot(cache: Path, repo_id: str, model, tokenizer) -> None:

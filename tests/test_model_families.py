@@ -1,0 +1,196 @@
+"""The open reasoning families (gpt-oss, OLMo 2/3, Gemma 2, Mixtral, OLMoE): load_model against HF.
+
+Tiny random models (hidden 64, 2 layers, 4 heads, vocab 1000; builders in tests/test_models.py)
+saved under directory names that would mislead a name-based loader, so each test also shows that
+the converter is chosen from ``config.architectures``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import build_tiny_tokenizer
+from test_models import FAMILY_ARCHS, VOCAB, _hf_logprobs, _tl_logprobs, _tokens, build_tiny_hf
+
+from cliff_lens.models import (
+    MOE_ARCHITECTURES,
+    POST_NORM_ARCHITECTURES,
+    SUPPORTED_ARCHITECTURES,
+    ModelLoadError,
+    detect_template,
+    list_models,
+    load_model,
+)
+
+ARCH_CLASS = {
+    "gemma2": "Gemma2ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "olmo2-mha": "Olmo2ForCausalLM",
+    "olmo3": "Olmo3ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "olmoe": "OlmoeForCausalLM",
+    "gpt_oss": "GptOssForCausalLM",
+}
+DIR_NAMES = {  # names TransformerLens's own loader would key on (or that point at another family)
+    "gemma2": "gemma-2-2b-tiny",
+    "olmo2": "OLMo-2-0425-1B-tiny",
+    "olmo2-mha": "OLMo-2-1124-7B-tiny",
+    "olmo3": "llama-Olmo-3-7B-Think-tiny",
+    "mixtral": "Mistral-tiny",
+    "olmoe": "qwen3-olmoe-tiny",
+    "gpt_oss": "gpt-oss-20b-tiny",
+}
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    """Each family saved to its own temp dir (model + tokenizer); returns {arch: (dir, hf_model)}."""
+    out = {}
+    root = tmp_path_factory.mktemp("families")
+    for arch in FAMILY_ARCHS:
+        hf = build_tiny_hf(arch)
+        d = root / DIR_NAMES[arch]
+        hf.save_pretrained(d)
+        build_tiny_tokenizer(VOCAB, add_bos=arch == "gemma2").save_pretrained(d)
+        out[arch] = (d, hf)
+    return out
+
+
+_HF_LP: dict = {}  # (id(hf), seed) -> HF log-probs, computed once per model (MoE forwards are slow on CPU)
+
+
+def _diff(model, hf, seed: int = 1) -> float:
+    tokens = _tokens(seed)
+    key = (id(hf), seed)
+    if key not in _HF_LP:
+        _HF_LP[key] = _hf_logprobs(hf, tokens)
+    return (_tl_logprobs(model, tokens) - _HF_LP[key]).abs().max().item()
+
+
+@pytest.mark.parametrize("arch", FAMILY_ARCHS)
+def test_family_matches_hf(family_dirs, arch):
+    """Log-probs through load_model equal HF's (fp32, 2 x 40 tokens, past the sliding windows)."""
+    d, hf = family_dirs[arch]
+    model = load_model(d)
+    diff = _diff(model, hf)
+    assert diff <= 1e-4, f"{arch}: max |dlogprob| = {diff}"
+    cfg = model.cfg
+    assert cfg.original_architecture == ARCH_CLASS[arch]
+    assert cfg.normalization_type == "RMS"  # unfolded: the probe's weighted final norm survives
+    assert not torch.allclose(model.ln_final.w, torch.ones_like(model.ln_final.w))
+    if ARCH_CLASS[arch] in MOE_ARCHITECTURES:
+        assert (cfg.num_experts, cfg.experts_per_token) == (4, 2)
+    if arch in ("gemma2", "olmo3", "gpt_oss"):  # sliding-window layers alternate with full ones
+        assert cfg.use_local_attn and cfg.attn_types == ["local", "global"] and cfg.window_size == 8
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "mixtral", "gpt_oss"])
+def test_family_fold_ln_matches_hf(family_dirs, arch):
+    """Pre-norm families fold their norms exactly (MoE: into the router and every expert)."""
+    d, hf = family_dirs[arch]
+    model = load_model(d, fold_ln=True)
+    assert model.cfg.normalization_type == "RMSPre"
+    assert _diff(model, hf) <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["olmo2", "olmo3"])
+def test_post_norm_refuses_folding(family_dirs, arch):
+    """OLMo 2/3 normalise each sublayer's output: folding or centring would change the model."""
+    d, _ = family_dirs[arch]
+    assert ARCH_CLASS[arch] in POST_NORM_ARCHITECTURES
+    for kw in ({"fold_ln": True}, {"center_writing_weights": True}):
+        with pytest.raises(ModelLoadError, match=rf"{ARCH_CLASS[arch]}.*post-norm.*{next(iter(kw))}=True"):
+            load_model(d, **kw)
+
+
+def test_softcapped_logits_refuse_center_unembed(family_dirs):
+    d, _ = family_dirs["gemma2"]
+    with pytest.raises(ModelLoadError, match=r"Gemma2ForCausalLM.*soft-caps.*center_unembed=False"):
+        load_model(d, center_unembed=True)
+
+
+def test_gpt_oss_custom_swiglu_is_refused(tmp_path):
+    """TL's gpt-oss experts hard-code swiglu alpha/limit; another value is an error, not a silent mismatch."""
+    hf = build_tiny_hf("gpt_oss")
+    hf.config.swiglu_limit = 5.0
+    with pytest.raises(ModelLoadError, match=r"GptOssForCausalLM.*swiglu_limit=5\.0"):
+        load_model(hf, tokenizer=build_tiny_tokenizer(VOCAB))
+
+
+def test_mxfp4_checkpoint_is_unpacked_on_load(family_dirs, monkeypatch, tmp_path):
+    """gpt-oss ships MXFP4 experts: the HF load asks transformers to dequantise them."""
+    import transformers
+
+    d, _ = family_dirs["gpt_oss"]
+    q = tmp_path / "gpt-oss-mxfp4"
+    q.mkdir()
+    for f in d.iterdir():
+        (q / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((q / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "mxfp4"}
+    (q / "config.json").write_text(json.dumps(cfg))
+    seen = {}
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(path, **kw):
+        seen.update(kw)
+        kw.pop("quantization_config")
+        kw["config"].quantization_config = None
+        return real(path, **kw)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    model = load_model(q)
+    assert type(seen["quantization_config"]).__name__ == "Mxfp4Config"
+    assert seen["quantization_config"].dequantize is True
+    assert model.cfg.original_architecture == "GptOssForCausalLM"
+
+
+def test_templates_by_architecture_and_tokenizer(family_dirs):
+    """No chat template: gpt-oss is harmony by architecture; the rest fall back to the name."""
+    d, _ = family_dirs["gpt_oss"]
+    assert load_model(d).cliff_template == "gpt-oss"
+    assert detect_template("", None, "GptOssForCausalLM") == "gpt-oss"
+    assert load_model(family_dirs["olmo3"][0]).cliff_template == "olmo3-think"  # by name: no chat template
+    assert load_model(family_dirs["mixtral"][0]).cliff_template == "generic"
+
+
+def test_moe_heads_decompose_attention_output(family_dirs):
+    """In MoE models the attention heads are ordinary: their hook_z @ W_O (+ b_O) is the attention
+    output, so head attribution and hook_z ablation need nothing MoE-specific (sinks included)."""
+    for arch in ("mixtral", "gpt_oss"):
+        d, _ = family_dirs[arch]
+        model = load_model(d)
+        _, cache = model.run_with_cache(
+            _tokens(3)[:1, :16], names_filter=lambda n: n.endswith(("hook_z", "hook_attn_out"))
+        )
+        for layer in range(model.cfg.n_layers):
+            z = cache[f"blocks.{layer}.attn.hook_z"]
+            attn = model.blocks[layer].attn
+            out = torch.einsum("bphd,hdm->bpm", z, attn.W_O) + attn.b_O
+            assert torch.allclose(out, cache[f"blocks.{layer}.hook_attn_out"], atol=1e-5), (arch, layer)
+
+
+def test_list_models_lists_reasoning_families():
+    rows = {r["name"]: r for r in list_models()}
+    expect = {
+        "openai/gpt-oss-20b": ("GptOssForCausalLM", "gpt-oss"),
+        "openai/gpt-oss-120b": ("GptOssForCausalLM", "gpt-oss"),
+        "allenai/Olmo-3-7B-Think": ("Olmo3ForCausalLM", "olmo3-think"),
+        "allenai/Olmo-3-32B-Think": ("Olmo3ForCausalLM", "olmo3-think"),
+        "Qwen/Qwen3-4B-Thinking-2507": ("Qwen3ForCausalLM", "qwen3"),
+        "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B": ("Qwen3ForCausalLM", "deepseek-r1"),
+    }
+    for name, (arch, template) in expect.items():
+        assert (rows[name]["architecture"], rows[name]["template"], rows[name]["route"]) == (
+            arch,
+            template,
+            "convert",
+        ), name
+    moe_qwen = rows["Qwen/Qwen3-30B-A3B-Thinking-2507"]
+    assert moe_qwen["route"] == "unsupported" and "Qwen3MoeForCausalLM" in moe_qwen["note"]
+    for r in rows.values():
+        assert (r["route"] == "unsupported") == (
+            r["route"] != "zoo" and r["architecture"] not in SUPPORTED_ARCHITECTURES
+        )
