@@ -87,6 +87,7 @@ class RunConfig:
     cv_folds: int = _f(5, "folds of the probe's cross-fitting (out-of-sample scores and metrics)")
     plateau_window: int = _f(16, "late-thinking tokens averaged into the plateau score")
     layer_stride: int = _f(4, "score trajectories at every N-th layer (and the last)")
+    cliff_threshold: float = _f(0.3, "a rollout 'has a cliff' when plateau - final >= this (results only)")
     head_variant: HeadVariant | None = _f(
         None, "head score (default: norm_aware for final-norm probes, else raw)"
     )

@@ -340,18 +340,25 @@ def _stage_probe(run: _Run) -> None:
         batch_size=run.cfg.batch_size,
     )
     labels = [1] * len(pos) + [0] * len(neg)
-    probe = RefusalProbe.fit(
+    train = pos + neg
+    # k-fold cross-fitting: every training rollout is later scored by a fold probe that did not
+    # see it; the final probe (for every other rollout and for new data) is fit on all of them
+    folds = RefusalProbe.cross_fit(
         acts,
         labels,
-        method=run.cfg.probe_method,
+        k=run.cfg.cv_folds,
+        groups=[r.prompt for r in train],
+        ids=[r.id for r in train],
         seed=run.cfg.seed,
+        method=run.cfg.probe_method,
         hook=hook,
         layer=layer,
         position_rule="last token of prompt+thinking+end_of_thinking",
         model=model,
         meta={"n_refusal": len(pos), "n_non_refusal": len(neg)},
     )
-    probe.save(run.path("probe"))
+    folds.final.save(run.path("probe"))
+    folds.save(run.path("probe_folds"))
 
 
 def _load_probe(run: _Run) -> Any:
@@ -362,6 +369,12 @@ def _load_probe(run: _Run) -> Any:
     return run.cache["probe"]
 
 
+def _load_folds(run: _Run) -> Any:
+    from .probe import CrossFit
+
+    return CrossFit.load(run.path("probe_folds"), model=run.get_model(), final=_load_probe(run))
+
+
 def _group(r: Any) -> str:
     if r.harmful:
         return "harmful_refused" if r.refused else "harmful_complied"
@@ -369,25 +382,33 @@ def _group(r: Any) -> str:
 
 
 def _stage_trajectories(run: _Run) -> None:
+    """Per-token scores of every rollout from a probe that did not see it (cross-fitted)."""
     from .trajectory import cliff_metrics, compute_trajectories, save_trajectories
 
     model = run.get_model()
     probe = _load_probe(run)
+    folds = _load_folds(run)
     rs = [r for r in _labelled(run) if r.thinking_closed]
     n = model.cfg.n_layers
     layers = sorted({*range(0, n, max(1, run.cfg.layer_stride)), n - 1})
     layer_input = "final_norm" if probe.hook == "final_norm_weighted" else "resid"
-    trajs = compute_trajectories(
-        model,
-        _tokenized(run, rs),
-        probe,
-        layers=layers,
-        layer_input=layer_input,
-        batch_size=run.cfg.batch_size,
-    )
     probe_row = n - 1 if probe.layer is None else probe.layer
     if probe_row not in layers:
         raise RunDirError(f"probe layer {probe_row} not in the scored layers {layers}")
+    toks = _tokenized(run, rs)
+    trajs: list[Any] = [None] * len(rs)
+    fold_of: list[int | None] = [None] * len(rs)
+    for fold, p, where in folds.split_by_probe([r.id for r in rs], groups=[r.prompt for r in rs]):
+        part = compute_trajectories(
+            model,
+            [toks[i] for i in where],
+            p,
+            layers=layers,
+            layer_input=layer_input,
+            batch_size=run.cfg.batch_size,
+        )
+        for i, t in zip(where, part):
+            trajs[i], fold_of[i] = t, fold
     for t, r in zip(trajs, rs):
         t.id = r.id
     save_trajectories(
@@ -398,14 +419,22 @@ def _stage_trajectories(run: _Run) -> None:
             "layer_input": layer_input,
             "groups": [_group(r) for r in rs],
             "harmful": [bool(r.harmful) for r in rs],
+            "scored_by": "out-of-sample: each rollout by a cross-fitted probe that did not see it",
         },
     )
     ms = cliff_metrics(trajs, layer=probe_row, plateau_window=run.cfg.plateau_window)
     write_jsonl(
         run.path("cliff.jsonl"),
         [
-            {**m.to_dict(), "id": r.id, "group": _group(r), "harmful": r.harmful, "refused": r.refused}
-            for m, r in zip(ms, rs)
+            {
+                **m.to_dict(),
+                "id": r.id,
+                "group": _group(r),
+                "harmful": r.harmful,
+                "refused": r.refused,
+                "probe_fold": "final" if f is None else f,
+            }
+            for m, r, f in zip(ms, rs, fold_of)
         ],
     )
 
@@ -564,17 +593,27 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def _ci(x: Any) -> list:
+    """The ``[low, high]`` 95% interval of a stats.Rate / MeanCI as JSON."""
+    return x.to_dict()["ci95"]
+
+
 def _results_labels(run: _Run) -> dict:
+    from .stats import rate
+
     labels = list(iter_jsonl(run.path("labels.jsonl")))
     harm = [d for d in labels if d["harmful"]]
     ben = [d for d in labels if d["harmful"] is False]
+    hr, br = rate([bool(d["refused"]) for d in harm]), rate([bool(d["refused"]) for d in ben])
     return {
         "data": dict(
             n_rollouts=len(labels),
             n_harmful=len(harm),
             n_harmless=len(ben),
-            harmful_refusal_rate=_mean([float(bool(d["refused"])) for d in harm]),
-            harmless_refusal_rate=_mean([float(bool(d["refused"])) for d in ben]),
+            harmful_refusal_rate=hr.value,
+            harmful_refusal_rate_ci95=_ci(hr),
+            harmless_refusal_rate=br.value,
+            harmless_refusal_rate_ci95=_ci(br),
             unclosed_thinking=sum(1 for d in labels if not d["thinking_closed"]),
         )
     }
@@ -593,7 +632,10 @@ def _results_probe(run: _Run) -> dict:
             "hook": pj.get("hook"),
             "layer": layer,
             "val_accuracy": val.get("accuracy"),
+            "val_accuracy_ci95": val.get("accuracy_ci95"),
             "val_auroc": val.get("auroc"),
+            "val_auroc_ci95": val.get("auroc_ci95"),
+            "val_source": val.get("source", "held-out split"),
             "n_train": pj.get("meta", {}).get("n_train"),
             "metrics": m,
         }
@@ -601,17 +643,25 @@ def _results_probe(run: _Run) -> dict:
 
 
 def _results_trajectories(run: _Run) -> dict:
+    """Cliff metrics per group with bootstrap intervals, and the share of rollouts with a cliff."""
+    from .stats import bootstrap_mean, rate
+
     rows = list(iter_jsonl(run.path("cliff.jsonl")))
+    threshold = run.cfg.cliff_threshold
 
     def block(sub: list[dict]) -> dict:
-        return {
-            "n_rollouts": len(sub),
-            "plateau_mean": _mean([d["plateau"] for d in sub]),
-            "final_mean": _mean([d["final"] for d in sub]),
-            "cliff_mean": _mean([d["cliff"] for d in sub]),
-        }
+        out: dict[str, Any] = {"n_rollouts": len(sub)}
+        for key in ("plateau", "final", "cliff"):
+            m = bootstrap_mean([d[key] for d in sub], seed=run.cfg.seed)
+            out[f"{key}_mean"], out[f"{key}_ci95"] = m.mean, _ci(m)
+        cliffs = [d["cliff"] for d in sub if d["cliff"] is not None and d["cliff"] == d["cliff"]]
+        share = rate([c >= threshold for c in cliffs])
+        out["cliff_share"], out["cliff_share_ci95"] = share.value, _ci(share)
+        return out
 
     cliff: dict[str, Any] = {
+        "scored_by": "out-of-sample (cross-fitted probe)",
+        "cliff_threshold": threshold,
         "harmful": block([d for d in rows if d.get("harmful")]),
         "harmless": block([d for d in rows if d.get("harmful") is False]),
     }
@@ -655,8 +705,15 @@ def _results_ablation(run: _Run) -> dict:
 
 
 def _results_selection(run: _Run) -> dict:
+    from .stats import wilson_interval
+
     sj = _read_json(run.path("selection.json"))
-    return {"selection": {"summary": {k: v for k, v in sj.items() if k != "selected_ids"}}}
+    summary = {k: v for k, v in sj.items() if k != "selected_ids"}
+    summary["precision_complied_ci95"] = [
+        None if x != x else x for x in wilson_interval(sj["complied_in_selection"], sj["n_selected"])
+    ]
+    summary["base_rate_complied"] = sj["complied_in_pool"] / max(1, sj["n_pool"])
+    return {"selection": {"summary": summary}}
 
 
 def _write_results(run: _Run) -> dict:
@@ -666,7 +723,14 @@ def _write_results(run: _Run) -> dict:
         c = run.model.cfg
         run.state["model"] = {"n_layers": c.n_layers, "n_heads": c.n_heads, "d_model": c.d_model}
         run.save_state()
-    res: dict[str, Any] = {"format": "cliff_lens.results", "version": 1, "run_dir": str(cfg.out)}
+    from .results_schema import SCHEMA_VERSION
+
+    res: dict[str, Any] = {
+        "format": "cliff_lens.results",
+        "version": SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "run_dir": str(cfg.out),
+    }
     res["model"] = {"source": cfg.model, **run.state.get("model", {})}
     res["data"] = {"harmful": cfg.harmful, "harmless": cfg.harmless, "imported_rollouts": cfg.rollouts}
     for stage in STAGES:
@@ -725,7 +789,8 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "probe", "probe", "fit the refusal probe (refused harmful vs helped harmless)",
-        ("labels",), ("probe_layer", "probe_method", "seed"), ("probe.safetensors", "probe.json"),
+        ("labels",), ("probe_layer", "probe_method", "seed", "cv_folds"),
+        ("probe.safetensors", "probe.json", "probe_folds.safetensors", "probe_folds.json"),
         _stage_probe, _results_probe,
     ),
     Stage(

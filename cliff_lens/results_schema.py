@@ -26,7 +26,7 @@ __all__ = [
     "load_results",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STAGE_SECTIONS = ("probe", "cliff", "heads", "ablation", "selection")
 #: ablation setting names: ``baseline``, ``top-3%``, ``random-3% seed 0``
 SETTING_PATTERN = r"^(baseline|top-[0-9]+(\.[0-9]+)?%|random-[0-9]+(\.[0-9]+)?% seed -?[0-9]+)$"
@@ -35,14 +35,21 @@ _num = {"type": "number"}
 _rate = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
 _opt_num = {"type": ["number", "null"]}
 _count = {"type": "integer", "minimum": 0}
+#: a 95% interval ``[low, high]`` (``null`` ends when n is too small)
+_ci = {"type": ["array", "null"], "minItems": 2, "items": {"type": ["number", "null"]}}
 
 _split = {
     "type": "object",
     "required": ["plateau_mean", "final_mean", "cliff_mean", "n_rollouts"],
     "properties": {
         "plateau_mean": _opt_num,
+        "plateau_ci95": _ci,
         "final_mean": _opt_num,
+        "final_ci95": _ci,
         "cliff_mean": _opt_num,
+        "cliff_ci95": _ci,
+        "cliff_share": _rate,
+        "cliff_share_ci95": _ci,
         "n_rollouts": _count,
     },
 }
@@ -72,7 +79,9 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 "hook": {"type": "string"},
                 "layer": {"type": "integer", "minimum": -1},
                 "val_accuracy": _rate,
+                "val_accuracy_ci95": _ci,
                 "val_auroc": _rate,
+                "val_auroc_ci95": _ci,
                 "n_train": _count,
                 "n_val": _count,
             },
@@ -80,7 +89,12 @@ RESULTS_SCHEMA: dict[str, Any] = {
         "cliff": {
             "type": ["object", "null"],
             "required": ["harmful", "harmless"],
-            "properties": {"harmful": _split, "harmless": _split},
+            "properties": {
+                "harmful": _split,
+                "harmless": _split,
+                "scored_by": {"type": "string"},
+                "cliff_threshold": _num,
+            },
             "additionalProperties": _split,
         },
         "heads": {
@@ -112,6 +126,8 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 "properties": {
                     "setting": {"type": "string", "pattern": SETTING_PATTERN},
                     "asr": _rate,
+                    "asr_ci95": _ci,
+                    "over_refusal_ci95": _ci,
                     "refusal_score_end": _opt_num,
                     "over_refusal": _rate,
                     "n_heads": _count,
