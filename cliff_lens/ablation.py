@@ -42,17 +42,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .fast_forward import fast_forward
-from .heads import (
-    _examples,
-    _model_device,
-    _pad_id,
+from .heads import validate_heads
+from .readout import (
+    Batch,
+    PositionSpec,
+    as_examples,
     left_pad,
-    resolve_positions,
-    validate_heads,
+    model_device,
+    pad_token_id,
+    prepare,
+    resolve_hook,
+    run_batches,
 )
 
 __all__ = [
@@ -274,41 +277,47 @@ def compute_head_means(
     model: Any,
     batch: Any,
     *,
-    positions: Any = "all",
+    positions: PositionSpec = "all",
     batch_size: int = 8,
 ) -> Float[Tensor, "n_layers n_heads d_head"]:
     """Mean of ``z`` per head over a reference set (float32, CPU), padding excluded.
 
-    ``batch``: records or token tensors as in :func:`cliff_lens.heads.head_attributions`;
-    ``positions``: which tokens count (``"all"`` default; a span name such as ``"thinking"``;
-    ``"last"``; ``(start, end)``; indices). Every selected token has the same weight."""
-    exs = _examples(batch)
-    pos_lists = [resolve_positions(positions, t.numel(), sp, index=i) for i, (t, sp) in enumerate(exs)]
+    ``batch``: records or token tensors (:func:`cliff_lens.readout.as_examples`);
+    ``positions``: which tokens count, in the :mod:`cliff_lens.readout` grammar (``"all"``
+    default; a span name such as ``"thinking"``; ``"last"``; ``"last:<span>"``; ``(start,
+    end)``; indices). Every selected token has the same weight."""
+    prepared = _selected(model, batch, positions)
     cfg = model.cfg
     sums = torch.zeros((cfg.n_layers, cfg.n_heads, cfg.d_head), dtype=torch.float64)
     count = 0
-    dev = _model_device(model)
-    pad = _pad_id(model)
-    for b0 in range(0, len(exs), batch_size):
-        chunk = exs[b0 : b0 + batch_size]
-        toks, mask, offsets = left_pad([t for t, _ in chunk], pad, dev)
-        w = torch.zeros(toks.shape, dtype=torch.float64)
-        for i, (p, o) in enumerate(zip(pos_lists[b0 : b0 + batch_size], offsets, strict=True)):
-            w[i, torch.tensor(p) + o] = 1.0
+
+    def make_reader(b: Batch):
+        nonlocal count
+        w = b.weights([prepared[i].positions for i in b.index], dtype=torch.float64)
         count += int(w.sum())
 
-        def hook(z: Tensor, hook: Any, _w: Tensor = w) -> None:
+        def hook(z: Float[Tensor, "batch pos n_heads d_head"], hook: Any) -> None:
             lay = int(hook.name.split(".")[1])
-            sums[lay] += torch.einsum("bphd,bp->hd", z.double(), _w.to(z.device)).cpu()
+            sums[lay] += torch.einsum("bphd,bp->hd", z.double(), w.to(z.device)).cpu()
 
-        with torch.no_grad(), fast_forward(model):
-            model.run_with_hooks(
-                toks,
-                attention_mask=mask,
-                stop_at_layer=cfg.n_layers,
-                fwd_hooks=[(lambda n: n.endswith("attn.hook_z"), hook)],
-            )
+        return hook
+
+    names = [f"blocks.{lay}.attn.hook_z" for lay in range(cfg.n_layers)]
+    for _ in run_batches(model, [p.tokens for p in prepared], names, make_reader, batch_size=batch_size):
+        pass
     return (sums / count).float()
+
+
+def _selected(model: Any, batch: Any, positions: Any) -> list:
+    """Prepared examples (untrimmed: hooks may act on every token) whose positions select at least one token."""
+    prepared, _ = prepare(model, batch, positions, trim=False)
+    for p in prepared:
+        if p.positions.numel() == 0:
+            raise ValueError(
+                f"positions={positions!r} selects no token of example {p.example.label}; "
+                "choose a non-empty span or range"
+            )
+    return prepared
 
 
 def save_head_means(path: Any, means: Tensor, meta: dict | None = None) -> Path:
@@ -538,25 +547,25 @@ def _save_hf(model: Any, tokenizer: Any, out: Path, info: dict, overwrite: bool)
 
 
 def positions_mask(
-    model: Any, batch: Any, positions: Any
-) -> tuple[Tensor, Tensor, Bool[Tensor, "batch pos"]]:
-    """Left-pad ``batch`` and mark ``positions`` (a span name, ``"last"``, indices...) per
-    example: returns ``(tokens, attention_mask, mask)`` with ``mask`` usable as ``positions=`` of
-    :func:`ablation_hooks` for that padded batch."""
-    return _positions_mask_exs(model, _examples(batch), positions)
+    model: Any, batch: Any, positions: PositionSpec
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Bool[Tensor, "batch pos"]]:
+    """Left-pad ``batch`` (in input order) and mark ``positions`` (a span name, ``"last"``,
+    indices... in the :mod:`cliff_lens.readout` grammar) per example: returns ``(tokens,
+    attention_mask, mask)`` with ``mask`` usable as ``positions=`` of :func:`ablation_hooks` for
+    that padded batch."""
+    prepared, _ = prepare(model, batch, positions, trim=False)
+    dev = model_device(model)
+    toks, att, offsets = left_pad([p.tokens for p in prepared], pad_token_id(model), dev)
+    if att is None:
+        att = torch.ones_like(toks)
+    b = Batch(list(range(len(prepared))), toks, att, offsets)
+    return toks, att, b.position_mask([p.positions for p in prepared])
 
 
-def _positions_mask_exs(model: Any, exs: list, positions: Any) -> tuple[Tensor, Tensor, Tensor]:
-    toks, att, offsets = left_pad([t for t, _ in exs], _pad_id(model), _model_device(model))
-    mask = torch.zeros(toks.shape, dtype=torch.bool)
-    for i, ((t, sp), o) in enumerate(zip(exs, offsets, strict=True)):
-        mask[i, torch.tensor(resolve_positions(positions, t.numel(), sp, index=i)) + o] = True
-    return toks, att, mask.to(toks.device)
-
-
-def _probe_parts(model: Any, probe: Any, hook: str | None) -> tuple[str, Tensor, float, bool]:
-    """(hook name, weight vector, bias, multiply-by-ln_final.w) of a probe or a direction."""
+def _probe_parts(model: Any, probe: Any, hook: str | None) -> tuple[Any, Tensor, float]:
+    """(hook spec, weight vector, bias) of a probe or a direction."""
     d_model = model.cfg.d_model
+    layer = None
     if isinstance(probe, Tensor):
         w, b = probe.detach().float().reshape(-1), 0.0
         name = hook or f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
@@ -570,21 +579,16 @@ def _probe_parts(model: Any, probe: Any, hook: str | None) -> tuple[str, Tensor,
         w = torch.as_tensor(probe.direction).detach().float() * float(getattr(probe, "scale", 1.0) or 1.0)
         b = float(getattr(probe, "bias", 0.0) or 0.0)
         name = hook or getattr(probe, "hook", None) or "final_norm_weighted"
-        if "{L}" in name:
-            layer = getattr(probe, "layer", None)
-            if layer is None:
-                raise ValueError(
-                    f"probe hook {name!r} has a {{L}} placeholder but probe.layer is None; pass hook="
-                )
-            name = name.replace("{L}", str(int(layer)))
+        layer = getattr(probe, "layer", None)
+        if ("{L}" in name or "{l}" in name) and layer is None:
+            raise ValueError(
+                f"probe hook {name!r} has a {{L}} placeholder but probe.layer is None; pass hook="
+            )
         if w.shape[0] != d_model:
             raise ValueError(f"probe direction has size {w.shape[0]} but the model's d_model is {d_model}")
     else:
         raise TypeError(f"probe is a {type(probe).__name__}; pass a RefusalProbe or a [d_model] tensor")
-    weighted = name == "final_norm_weighted"
-    if weighted:
-        name = "ln_final.hook_normalized"
-    return name, w, b, weighted
+    return resolve_hook(model, name, None if layer is None else int(layer)), w, b
 
 
 def probe_scores(
@@ -592,7 +596,7 @@ def probe_scores(
     batch: Any,
     probe: Any,
     *,
-    positions: Any = "end_of_thinking_last",
+    positions: PositionSpec = "last:end_of_thinking",
     score: Literal["logit", "probability"] = "logit",
     hook: str | None = None,
     fwd_hooks: Sequence[tuple[str, Callable]] = (),
@@ -600,66 +604,46 @@ def probe_scores(
 ) -> Float[Tensor, "n_examples"]:
     """Probe score of every example (mean over its ``positions``), optionally under extra hooks.
 
-    ``probe``: a ``RefusalProbe`` (its ``hook``: ``"final_norm_weighted"`` = ``ln_final`` output times
-    its weight, or any hook name; logit = ``scale * acts @ direction + bias``) or a direction tensor
-    (projection of ``blocks[-1].hook_resid_post``, or ``hook``, on the unit direction).
+    ``probe``: a ``RefusalProbe`` (its ``hook``: ``"final_norm_weighted"`` = the final norm's
+    output, :func:`cliff_lens.readout.final_norm`, or any hook name; logit = ``scale * acts @
+    direction + bias``) or a direction tensor (projection of ``blocks[-1].hook_resid_post``, or
+    ``hook``, on the unit direction). ``positions``: the :mod:`cliff_lens.readout` grammar
+    (default ``"last:end_of_thinking"``, also spelled ``"end_of_thinking_last"``).
     ``fwd_hooks`` must not depend on the batch layout (use :func:`head_causal_effects` for masks)."""
-    exs = _examples(batch)
-    return _probe_scores_exs(
-        model, exs, probe, positions, score, hook, lambda _c: list(fwd_hooks), batch_size
-    )
+    return _probe_scores(model, batch, probe, positions, score, hook, lambda _b: list(fwd_hooks), batch_size)
 
 
-def _probe_scores_exs(
+def _probe_scores(
     model: Any,
-    exs: list,
+    batch: Any,
     probe: Any,
     positions: Any,
     score: str,
     hook: str | None,
-    hooks_for: Callable[[list], list],
+    hooks_for: Callable[[Batch], list],
     batch_size: int,
-) -> Tensor:
+) -> Float[Tensor, "n_examples"]:
     if score not in ("logit", "probability"):
         raise ValueError(f"score={score!r}; use 'logit' or 'probability'")
-    name, w, b, weighted = _probe_parts(model, probe, hook)
-    gamma = model.ln_final.w.detach().float() if weighted and hasattr(model.ln_final, "w") else None
-    stop = None
-    if name.startswith("blocks."):
-        stop = int(name.split(".")[1]) + 1
-        stop = None if stop >= model.cfg.n_layers else stop
-    pos_lists = [resolve_positions(positions, t.numel(), sp, index=i) for i, (t, sp) in enumerate(exs)]
-    out = []
-    dev = _model_device(model)
-    for b0 in range(0, len(exs), batch_size):
-        chunk = exs[b0 : b0 + batch_size]
-        toks, att, offsets = left_pad([t for t, _ in chunk], _pad_id(model), dev)
-        wts = torch.zeros(toks.shape, dtype=torch.float32)
-        for i, (p, o) in enumerate(zip(pos_lists[b0 : b0 + batch_size], offsets, strict=True)):
-            wts[i, torch.tensor(p) + o] = 1.0 / len(p)
-        res: dict[str, Tensor] = {}
+    spec, w, b = _probe_parts(model, probe, hook)
+    prepared = _selected(model, batch, positions)
+    out = torch.zeros(len(prepared))
 
-        def read(acts: Tensor, hook: Any, _w: Tensor = wts, res: dict = res) -> None:
-            a = acts.float()
-            if gamma is not None:
-                a = a * gamma.to(a.device)
-            lg = a @ w.to(a.device) + b  # [B, T]
+    def make_reader(bt: Batch):
+        wts = bt.weights([prepared[i].positions for i in bt.index], mean=True)
+
+        def read(acts: Float[Tensor, "batch pos d_model"], hook: Any) -> None:
+            lg = spec.apply(model, acts).float() @ w.to(acts.device) + b  # [B, T]
             val = torch.sigmoid(lg) if score == "probability" else lg
-            res["s"] = (val * _w.to(a.device)).sum(1).cpu()
+            out[bt.index] = (val * wts.to(acts.device)).sum(1).cpu()
 
-        if name not in model.hook_dict:
-            raise ValueError(
-                f"probe hook {name!r} is not a hook of this model; pass hook='blocks.L.hook_resid_post'"
-            )
-        with torch.no_grad(), fast_forward(model):
-            model.run_with_hooks(
-                toks,
-                attention_mask=att,
-                stop_at_layer=stop,
-                fwd_hooks=list(hooks_for(chunk)) + [(name, read)],
-            )
-        out.append(res["s"])
-    return torch.cat(out)
+        return read
+
+    for _ in run_batches(
+        model, [p.tokens for p in prepared], [spec.name], make_reader, batch_size=batch_size, hooks=hooks_for
+    ):
+        pass
+    return out
 
 
 @dataclass
@@ -703,8 +687,8 @@ def head_causal_effects(
     heads: Sequence[tuple[int, int]] | None = None,
     mode: AblationMode = "mean",
     means: Any = None,
-    positions: Any = "end_of_thinking_last",
-    ablate_positions: Any = None,
+    positions: PositionSpec = "last:end_of_thinking",
+    ablate_positions: PositionSpec | None = None,
     score: Literal["logit", "probability"] = "logit",
     hook: str | None = None,
     batch_size: int = 8,
@@ -713,10 +697,11 @@ def head_causal_effects(
 
     One forward pass per head (batched over examples) plus one baseline pass. ``heads``: the
     candidates (default all heads; for big models pass e.g. ``suppression_heads(scores, 10)``).
-    ``ablate_positions``: where the head is ablated (``None`` = every position, as in the paper;
-    or a span name / ``"last"`` / indices per example). The total effect includes every
+    ``positions`` / ``ablate_positions``: where the score is read / where the head is ablated
+    (``None`` = every position, as in the paper), both in the :mod:`cliff_lens.readout` grammar
+    (a span name, ``"last"``, ``"last:<span>"``, indices... per example). The total effect includes every
     downstream path (other heads reading the head, MLPs, self-repair), unlike the direct write."""
-    exs = _examples(batch)
+    exs = as_examples(batch, model)
     cand = (
         [(i, j) for i in range(model.cfg.n_layers) for j in range(model.cfg.n_heads)]
         if heads is None
@@ -724,22 +709,19 @@ def head_causal_effects(
     )
     if mode == "mean":
         _means_tensor(model, means)
+    where = None if ablate_positions is None else prepare(model, exs, ablate_positions, trim=False)[0]
 
-    def masks_for(hl: list) -> Callable[[list], list]:
-        if ablate_positions is None:
-            return lambda chunk: ablation_hooks(model, hl, mode, means)
-        return lambda chunk: ablation_hooks(
-            model, hl, mode, means, _positions_mask_exs(model, chunk, ablate_positions)[2]
+    def hooks_for(hl: list) -> Callable[[Batch], list]:
+        if where is None:
+            return lambda bt: ablation_hooks(model, hl, mode, means)
+        return lambda bt: ablation_hooks(
+            model, hl, mode, means, bt.position_mask([where[i].positions for i in bt.index])
         )
 
-    base = _probe_scores_exs(
-        model, exs, probe_or_direction, positions, score, hook, lambda _c: [], batch_size
-    )
+    base = _probe_scores(model, exs, probe_or_direction, positions, score, hook, lambda _b: [], batch_size)
     per = torch.zeros((len(cand), len(exs)))
     for k, hd in enumerate(cand):
-        s = _probe_scores_exs(
-            model, exs, probe_or_direction, positions, score, hook, masks_for([hd]), batch_size
-        )
+        s = _probe_scores(model, exs, probe_or_direction, positions, score, hook, hooks_for([hd]), batch_size)
         per[k] = s - base
     grid = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     eff = per.mean(1)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,16 +31,18 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from cliff_lens.activations import (
-    NonFiniteActivationError,
-    _as_items,
-    _name,
-    _stop_at_layer,
+from cliff_lens.io import atomic_save_safetensors, atomic_write_json
+from cliff_lens.probe import RefusalProbe
+from cliff_lens.readout import (
+    Batch,
+    Example,
+    as_examples,
+    final_norm,
+    prepare,
+    raise_or_warn_nonfinite,
     resolve_hook,
     run_batches,
 )
-from cliff_lens.io import atomic_save_safetensors, atomic_write_json
-from cliff_lens.probe import RefusalProbe
 
 __all__ = [
     "Trajectory",
@@ -106,36 +107,14 @@ class Trajectory:
 # --------------------------------------------------------------------------------------
 
 
-def _final_norm(model, x: Tensor) -> Tensor:
-    """Apply ``ln_final`` (with its weight/bias if present) without firing its hooks."""
-    ln = model.ln_final
-    eps = model.cfg.eps
-    nt = model.cfg.normalization_type
-    x = x.float()
-    if nt in ("LN", "LNPre"):
-        x = x - x.mean(-1, keepdim=True)
-        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    elif nt in ("RMS", "RMSPre"):
-        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    else:
-        raise ValueError(
-            f"layer_input='final_norm' needs a final norm; this model has normalization_type={nt!r}"
-        )
-    if getattr(ln, "w", None) is not None:
-        x = x * ln.w.float()
-    if getattr(ln, "b", None) is not None:
-        x = x + ln.b.float()
-    return x
-
-
 @dataclass
 class _Readout:
     hook: str  # TL hook point
     row: int
-    direction: Tensor  # [d] float32 on device, with ln_final.w folded in if weighted
+    direction: Float[Tensor, " d_model"]  # float32 on the model's device
     scale: float
     bias: float
-    final_norm: bool = False
+    final_norm: bool = False  # score readout.final_norm(x) instead of x
 
 
 def compute_trajectories(
@@ -166,8 +145,9 @@ def compute_trajectories(
             (mode ``"shared"``, the paper's layer-wise view; scores ``[layers, pos]``).
         layer_input: in ``"shared"`` mode, what the probe sees at layer L: ``"resid"`` (the
             raw residual stream, as the paper does) or ``"final_norm"`` (the residual passed
-            through ``ln_final`` with its weight, i.e. the same kind of input a
-            ``final_norm_weighted`` probe was trained on: a "logit lens" for the probe).
+            through the final norm, :func:`cliff_lens.readout.final_norm`, weight and bias
+            included: the same feature a ``final_norm_weighted`` probe was trained on, so at the
+            last layer the scores equal the probe's own read-out; a "logit lens" for the probe).
         include_answer: also score the answer tokens (default: stop at the end of thinking).
         batch_size: rollouts per forward pass (length-bucketed, left-padded).
         truncate: ``"error"`` or ``"left"`` for sequences longer than ``n_ctx``
@@ -179,11 +159,8 @@ def compute_trajectories(
     readouts: list[_Readout] = []
     device = model.cfg.device
 
-    def add(p: RefusalProbe, hook_name: str, weighted: bool, final_norm: bool, row: int) -> None:
-        d = p.direction.to(device).float()
-        if weighted:
-            d = d * model.ln_final.w.detach().float()
-        readouts.append(_Readout(hook_name, row, d, p.scale, p.bias, final_norm))
+    def add(p: RefusalProbe, hook_name: str, normed: bool, row: int) -> None:
+        readouts.append(_Readout(hook_name, row, p.direction.to(device).float(), p.scale, p.bias, normed))
 
     for p in probe.values() if isinstance(probe, dict) else [probe]:
         if isinstance(p, RefusalProbe):
@@ -197,12 +174,12 @@ def compute_trajectories(
         for r, lay in enumerate(row_layers):
             p = probe[lay]
             spec = resolve_hook(model, p.hook, lay if ("{L}" in p.hook or "{l}" in p.hook) else p.layer)
-            add(p, spec.name, spec.weighted, False, r)
+            add(p, spec.name, spec.final_norm, r)
     elif isinstance(probe, RefusalProbe):
         if layers is None:
             mode, row_layers = "single", None
             spec = resolve_hook(model, probe.hook, probe.layer if probe.layer is not None else n_layers - 1)
-            add(probe, spec.name, spec.weighted, False, 0)
+            add(probe, spec.name, spec.final_norm, 0)
         else:
             mode = "shared"
             row_layers = list(range(n_layers)) if layers == "all" else [int(x) % n_layers for x in layers]
@@ -211,98 +188,64 @@ def compute_trajectories(
             if layer_input not in ("resid", "final_norm"):
                 raise ValueError(f"layer_input must be 'resid' or 'final_norm', got {layer_input!r}")
             for r, lay in enumerate(row_layers):
-                add(probe, f"blocks.{lay}.hook_resid_post", False, layer_input == "final_norm", r)
+                add(probe, f"blocks.{lay}.hook_resid_post", layer_input == "final_norm", r)
     else:
         raise TypeError(
             f"probe must be a RefusalProbe or a dict {{layer: RefusalProbe}}, got {type(probe).__name__}"
         )
 
-    items = _as_items(model, list(rollouts))
-    n_ctx = model.cfg.n_ctx
-    seqs, spans_l, ids = [], [], []
-    n_trunc = 0
-    for i, (toks, spans, ident) in enumerate(items):
-        spans = dict(spans or {})
-        end = toks.numel()
-        if not include_answer and "end_of_thinking" in spans:
-            end = int(spans["end_of_thinking"][1])
+    examples = []
+    for ex in as_examples(list(rollouts), model):
+        end = ex.tokens.numel()
+        if not include_answer and ex.spans and "end_of_thinking" in ex.spans:
+            end = int(ex.spans["end_of_thinking"][1])
         if end == 0:
-            raise ValueError(
-                f"rollout {_name(ident, i)} has nothing to score (end of thinking at position 0)"
-            )
-        cut = max(0, end - n_ctx)
-        if cut:
-            if truncate != "left":
-                raise ValueError(
-                    f"rollout {_name(ident, i)} has {end} tokens to score but n_ctx={n_ctx}; "
-                    "pass truncate='left' to drop its first tokens (with a warning)"
-                )
-            n_trunc += 1
-            spans = {k: (max(0, s - cut), max(0, e - cut)) for k, (s, e) in spans.items()}
-        spans = {k: (int(s), min(int(e), end - cut)) for k, (s, e) in spans.items()}
-        seqs.append(toks[cut:end])
-        spans_l.append(spans)
-        ids.append(ident)
-    if n_trunc:
-        warnings.warn(
-            f"{n_trunc} rollout(s) longer than n_ctx={n_ctx} were truncated from the left", stacklevel=2
-        )
+            raise ValueError(f"rollout {ex.label} has nothing to score (end of thinking at position 0)")
+        examples.append(Example(ex.tokens[:end], ex.spans, ex.id, ex.index))
+    prepared, _ = prepare(model, examples, "all", truncate=truncate, what="rollout")
 
     by_hook: dict[str, list[_Readout]] = {}
     for r in readouts:
         by_hook.setdefault(r.hook, []).append(r)
-
-    class _S:  # minimal stand-in for HookSpec in _stop_at_layer
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-    stop, _ = _stop_at_layer(model, [_S(h) for h in by_hook])
-    n_rows = len(readouts)
     store: dict[int, Tensor] = {}
 
-    def make_reader(b_idx, pads):
-        def reader(x: Tensor, hook) -> None:
+    def make_reader(batch: Batch):
+        def reader(x: Float[Tensor, "batch pos d_model"], hook) -> None:
             for r in by_hook[hook.name]:
-                v = _final_norm(model, x) if r.final_norm else x.float()
+                v = (final_norm(model, x) if r.final_norm else x).float()
                 store[r.row] = torch.sigmoid(r.scale * (v @ r.direction) + r.bias).cpu()  # [b, pos]
 
         return reader
 
-    out: list[Trajectory | None] = [None] * len(seqs)
-    for b_idx in run_batches(
+    out: list[Trajectory | None] = [None] * len(prepared)
+    for batch in run_batches(
         model,
-        seqs,
+        [p.tokens for p in prepared],
         list(by_hook),
-        stop,
         make_reader,
         batch_size=batch_size,
         progress=progress,
         desc="trajectories",
     ):
-        s_all = torch.stack([store.pop(k) for k in range(n_rows)], dim=1)  # [b, rows, width]
-        width = s_all.shape[-1]
+        s_all = torch.stack([store.pop(k) for k in range(len(readouts))], dim=1)  # [b, rows, width]
         bad = []
-        for j, i in enumerate(b_idx):
-            s = s_all[j, :, width - seqs[i].numel() :].clone()
+        for j, i in enumerate(batch.index):
+            p = prepared[i]
+            s = s_all[j, :, batch.width - p.tokens.numel() :].clone()
             if not bool(torch.isfinite(s).all()):
-                bad.append(i)
+                bad.append(p.example)
                 s.fill_(math.nan)
             out[i] = Trajectory(
                 scores=s if mode != "single" else s[0],
-                spans=spans_l[i],
-                tokens=seqs[i],
+                spans=dict(p.spans or {}),
+                tokens=p.tokens,
                 layers=row_layers,
                 mode=mode,
-                id=ids[i],
+                id=p.example.id,
             )
-        if bad:
-            names = ", ".join(_name(ids[i], i) for i in sorted(bad))
-            msg = f"NaN/inf refusal scores for rollout(s) {names}"
-            if on_nonfinite == "raise":
-                raise NonFiniteActivationError(
-                    msg + "; check the model dtype and inputs, or pass on_nonfinite='nan'"
-                )
-            warnings.warn(msg + "; set to NaN", stacklevel=2)
+        raise_or_warn_nonfinite(
+            bad, on_nonfinite, "refusal scores", noun="rollout", hint="check the model dtype and inputs"
+        )
     return out  # type: ignore[return-value]
 
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import build_tiny_tokenizer, project_out_direction, rotary_tl_model
+from conftest import build_tiny_tokenizer, general_tl_model, project_out_direction, rotary_tl_model
 from transformer_lens import HookedTransformer
 
+from cliff_lens.ablation import probe_scores
 from cliff_lens.activations import extract_activations
 from cliff_lens.probe import RefusalProbe
 from cliff_lens.trajectory import (
@@ -133,6 +134,58 @@ def test_batched_equals_one_at_a_time_and_matches_extraction():
         assert (one.scores - t.scores).abs().max() < 1e-5
         acts = extract_activations(m, [r], hook="final_norm_weighted", positions="all", progress=False)[0]
         assert (probe.score(acts) - t.scores).abs().max() < 1e-5
+
+
+def _affine_final_norm_model(norm: str) -> HookedTransformer:
+    """A random 3-layer model whose final norm has a non-trivial weight (and bias, for LayerNorm)."""
+    m = general_tl_model(norm, gqa=norm == "RMS", seed=2)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        m.ln_final.w.add_(0.5 * torch.randn(m.ln_final.w.shape, generator=g))
+        if getattr(m.ln_final, "b", None) is not None:
+            m.ln_final.b.add_(torch.randn(m.ln_final.b.shape, generator=g))
+    return m
+
+
+@pytest.mark.parametrize("norm", ["LN", "RMS"])
+def test_one_final_norm_trajectory_equals_probe_on_extracted_feature(norm):
+    """Regression: the final norm was written twice (extraction without ``ln_final.b``,
+    trajectories' ``layer_input="final_norm"`` with it), so on LayerNorm models the trajectory
+    scored another feature than the one a ``final_norm_weighted`` probe was trained on."""
+    m = _affine_final_norm_model(norm)
+    L = m.cfg.n_layers
+    g = torch.Generator().manual_seed(3)
+    probe = RefusalProbe(
+        direction=torch.randn(D, generator=g), bias=0.2, scale=0.8, hook="final_norm_weighted"
+    )
+    recs = [rollout(int(n), 6 + 2 * i, [HIGH, LOW], seed=i) for i, n in enumerate([3, 9, 5])]
+    feats = extract_activations(
+        m, recs, hook="final_norm_weighted", positions="last:end_of_thinking", progress=False
+    )
+    # the feature is the model's own ln_final output (weight AND bias), i.e. what the unembedding reads
+    for r, f in zip(recs, feats):
+        _, cache = m.run_with_cache(r.tokens[None], names_filter=f"blocks.{L - 1}.hook_resid_post")
+        own = m.ln_final(cache[f"blocks.{L - 1}.hook_resid_post"])[0, r.spans["end_of_thinking"][1] - 1]
+        assert (f - own).abs().max() < 1e-5
+    want = probe.score(feats)
+    single = compute_trajectories(m, recs, probe, batch_size=2, progress=False, strict_name=False)
+    shared = compute_trajectories(
+        m,
+        recs,
+        probe,
+        layers=[L - 1],
+        layer_input="final_norm",
+        batch_size=2,
+        progress=False,
+        strict_name=False,
+    )
+    for k, r in enumerate(recs):
+        last = r.spans["end_of_thinking"][1] - 1
+        assert float(single[k].scores[last]) == pytest.approx(float(want[k]), abs=1e-5)
+        assert float(shared[k].row(L - 1)[last]) == pytest.approx(float(want[k]), abs=1e-5)
+    # the older spelling of the position means the same; the RMSNorm numbers pass on the old code too
+    ps = probe_scores(m, recs, probe, positions="end_of_thinking_last", score="probability")
+    assert torch.allclose(ps, want, atol=1e-5)
 
 
 def test_shared_and_per_layer_modes(model):
