@@ -124,11 +124,17 @@ class ReasoningTemplate:
             if self.system_prompt is not None:
                 msgs.append({"role": "system", "content": self.system_prompt})
             msgs.append({"role": "user", "content": _SENTINEL})
-            rendered = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            rendered = tokenizer.apply_chat_template(
+                msgs, add_generation_prompt=True, tokenize=False, **self._chat_template_kwargs()
+            )
         if rendered is None or rendered.count(_SENTINEL) != 1:
             rendered = self.chat_format.replace("{prompt}", _SENTINEL)
         before, after = rendered.split(_SENTINEL)
         return before, after
+
+    def _chat_template_kwargs(self) -> dict[str, Any]:
+        """Extra variables for the tokenizer's chat template."""
+        return {}
 
     def generation_prompt(self, prompt: str, tokenizer: Any | None = None) -> str:
         """The text a model is given to generate a rollout: chat prefix up to and including ``<think>\\n``."""
@@ -260,6 +266,9 @@ class HarmonyTemplate(ReasoningTemplate):
             "# Valid channels: analysis, commentary, final. Channel must be included for every message."
             "<|end|>"
         )
+
+    def _chat_template_kwargs(self) -> dict[str, Any]:
+        return {"reasoning_effort": self.reasoning_effort, "model_identity": self.model_identity}
 
     def _prefix_parts(self, tokenizer: Any | None) -> tuple[str, str]:
         if (
