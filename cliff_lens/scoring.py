@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import torch
 
-from .io import _truncate_partial_last_line, append_jsonl, atomic_write_text, iter_jsonl
+from .io import append_jsonl, atomic_write_text, iter_jsonl
 
 __all__ = [
     "ScoringError",
@@ -223,7 +223,13 @@ def probe_scorer(
 
 def _cut_partial_last_line(path: Path) -> None:
     """Remove a trailing fragment without a newline (a write cut off by a crash), with a warning."""
-    if _truncate_partial_last_line(path):
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        complete = f.read(1) == b"\n"
+    if not complete:
+        append_jsonl(path, [])  # appending cuts a partial last line off first
         warnings.warn(
             f"{path}: removed a truncated last line (an interrupted write); it will be re-scored",
             stacklevel=3,
