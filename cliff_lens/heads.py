@@ -22,8 +22,9 @@ heads in one batched forward pass per batch:
 last block through the final norm: ``"final_norm_weighted"`` is the final norm's output
 ``f(x) = ln_final.w * C(x) / sigma_f(x) + ln_final.b`` (``b`` for LayerNorm only; what the
 unembedding reads) and ``"ln_final.hook_normalized"`` is ``f(x) = C(x) / sigma_f(x)`` (no weight,
-no bias), with ``sigma_f`` the final norm's ``hook_scale`` at that position. Heads of layers after ``L`` cannot write to ``x``: they get **NaN** (no score), are
-never ranked, and the forward stops at ``L``. The hook is ``probe.hook`` (``{L}`` filled from
+no bias), with ``sigma_f`` the final norm's ``hook_scale`` at that position. Heads of layers
+after ``L`` cannot write to ``x``: they get **NaN** (no score), are never ranked, and the
+forward stops at ``L``. The hook is ``probe.hook`` (``{L}`` filled from
 ``probe.layer``); a plain tensor direction has none: pass ``hook=``/``layer=``, otherwise it is
 read as ``"final_norm_weighted"`` under ``norm_aware`` and as the last block's
 ``hook_resid_post`` under the other variants (the behaviour before hooks were honoured).
@@ -37,15 +38,16 @@ probe's logit is ``s * d . f(x) + b`` with ``f`` its hook's feature map; ``write
     ``u . write`` with the *reading vector* ``u`` of the probe's hook: ``u = d`` for residual
     hooks (so ``norm_aware == raw`` there), ``u = C(d)`` for ``ln_final.hook_normalized`` and
     ``u = C(ln_final.w * d)`` for ``final_norm_weighted``. Exact share of the numerator
-    ``u . x = sigma_f(x) * d . (f(x) - ln_final.b)``; the per-position ``1 / sigma_f`` is *not*
-    applied (it is common to all heads at a position).
+    ``u . x = sigma_f(x) * d . (f(x) - ln_final.b)`` (``ln_final.b`` only for
+    ``final_norm_weighted``); the per-position ``1 / sigma_f`` is *not* applied (it is common
+    to all heads at a position).
 ``with_bias``
     ``s * u . write / sigma_f(pos) + b`` (``sigma_f = 1`` for residual hooks): the head's
     contribution to the probe *logit* with the final norm's scale frozen, plus the bias (the
     paper's per-head form: the probe applied to the head's write; no sigmoid). Summed over all
     heads ``(score - b)`` plus the remaining terms (embeddings, ``b_O``, MLPs, and
-    ``s * d . ln_final.b``) equals ``logit - b`` exactly. With a tensor,
-    ``s = 1`` and ``u`` is built from the tensor as given; ``bias=`` is the constant.
+    ``s * d . ln_final.b``) equals ``logit - b`` exactly. With a tensor, ``s = 1`` and ``u`` is
+    built from the tensor as given; ``bias=`` is the constant.
 
 :func:`contrast_scores` turns per-example scores into "mean on complied minus mean on refused"
 rollouts, the score that a head writing ``+d`` on refusals and ``-d`` on compliances gets (its
