@@ -303,7 +303,7 @@ def compute_head_means(
         return hook
 
     names = [f"blocks.{lay}.attn.hook_z" for lay in range(cfg.n_layers)]
-    for _ in run_batches(model, [p.tokens for p in prepared], names, make_reader, batch_size=batch_size):
+    for _ in run_batches(model, prepared, names, make_reader, batch_size=batch_size):
         pass
     return (sums / count).float()
 
@@ -639,9 +639,7 @@ def _probe_scores(
 
         return read
 
-    for _ in run_batches(
-        model, [p.tokens for p in prepared], [spec.name], make_reader, batch_size=batch_size, hooks=hooks_for
-    ):
+    for _ in run_batches(model, prepared, [spec.name], make_reader, batch_size=batch_size, hooks=hooks_for):
         pass
     return out
 

@@ -25,7 +25,6 @@ Hooks:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -42,9 +41,9 @@ from .readout import (
     left_pad,
     length_buckets,
     prepare,
-    raise_or_warn_nonfinite,
     resolve_hook,
     run_batches,
+    screen_nonfinite,
 )
 
 __all__ = [
@@ -137,6 +136,8 @@ def extract_activations(
     if len(by_name) != len(specs):
         raise ValueError(f"duplicate layers in layers={layers}")
 
+    examples = [p.example for p in prepared]
+    shown = specs[0].label if specs[0].final_norm else specs[0].name
     results: list[Tensor | None] = [None] * len(prepared)  # per example: [n_layers, k, d]
     store: dict[str, Tensor] = {}
 
@@ -151,7 +152,7 @@ def extract_activations(
 
     for batch in run_batches(
         model,
-        [p.tokens for p in prepared],
+        prepared,
         list(by_name),
         make_reader,
         batch_size=batch_size,
@@ -159,15 +160,9 @@ def extract_activations(
         desc="extract",
     ):
         stacked = torch.stack([store.pop(s.name) for s in specs], dim=1)  # [b, n_layers, kmax, d]
-        bad = []
-        for j, i in enumerate(batch.index):
-            a = stacked[j, :, : prepared[i].positions.numel()]
-            if not bool(torch.isfinite(a).all()):
-                bad.append(prepared[i].example)
-                a = torch.full_like(a, math.nan)
+        rows = {i: stacked[j, :, : prepared[i].positions.numel()] for j, i in enumerate(batch.index)}
+        for i, a in screen_nonfinite(rows, examples, on_nonfinite, f"activations at hook {shown!r}").items():
             results[i] = a.clone() if kind == "ragged" else a
-        shown = specs[0].label if specs[0].final_norm else specs[0].name
-        raise_or_warn_nonfinite(bad, on_nonfinite, f"activations at hook {shown!r}")
 
     def finish(a: Tensor) -> Tensor:
         return a.to(dtype) if dtype is not None else a

@@ -49,6 +49,7 @@ batched read equals one-at-a-time reads (``tests/test_readout.py``).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -85,7 +86,7 @@ __all__ = [
     "resolve_hook",
     "stop_layer",
     "final_norm",
-    "raise_or_warn_nonfinite",
+    "screen_nonfinite",
 ]
 
 logger = logging.getLogger(__name__)
@@ -569,7 +570,7 @@ def stop_layer(model: Any, names: Sequence[str]) -> int | None:
 
 def run_batches(
     model: Any,
-    seqs: Sequence[Int[Tensor, " pos"]],
+    seqs: Sequence[Int[Tensor, " pos"] | Prepared],
     names: Sequence[str],
     make_reader: Callable[[Batch], HookFn],
     *,
@@ -581,7 +582,8 @@ def run_batches(
     progress: bool = False,
     desc: str = "forward",
 ) -> Iterator[Batch]:
-    """Run ``seqs`` through ``model`` in left-padded batches, reading the hook points ``names``.
+    """Run ``seqs`` (1-D token tensors or :class:`Prepared` examples) through ``model`` in
+    left-padded batches, reading the hook points ``names``.
 
     For each batch, ``make_reader(batch)`` returns a TL hook function ``(tensor, hook) -> None``
     attached (through a names filter) to every hook point in ``names``; ``hooks(batch)`` may add
@@ -593,6 +595,7 @@ def run_batches(
     """
     from tqdm.auto import tqdm
 
+    seqs = [s.tokens if isinstance(s, Prepared) else s for s in seqs]
     wanted = frozenset(names)
     device = model_device(model)
     pid = pad_token_id(model) if pad_id is None else pad_id
@@ -618,25 +621,32 @@ def run_batches(
             yield batch
 
 
-def raise_or_warn_nonfinite(
-    bad: Sequence[Example],
+def screen_nonfinite(
+    rows: dict[int, Tensor],
+    examples: Sequence[Example],
     on_nonfinite: Literal["raise", "nan"],
     what: str,
     *,
     noun: str = "example",
     hint: str = "check the model dtype (try dtype='float32') or the inputs",
-) -> None:
-    """Report examples whose read-out is NaN/inf: raise :class:`NonFiniteActivationError`
-    (``on_nonfinite="raise"``) or warn that their values were set to NaN (``"nan"``)."""
+) -> dict[int, Tensor]:
+    """Check each example's read-out (``rows``: input index -> values) for NaN/inf.
+
+    Offending examples (named through ``examples[i].label``) raise a
+    :class:`NonFiniteActivationError` with ``on_nonfinite="raise"``; with ``"nan"`` their values
+    are set to NaN and a warning names them. Returns the (screened) rows.
+    """
+    bad = [i for i, v in rows.items() if not bool(torch.isfinite(v).all())]
     if not bad:
-        return
-    names = ", ".join(ex.label for ex in sorted(bad, key=lambda e: e.index))
+        return rows
+    names = ", ".join(examples[i].label for i in sorted(bad))
     msg = f"NaN/inf {what} for {noun}(s) {names}"
     if on_nonfinite == "raise":
         raise NonFiniteActivationError(
             f"{msg}; {hint}, or pass on_nonfinite='nan' to keep going with NaN rows"
         )
     warnings.warn(msg + "; their values were set to NaN", stacklevel=3)
+    return {i: torch.full_like(v, math.nan) if i in bad else v for i, v in rows.items()}
 
 
 # --------------------------------------------------------------------------------------

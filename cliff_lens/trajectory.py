@@ -39,9 +39,9 @@ from cliff_lens.readout import (
     as_examples,
     final_norm,
     prepare,
-    raise_or_warn_nonfinite,
     resolve_hook,
     run_batches,
+    screen_nonfinite,
 )
 
 __all__ = [
@@ -217,10 +217,11 @@ def compute_trajectories(
 
         return reader
 
+    examples = [p.example for p in prepared]
     out: list[Trajectory | None] = [None] * len(prepared)
     for batch in run_batches(
         model,
-        [p.tokens for p in prepared],
+        prepared,
         list(by_hook),
         make_reader,
         batch_size=batch_size,
@@ -228,13 +229,15 @@ def compute_trajectories(
         desc="trajectories",
     ):
         s_all = torch.stack([store.pop(k) for k in range(len(readouts))], dim=1)  # [b, rows, width]
-        bad = []
-        for j, i in enumerate(batch.index):
+        rows = {
+            i: s_all[j, :, batch.width - prepared[i].tokens.numel() :].clone()
+            for j, i in enumerate(batch.index)
+        }
+        hint = "check the model dtype and inputs"
+        for i, s in screen_nonfinite(
+            rows, examples, on_nonfinite, "refusal scores", noun="rollout", hint=hint
+        ).items():
             p = prepared[i]
-            s = s_all[j, :, batch.width - p.tokens.numel() :].clone()
-            if not bool(torch.isfinite(s).all()):
-                bad.append(p.example)
-                s.fill_(math.nan)
             out[i] = Trajectory(
                 scores=s if mode != "single" else s[0],
                 spans=dict(p.spans or {}),
@@ -243,9 +246,6 @@ def compute_trajectories(
                 mode=mode,
                 id=p.example.id,
             )
-        raise_or_warn_nonfinite(
-            bad, on_nonfinite, "refusal scores", noun="rollout", hint="check the model dtype and inputs"
-        )
     return out  # type: ignore[return-value]
 
 
