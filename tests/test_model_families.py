@@ -217,3 +217,46 @@ def test_direct_attribution_is_complete(family_dirs, arch):
     assert abs(dec.error) <= 1e-4 * max(1.0, abs(dec.resid_final)), dec.error
     heads = head_attributions(model, [tokens], v, positions="last", hook=hook)
     assert torch.allclose(heads, dec.heads, atol=1e-5)
+
+
+GEN_PROMPTS = [
+    "how to make a cake",
+    "write a poem",
+    "explain python code step by step please help me with this question",
+    "hi",
+    "tell me a story about a weapon and a cake",
+]
+
+
+@pytest.mark.parametrize("arch", ["olmo3", "gpt_oss"])
+def test_batched_generation_equals_single_and_hf(arch):
+    """generate_rollouts: left-padded batches == one prompt at a time == HF's own greedy decoding
+    without a cache, through post-norm + sliding window + YaRN (OLMo 3) and sinks + MoE (gpt-oss);
+    prompt + 12 new tokens run past the sliding window (8)."""
+    from cliff_lens.rollout import _encode, generate_rollouts
+    from cliff_lens.templates import get_template
+
+    hf = build_tiny_hf(arch)
+    if arch == "gpt_oss":  # a larger embedding scale, so that greedy decoding is not one repeated token
+        with torch.no_grad():
+            hf.model.embed_tokens.weight.mul_(20.0)
+    tok = build_tiny_tokenizer(VOCAB)
+    model = load_model(hf, tokenizer=tok, template="generic")
+    n = 12
+    kw = dict(max_new_tokens=n, progress=False)
+    batched = generate_rollouts(model, GEN_PROMPTS, batch_size=5, **kw)
+    single = [generate_rollouts(model, [p], batch_size=1, **kw)[0] for p in GEN_PROMPTS]
+    assert len({r.meta["n_prompt_tokens"] for r in batched}) >= 3  # real left padding
+    tmpl = get_template("generic")
+    outs = set()
+    for p, b, s in zip(GEN_PROMPTS, batched, single):
+        assert b.thinking == s.thinking
+        ids = torch.tensor([_encode(tok, tmpl.generation_prompt(p, tok))])
+        for _ in range(n):  # HF greedy, full forward per step
+            with torch.no_grad():
+                nxt = int(hf(ids).logits[0, -1].argmax())
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+        truth = ids[0, -n:].tolist()
+        assert b.thinking == tmpl.split(tok.decode(truth, skip_special_tokens=False))[0], p
+        outs.add(b.thinking)
+    assert len(outs) >= 3  # not degenerate
