@@ -47,7 +47,9 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    # exact ends at k = 0 and k = n (rounding would leave 1 - 1e-16 and exclude the estimate)
+    return (0.0 if k == 0 else lo, 1.0 if k == n else hi)
 
 
 @dataclass(frozen=True)

@@ -195,3 +195,23 @@ def test_run_flags_are_generated_from_the_config(tmp_path):
         assert hasattr(args, f.name), f"no flag for RunConfig.{f.name}"
         if f.name not in ("top_percents", "judge_mode"):
             assert getattr(cfg, f.name) == getattr(default, f.name)
+
+
+def test_results_and_summary_carry_intervals(run_dir):
+    """Every rate and mean in results.json has a 95% interval; the CLI summary prints them."""
+    cfg, results = run_dir
+    d = results["data"]
+    lo, hi = d["harmful_refusal_rate_ci95"]
+    assert lo < d["harmful_refusal_rate"] < hi
+    for g in ("harmful", "harmless"):
+        b = results["cliff"][g]
+        assert b["n_rollouts"] > 0 and len(b["cliff_ci95"]) == 2 and "cliff_share" in b
+    assert results["cliff"]["scored_by"].startswith("out-of-sample")
+    p = results["probe"]
+    assert p["val_accuracy_ci95"][0] <= p["val_accuracy"] <= p["val_accuracy_ci95"][1]
+    assert (cfg.out / "probe_folds.json").exists()
+    top = next(a for a in results["ablation"] if a["setting"].startswith("top-"))
+    assert len(top["asr_ci95"]) == 2 and "p_value" in top["vs_baseline"]["asr"]
+    text = pipeline.summary(results, cfg.out)
+    assert "McNemar p=" in text and "held-out acc" in text and "%, " in text
+    assert f"[{100 * lo:.0f}%, {100 * hi:.0f}%]" in text

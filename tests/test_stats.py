@@ -22,6 +22,8 @@ def test_wilson_known_values():
     # 0 of 10: lower bound 0, upper 0.2775
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.27753), abs=1e-4)
     assert all(math.isnan(x) for x in wilson_interval(0, 0))
+    assert wilson_interval(16, 16)[1] == 1.0  # the estimate 1.0 lies inside its interval
+    assert wilson_interval(9, 9)[1] == 1.0
     with pytest.raises(ValueError, match="k <= n"):
         wilson_interval(3, 2)
 
