@@ -286,7 +286,7 @@ def compute_head_means(
     ``positions``: which tokens count, in the :mod:`cliff_lens.readout` grammar (``"all"``
     default; a span name such as ``"thinking"``; ``"last"``; ``"last:<span>"``; ``(start,
     end)``; indices). Every selected token has the same weight."""
-    prepared = _selected(model, batch, positions)
+    prepared, _ = prepare(model, batch, positions, trim=False, nonempty=True)
     cfg = model.cfg
     sums = torch.zeros((cfg.n_layers, cfg.n_heads, cfg.d_head), dtype=torch.float64)
     count = 0
@@ -306,18 +306,6 @@ def compute_head_means(
     for _ in run_batches(model, prepared, names, make_reader, batch_size=batch_size):
         pass
     return (sums / count).float()
-
-
-def _selected(model: Any, batch: Any, positions: Any) -> list:
-    """Prepared examples (untrimmed: hooks may act on every token) whose positions select at least one token."""
-    prepared, _ = prepare(model, batch, positions, trim=False)
-    for p in prepared:
-        if p.positions.numel() == 0:
-            raise ValueError(
-                f"positions={positions!r} selects no token of example {p.example.label}; "
-                "choose a non-empty span or range"
-            )
-    return prepared
 
 
 def save_head_means(path: Any, means: Tensor, meta: dict | None = None) -> Path:
@@ -626,7 +614,7 @@ def _probe_scores(
     if score not in ("logit", "probability"):
         raise ValueError(f"score={score!r}; use 'logit' or 'probability'")
     spec, w, b = _probe_parts(model, probe, hook)
-    prepared = _selected(model, batch, positions)
+    prepared, _ = prepare(model, batch, positions, trim=False, nonempty=True)
     out = torch.zeros(len(prepared))
 
     def make_reader(bt: Batch):

@@ -380,6 +380,7 @@ def prepare(
     *,
     truncate: Literal["error", "left"] = "error",
     trim: bool = True,
+    nonempty: bool = False,
     what: str = "example",
 ) -> tuple[list[Prepared], PositionKind]:
     """Examples of ``batch`` with their positions resolved, ready for :func:`run_batches`.
@@ -388,8 +389,10 @@ def prepare(
     ``False`` when hooks act on later tokens, e.g. an ablation whose effect is normalised over
     the whole sequence). A sequence needing more than ``n_ctx`` tokens raises, or with
     ``truncate="left"`` loses its first tokens (a warning; spans shift; positions cut off are
-    dropped from a ragged rule, an error for single / fixed ones). ``what`` names an example in
-    messages (``"example"``, ``"rollout"``). Returns the prepared examples and the rule's kind.
+    dropped from a ragged rule, an error for single / fixed ones). ``nonempty``: refuse an
+    example whose rule selects no token (for readers that average over the positions). ``what``
+    names an example in messages (``"example"``, ``"rollout"``). Returns the prepared examples
+    and the rule's kind.
     """
     if truncate not in ("error", "left"):
         raise ValueError(f"truncate must be 'error' or 'left', got {truncate!r}")
@@ -404,6 +407,10 @@ def prepare(
     for ex in examples:
         n = ex.tokens.numel()
         idx = rule.resolve(n, ex.spans, where=f"{what} {ex.label}")
+        if nonempty and idx.numel() == 0:
+            raise ValueError(
+                f"positions={rule.spec!r} selects no token of {what} {ex.label}; choose a non-empty span or range"
+            )
         end = (int(idx.max()) + 1 if idx.numel() else 1) if trim else n
         cut = max(0, end - n_ctx)
         if cut:

@@ -161,6 +161,27 @@ def test_head_means_exclude_padding_and_round_trip(tmp_path):
         load_head_means(tmp_path / "missing")
 
 
+def test_head_means_and_probe_scores_read_the_engine_position_grammar():
+    m = general_model()
+    recs = [Rec(s, {"prompt": (0, 2), "thinking": (2, len(s) - 2), "end_of_thinking": (len(s) - 2, len(s)),
+                    "answer": (len(s), len(s))}) for s in rand_seqs((7, 12, 9))]  # fmt: skip
+    new = compute_head_means(m, recs, positions="last:end_of_thinking", batch_size=2)
+    old = compute_head_means(m, recs, positions="end_of_thinking_last", batch_size=2)
+    assert torch.equal(new, old)
+    zs = []
+    for r in recs:
+        _, cache = m.run_with_cache(r.tokens[None], names_filter=lambda n: n.endswith("hook_z"))
+        zs.append(torch.stack([cache[f"blocks.{i}.attn.hook_z"][0, -1] for i in range(3)]))
+    assert (new - torch.stack(zs).mean(0)).abs().max() < 1e-5
+    d = torch.randn(32)
+    a = probe_scores(m, recs, d, positions="thinking", batch_size=2)
+    b = torch.cat([probe_scores(m, [r], d, positions=(2, r.tokens.numel() - 2)) for r in recs])
+    assert (a - b).abs().max() < 1e-5  # a span == the same range; batched == one at a time
+    recs[1].spans["thinking"] = (2, 2)
+    with pytest.raises(ValueError, match="selects no token of example 1"):
+        probe_scores(m, recs, d, positions="thinking")
+
+
 # ------------------------------------------------------------------ hooks: modes, positions, generation
 
 
