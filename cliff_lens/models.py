@@ -426,12 +426,13 @@ def hooked_config_from_hf(
         act = getattr(c, "hidden_activation", None) or "gelu_pytorch_tanh"
     max_pos = getattr(c, "max_position_embeddings", 2048) or 2048
 
-    for flag in ("attention_bias", "mlp_bias"):
-        if getattr(c, flag, False) and arch in _BIAS_DROPPING_CONVERTERS:
-            raise ModelLoadError(
-                f"model {model_name!r} ({arch}) sets {flag}=True, which the TL {arch} converter drops; "
-                "such checkpoints are not supported"
-            )
+    # attention biases (q/k/v/o_proj) are copied after TL's converter (_copy_attention_biases);
+    # MLP biases are not
+    if getattr(c, "mlp_bias", False) and arch in _BIAS_DROPPING_CONVERTERS:
+        raise ModelLoadError(
+            f"model {model_name!r} ({arch}) sets mlp_bias=True, which the TL {arch} converter drops; "
+            "such checkpoints are not supported"
+        )
     if arch == "GptOssForCausalLM":
         from transformer_lens.components.mlps.gpt_oss_moe import GPT_OSS_ALPHA, GPT_OSS_LIMIT
 
@@ -544,16 +545,50 @@ def hooked_config_from_hf(
     return HookedTransformerConfig.from_dict(cfg)
 
 
-#: TL converters that write zero attention/MLP biases whatever the checkpoint holds.
+#: TL converters that write zero MLP biases whatever the checkpoint holds.
 _BIAS_DROPPING_CONVERTERS = (
     "LlamaForCausalLM",
     "MistralForCausalLM",
+    "Qwen3ForCausalLM",
     "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
     "Olmo2ForCausalLM",
     "Olmo3ForCausalLM",
     "MixtralForCausalLM",
     "OlmoeForCausalLM",
 )
+
+
+def _copy_attention_biases(hf_model: Any, cfg: Any, state_dict: dict) -> None:
+    """Put the HF model's q/k/v/o_proj biases into ``state_dict``.
+
+    Most TL converters write zero attention biases (Llama, Qwen3, Gemma, OLMo, Mixtral, ...),
+    but checkpoints may have them: ``attention_bias=True`` configs, and the mean-ablated models
+    :func:`cliff_lens.ablation.export_ablated_hf` saves (it turns the flag on for an o_proj bias).
+    """
+    layers = getattr(getattr(hf_model, "model", None), "layers", None)
+    if layers is None:
+        return
+    for layer, block in enumerate(layers):
+        attn = getattr(block, "self_attn", None)
+        for proj, key in (("q_proj", "b_Q"), ("k_proj", "b_K"), ("v_proj", "b_V"), ("o_proj", "b_O")):
+            bias = getattr(getattr(attn, proj, None), "bias", None)
+            if bias is None:
+                continue
+            name = f"blocks.{layer}.attn.{key}"
+            if f"blocks.{layer}.attn._{key}" in state_dict:  # grouped-query layout
+                name = f"blocks.{layer}.attn._{key}"
+            if name not in state_dict:
+                raise ModelLoadError(
+                    f"{type(hf_model).__name__}: layer {layer} has {proj}.bias but TL has no {name}"
+                )
+            target = state_dict[name]
+            if bias.numel() != target.numel():
+                raise ModelLoadError(
+                    f"{type(hf_model).__name__}: {proj}.bias of layer {layer} has {bias.numel()} entries, "
+                    f"TL's {name} {target.numel()}"
+                )
+            state_dict[name] = bias.detach().reshape(target.shape).to(target.dtype)
 
 
 def _converter(arch: str) -> Callable:
@@ -723,6 +758,7 @@ def hooked_from_hf(
     with torch.no_grad():
         state_dict = _converter(arch)(hf_model, cfg)
         state_dict = {k: v.detach() for k, v in state_dict.items()}
+        _copy_attention_biases(hf_model, cfg, state_dict)
     model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
     model.load_and_process_state_dict(
         state_dict,

@@ -260,3 +260,29 @@ def test_batched_generation_equals_single_and_hf(arch):
         assert b.thinking == tmpl.split(tok.decode(truth, skip_special_tokens=False))[0], p
         outs.add(b.thinking)
     assert len(outs) >= 3  # not degenerate
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3", "gemma2", "olmo3", "olmoe"])
+def test_attention_biases_are_converted(arch):
+    """attention_bias=True checkpoints (q/k/v/o_proj biases; TL's converters for these write zeros)
+    match HF: such configs are what a saved mean-ablation export turns on."""
+    hf = build_tiny_hf(arch, attention_bias=True)
+    assert hf.model.layers[0].self_attn.o_proj.bias.abs().sum() > 0
+    model = load_model(hf, tokenizer=build_tiny_tokenizer(VOCAB))
+    assert _diff(model, hf) <= 1e-4
+
+
+def test_mean_ablation_export_round_trip(family_dirs, tmp_path):
+    """A saved mean-ablated OLMo 3 (o_proj bias turned on by the export) loads back through
+    load_model with the same log-probs as the hook ablation it was made from."""
+    from cliff_lens.ablation import ablate_heads, compute_head_means, export_ablated_hf
+
+    d, hf = family_dirs["olmo3"]
+    model = load_model(d)
+    tokens = _tokens(6)[:1, :24]
+    means = compute_head_means(model, [tokens[0]])
+    with ablate_heads(model, ABLATE, mode="mean", means=means):
+        tl = _tl_logprobs(model, tokens)
+    out = tmp_path / "olmo3-mean-ablated"
+    export_ablated_hf(hf, ABLATE, "mean", means=means, out_dir=out, tokenizer=build_tiny_tokenizer(VOCAB))
+    assert (tl - _tl_logprobs(load_model(out), tokens)).abs().max().item() <= 1e-4

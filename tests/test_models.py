@@ -137,12 +137,16 @@ def _hf_config(arch: str):
     raise AssertionError(arch)
 
 
-def build_tiny_hf(arch: str, seed: int = 0):
-    """A random tiny HF causal LM whose norm weights are randomised too (so folding is non-trivial)."""
+def build_tiny_hf(arch: str, seed: int = 0, **config_overrides):
+    """A random tiny HF causal LM whose norm weights (and biases) are randomised too (so folding is
+    non-trivial); ``config_overrides`` are set on the HF config (e.g. ``attention_bias=True``)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_hf_config(arch), dtype=torch.float32).eval()
+    config = _hf_config(arch)
+    for k, v in config_overrides.items():
+        setattr(config, k, v)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
