@@ -184,14 +184,22 @@ def test_list_models_lists_reasoning_families():
 ABLATE = [(0, 1), (1, 2)]
 
 
-@pytest.mark.parametrize("arch", [a for a in FAMILY_ARCHS if a != "olmo2-mha"])
+def _loaded(family_dirs, arch):
+    """(TL model, HF model): from the saved family dir, or built in memory (gemma3)."""
+    if arch in family_dirs:
+        d, hf = family_dirs[arch]
+        return load_model(d), hf
+    hf = build_tiny_hf(arch)
+    return load_model(hf, tokenizer=build_tiny_tokenizer(VOCAB)), hf
+
+
+@pytest.mark.parametrize("arch", [a for a in FAMILY_ARCHS if a != "olmo2-mha"] + ["gemma3"])
 def test_zero_ablation_export_matches_hooks(family_dirs, arch):
     """Zeroing heads at hook_z in TransformerLens == zeroing their o_proj columns in the HF model
     (what export_ablated_hf saves for vLLM/HF generation), including post-norm and MoE families."""
     from cliff_lens.ablation import ablate_heads, export_ablated_hf
 
-    d, hf = family_dirs[arch]
-    model = load_model(d)
+    model, hf = _loaded(family_dirs, arch)
     tokens = _tokens(4)[:1, :24]
     with ablate_heads(model, ABLATE, mode="zero"):
         tl = _tl_logprobs(model, tokens)
@@ -200,7 +208,7 @@ def test_zero_ablation_export_matches_hooks(family_dirs, arch):
     assert (tl - _tl_logprobs(model, tokens)).abs().max().item() > 1e-3  # the ablation does something
 
 
-@pytest.mark.parametrize("arch", ["gemma2", "olmo2", "olmo3", "mixtral", "olmoe", "gpt_oss"])
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "olmo2", "olmo3", "mixtral", "olmoe", "gpt_oss"])
 def test_direct_attribution_is_complete(family_dirs, arch):
     """Embedding + heads + attention biases + (routed) MLP outputs add up to the residual stream
     the probe reads, on the converted models: MoE head terms need nothing MoE-specific; Gemma 2's
@@ -208,8 +216,7 @@ def test_direct_attribution_is_complete(family_dirs, arch):
     tests/test_heads_postnorm.py)."""
     from cliff_lens.heads import direct_attribution_decomposition, head_attributions
 
-    d, _ = family_dirs[arch]
-    model = load_model(d)
+    model, _ = _loaded(family_dirs, arch)
     tokens = _tokens(5)[0, :20]
     v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     hook = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
@@ -286,3 +293,14 @@ def test_mean_ablation_export_round_trip(family_dirs, tmp_path):
     out = tmp_path / "olmo3-mean-ablated"
     export_ablated_hf(hf, ABLATE, "mean", means=means, out_dir=out, tokenizer=build_tiny_tokenizer(VOCAB))
     assert (tl - _tl_logprobs(load_model(out), tokens)).abs().max().item() <= 1e-4
+
+
+def test_mixtral_mean_export_cannot_be_saved(family_dirs, tmp_path):
+    """Mixtral's config has no flag that gives o_proj a bias, so a saved mean-ablated Mixtral could
+    not reload its mean term: export refuses (zero ablation and in-memory mean export work)."""
+    from cliff_lens.ablation import export_ablated_hf
+
+    _, hf = family_dirs["mixtral"]
+    means = torch.zeros(2, 4, 16)
+    with pytest.raises(ValueError, match=r"MixtralForCausalLM has no o_proj bias"):
+        export_ablated_hf(hf, ABLATE, "mean", means=means, out_dir=tmp_path / "m")
