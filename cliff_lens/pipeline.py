@@ -445,7 +445,7 @@ def _head_variant(run: _Run, probe: Any) -> str:
 
 def _stage_heads(run: _Run) -> None:
     from .ablation import compute_head_means, save_head_means
-    from .heads import head_attributions, rank_heads
+    from .heads import contrast_scores, head_attributions, rank_heads
 
     model = run.get_model()
     probe = _load_probe(run)
@@ -467,9 +467,14 @@ def _stage_heads(run: _Run) -> None:
         batch_size=run.cfg.batch_size,
         per_example=True,
     )
-    scores = per.mean(0)
+    scores = per.mean(0)  # the paper's score: mean write over all harmful rollouts
     complied = [i for i, r in enumerate(harmful) if r.refused is False]
-    extra = {"scores_complied": per[complied].mean(0).tolist()} if complied else {}
+    extra: dict[str, Any] = {"scores_complied": per[complied].mean(0).tolist()} if complied else {}
+    if complied and len(complied) < len(harmful):
+        # complied minus refused: where the paper's mean cancels, the contrast does not
+        contrast = contrast_scores(per, [r.refused for r in harmful])
+        extra["scores_contrast"] = contrast.tolist()
+        extra["contrast_heads"] = [list(t) for t in rank_heads(contrast, run.cfg.top_percent).suppression]
     ranking = rank_heads(
         scores, run.cfg.top_percent, variant=variant, n_rollouts=len(harmful), positions="end_of_thinking"
     )
@@ -682,6 +687,10 @@ def _results_heads(run: _Run) -> dict:
             "top": [{"layer": li, "head": hi, "score": s} for li, hi, s in ranking.suppression],
             "promoting": [{"layer": li, "head": hi, "score": s} for li, hi, s in ranking.promoting],
             "n_heads_total": n_layers * n_heads,
+            "top_contrast": [
+                {"layer": li, "head": hi, "score": s}
+                for li, hi, s in _read_json(run.path("heads.json")).get("contrast_heads", [])
+            ],
         }
     }
 
