@@ -193,7 +193,7 @@ def _loaded(family_dirs, arch):
     return load_model(hf, tokenizer=build_tiny_tokenizer(VOCAB)), hf
 
 
-@pytest.mark.parametrize("arch", [a for a in FAMILY_ARCHS if a != "olmo2-mha"] + ["gemma3"])
+@pytest.mark.parametrize("arch", [a for a in FAMILY_ARCHS if a != "olmo2-mha"] + ["gemma3", "qwen3"])
 def test_zero_ablation_export_matches_hooks(family_dirs, arch):
     """Zeroing heads at hook_z in TransformerLens == zeroing their o_proj columns in the HF model
     (what export_ablated_hf saves for vLLM/HF generation), including post-norm and MoE families."""
@@ -208,7 +208,9 @@ def test_zero_ablation_export_matches_hooks(family_dirs, arch):
     assert (tl - _tl_logprobs(model, tokens)).abs().max().item() > 1e-3  # the ablation does something
 
 
-@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "olmo2", "olmo3", "mixtral", "olmoe", "gpt_oss"])
+@pytest.mark.parametrize(
+    "arch", ["gemma2", "gemma3", "olmo2", "olmo3", "mixtral", "olmoe", "gpt_oss", "qwen3"]
+)
 def test_direct_attribution_is_complete(family_dirs, arch):
     """Embedding + heads + attention biases + (routed) MLP outputs add up to the residual stream
     the probe reads, on the converted models: MoE head terms need nothing MoE-specific; Gemma 2's
@@ -279,18 +281,19 @@ def test_attention_biases_are_converted(arch):
     assert _diff(model, hf) <= 1e-4
 
 
-def test_mean_ablation_export_round_trip(family_dirs, tmp_path):
-    """A saved mean-ablated OLMo 3 (o_proj bias turned on by the export) loads back through
-    load_model with the same log-probs as the hook ablation it was made from."""
+@pytest.mark.parametrize("arch", ["olmo2", "olmo3", "gemma2", "gemma3", "olmoe", "gpt_oss", "qwen3"])
+def test_mean_ablation_export_round_trip(family_dirs, tmp_path, arch):
+    """A saved mean-ablated model (o_proj bias turned on by the export where the config has
+    ``attention_bias``; gpt-oss has one already) loads back through load_model with the same
+    log-probs as the hook ablation it was made from."""
     from cliff_lens.ablation import ablate_heads, compute_head_means, export_ablated_hf
 
-    d, hf = family_dirs["olmo3"]
-    model = load_model(d)
+    model, hf = _loaded(family_dirs, arch)
     tokens = _tokens(6)[:1, :24]
     means = compute_head_means(model, [tokens[0]])
     with ablate_heads(model, ABLATE, mode="mean", means=means):
         tl = _tl_logprobs(model, tokens)
-    out = tmp_path / "olmo3-mean-ablated"
+    out = tmp_path / f"{arch}-mean-ablated"
     export_ablated_hf(hf, ABLATE, "mean", means=means, out_dir=out, tokenizer=build_tiny_tokenizer(VOCAB))
     assert (tl - _tl_logprobs(load_model(out), tokens)).abs().max().item() <= 1e-4
 
