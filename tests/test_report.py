@@ -14,6 +14,17 @@ import pytest
 
 from cliff_lens.results_schema import RESULTS_SCHEMA, ResultsSchemaError, load_results, validate_results
 from cliff_lens.viz import build_report
+from cliff_lens.viz.report import (
+    cliff_headline,
+    fmt_ci,
+    fmt_p,
+    verdict_ablation,
+    verdict_class,
+    verdict_cliff,
+    verdict_over_refusal,
+    verdict_probe,
+    verdict_selection,
+)
 from cliff_lens.viz.synthetic import PLANTED_SCRIPT, tiny_model_with_tokenizer, write_synthetic_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +56,7 @@ def test_full_report_has_every_section(full_report):
     html = full_report.read_text(encoding="utf-8")
     secs = _sections(html)
     assert list(secs) == [
-        "model", "probe", "trajectory", "tokens", "layer-position",
+        "findings", "model", "probe", "trajectory", "tokens", "layer-position",
         "heads", "attention", "ablation", "selection", "run-info",
     ]  # fmt: skip
     for key, body in secs.items():
@@ -54,6 +65,7 @@ def test_full_report_has_every_section(full_report):
     assert secs["tokens"].count('data-component="ColoredTokens"') == 4
     assert 'class="cl-outline"' in secs["heads"]  # the planted suppression head is outlined
     assert "random-3%" in secs["ablation"] and 'class="cl-spread"' in secs["ablation"]
+    assert 'class="cl-ci"' in secs["ablation"]  # 95% intervals on the baseline / top-k% bars
 
 
 def test_user_text_is_escaped(full_report):
@@ -133,6 +145,290 @@ def test_corrupt_stage_file_shows_error_and_keeps_the_rest(tmp_path):
 def test_missing_run_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="cliff-lens run"):
         build_report(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------------------- findings
+
+
+def _text(fragment: str) -> str:
+    """Visible text of an HTML fragment (SVG dropped, entities decoded, spaces collapsed)."""
+    import html as _html
+
+    fragment = re.sub(r"<svg\b.*?</svg>", " ", fragment, flags=re.S)
+    return re.sub(r"\s+", " ", _html.unescape(re.sub(r"<[^>]+>", " ", fragment)))
+
+
+def _findings(html: str) -> dict[str, str]:
+    return {
+        k: _text(v)
+        for k, v in re.findall(r'<article class="finding" id="finding-(\w+)">(.*?)</article>', html, re.S)
+    }
+
+
+def test_findings_come_first_with_numbers_intervals_and_verdicts(full_report):
+    html = full_report.read_text(encoding="utf-8")
+    body = html[html.index("<main>") :]
+    assert body.index('<section id="findings">') < body.index('<section id="model">')
+    assert '<a href="#findings">Findings</a>' in html.split("</nav>")[0]
+    secs = _sections(html)
+    f = _findings(secs["findings"])
+    assert list(f) == ["cliff", "probe", "heads", "ablation", "selection"]
+    # (a) the cliff: the issue's one-line format, with n and the interval
+    assert "Verdict: cliff " in f["cliff"]
+    assert (
+        "cliff: complied 0.62 -> 0.20 (drop 0.42, 95% CI [0.34, 0.50], n=24); "
+        "refused: no drop (0.64 -> 0.60, drop 0.04, 95% CI [-0.02, 0.10], n=8)"
+    ) in f["cliff"]
+    assert (
+        "out-of-sample (cross-fitted probe)" in f["cliff"] and "bootstrap interval of the mean" in f["cliff"]
+    )
+    assert secs["findings"].count('class="cl-line-plot"') == 1  # its figure
+    # (b) the probe, labelled out-of-fold
+    assert "better than chance out-of-fold" in f["probe"]
+    assert "accuracy (threshold 0.5) (n=64): 0.95 [0.87, 0.98]" in f["probe"]
+    assert "AUROC (n=64): 0.99 [0.97, 1.00]" in f["probe"]
+    # (c) heads
+    assert "L1H2 (-0.500)" in f["heads"] and "contrast: not measured" in f["heads"]
+    # (d) ablation: baseline vs top-k with intervals, McNemar and empirical p, its figure
+    assert "Verdict: significant at 0.05 (McNemar p=0.00012, n=32)" in f["ablation"]
+    assert "ASR 0.62 [0.45, 0.77] (baseline) -> 0.19 [0.09, 0.35] (top-3% ablated)" in f["ablation"]
+    assert "empirical p=0.17 vs 5 random sets; 5 sets cannot give p below 0.17" in f["ablation"]
+    assert (
+        "over-refusal 0.09 [0.03, 0.24]: no significant change at 0.05 (McNemar p=1, n=32)" in f["ablation"]
+    )
+    assert "capability cost of top-3%: not measured" in f["ablation"]
+    assert secs["findings"].count('class="cl-bars"') == 1 and 'class="cl-ci"' in secs["findings"]
+    # (e) selection
+    assert "above the base rate" in f["selection"] and "0.90 [0.60, 0.98] (9/10)" in f["selection"]
+    assert "base rate (complied in the pool): 0.40 (16/40)" in f["selection"]
+    # the run's refusal rates with intervals, and the at-a-glance table
+    assert "32 harmful rollouts, refusal rate 0.25 [0.13, 0.42]" in _text(secs["findings"])
+    assert secs["findings"].count('<td class="verdict v-yes">') == 4  # heads: descriptive (v-info)
+
+
+def test_findings_of_a_run_that_shows_nothing(tmp_path):
+    run = write_synthetic_run(tmp_path / "run", significant=False)
+    f = _findings(_sections(build_report(run).read_text(encoding="utf-8"))["findings"])
+    assert "Verdict: not shown at this n (the complied drop's 95% CI includes 0; n=24)" in f["cliff"]
+    assert "not shown at this n: complied 0.60 -> 0.52 (drop 0.08, 95% CI [-0.06, 0.22], n=24)" in f["cliff"]
+    assert "not shown at this n (out-of-fold AUROC 95% CI includes 0.5)" in f["probe"]
+    assert "Verdict: not significant at 0.05 (McNemar p=0.62, n=32)" in f["ablation"]
+    assert "not distinguishable from the base rate at this n (n=10)" in f["selection"]
+
+
+def _strip_new_keys(obj):
+    """results.json as schema version 1 wrote it: no intervals, tests, groups or sources."""
+    if isinstance(obj, dict):
+        drop = {"vs_baseline", "vs_random", "scored_by", "cliff_threshold", "val_source", "base_rate_complied",
+                "precision_complied", "complied_in_selection", "complied_in_pool", "harmful_complied",
+                "harmful_refused", "harmless_helped", "harmless_refused", "ablation_random_summary"}  # fmt: skip
+        return {
+            k: _strip_new_keys(v)
+            for k, v in obj.items()
+            if k not in drop and not k.endswith(("_ci95", "_share", "_rate", "_outcomes"))
+        }
+    if isinstance(obj, list):
+        return [_strip_new_keys(v) for v in obj]
+    return obj
+
+
+def test_findings_degrade_gracefully_on_old_or_partial_results(tmp_path):
+    run = write_synthetic_run(tmp_path / "run", skip=("ablation.json", "selection.json", "probe.json"))
+    res = json.loads((run / "results.json").read_text())
+    old = _strip_new_keys(res)
+    assert "asr_ci95" not in json.dumps(old) and "harmful_complied" not in json.dumps(old)
+    (run / "results.json").write_text(json.dumps(old))
+    html = build_report(run).read_text(encoding="utf-8")
+    secs = _sections(html)
+    assert 'class="error"' not in html.split('id="circuitsvis-bundle"')[0] + secs["findings"]
+    f = _findings(secs["findings"])
+    assert "not measured (no complied/refused split of the harmful rollouts)" in f["cliff"]
+    assert "better than chance held-out" not in f["probe"] and "not shown at this n" in f["probe"]
+    assert "held-out split (source not recorded)" in f["probe"]
+    assert "not tested (no McNemar test against the baseline" in f["ablation"]
+    assert "ASR 0.62 (baseline) -> 0.19 (top-3% ablated)" in f["ablation"]  # no interval: no brackets
+    assert "random-3% (5 sets): ASR mean" in f["ablation"]  # pooled from the per-seed rows
+    assert "not measured (no selected rollout)" in f["selection"]
+    for key in ("ablation", "selection", "model", "trajectory"):
+        assert 'class="error"' not in secs[key], key
+    # a half-written section, and no results.json at all
+    res["cliff"] = {"harmful": {"n_rollouts": 3}, "harmful_complied": "oops"}
+    res["ablation"] = [{"setting": "top-3%", "asr": None}]
+    res["selection"] = {"summary": "a string"}
+    res["probe"] = None
+    (run / "results.json").write_text(json.dumps(res))
+    f = _findings(_sections(build_report(run).read_text(encoding="utf-8"))["findings"])
+    assert "not measured" in f["cliff"] and "not measured" in f["probe"] and "not measured" in f["selection"]
+    (run / "results.json").unlink()
+    secs = _sections(build_report(run).read_text(encoding="utf-8"))
+    assert "Verdict: not measured" in _text(secs["findings"]) and 'class="error"' not in secs["findings"]
+
+
+def test_raw_tables_show_intervals_and_hide_noise(full_report):
+    secs = _sections(full_report.read_text(encoding="utf-8"))
+    model = secs["model"]
+    top = model.split("<details>")[0]
+    assert "imported_rollouts" not in top and "run_dir" not in top
+    assert "harmful_refusal_rate</th><td>0.250 [0.133, 0.421]" in model
+    assert "Provenance" in model and "imported_rollouts" in model.split("<details>")[1]
+    assert "0.42 [0.34, 0.50]" in secs["trajectory"]  # the cliff table
+    assert "95% bootstrap interval of the mean" in secs["trajectory"]
+    assert "0.62 [0.45, 0.77]" in secs["ablation"] and "empirical p" in secs["ablation"]
+    assert "precision_complied</th><td>0.900 [0.596, 0.982]" in secs["selection"]
+    assert "val_auroc</th><td>0.990 [0.970, 1.000]" in secs["probe"]
+
+
+# verdicts on crafted rows ------------------------------------------------------------------
+
+
+def _row(asr, base_only, setting_only, p, *, n=40, over=None, emp=None):
+    r = {
+        "setting": "top-3%",
+        "kind": "top",
+        "top_percent": 3.0,
+        "asr": asr,
+        "asr_ci95": [0.1, 0.4],
+        "n_harmful": n,
+    }
+    r["vs_baseline"] = {
+        "asr": {"n": n, "baseline_only": base_only, "setting_only": setting_only, "p_value": p}
+    }
+    if over is not None:
+        r["over_refusal"] = 0.1
+        r["vs_baseline"]["over_refusal"] = {
+            "n": n,
+            "baseline_only": over[0],
+            "setting_only": over[1],
+            "p_value": over[2],
+        }
+    if emp is not None:
+        r["vs_random"] = {"n_sets": emp[1], "asr_empirical_p": emp[0]}
+    return r
+
+
+def test_verdict_ablation():
+    sig = verdict_ablation(
+        _row(0.2, 12, 1, 0.0034), {"top_asr_empirical_p": 1 / 21, "seeds": list(range(20))}
+    )
+    assert sig == (
+        "significant at 0.05 (McNemar p=0.0034, n=40); "
+        "vs random: significant at 0.05 (empirical p=0.048 vs 20 random sets)"
+    )
+    non = verdict_ablation(_row(0.45, 4, 2, 0.69, n=24), None)
+    assert non.startswith("not significant at 0.05 (McNemar p=0.69, n=24); vs random: not measured")
+    assert verdict_class(non) == "v-weak" and verdict_class(sig) == "v-yes"
+    # p exactly at alpha is not significant; an increase is reported as such
+    assert verdict_ablation(_row(0.3, 5, 1, 0.05)).startswith("not significant at 0.05")
+    rose = verdict_ablation(_row(0.6, 1, 12, 0.003))
+    assert rose.startswith("ASR rose: significant at 0.05") and verdict_class(rose) == "v-no"
+    # the empirical p-value from the row itself; few random sets can never reach 0.05
+    five = verdict_ablation(_row(0.2, 12, 1, 0.0034, emp=(1 / 6, 5)))
+    assert five.endswith(
+        "not significant at 0.05 (empirical p=0.17 vs 5 random sets; 5 sets cannot give p below 0.17)"
+    )
+    # no baseline, no row
+    no_base = {"setting": "top-3%", "asr": 0.2}
+    assert verdict_ablation(no_base).startswith("not tested (no McNemar test")
+    assert (
+        verdict_ablation(None)
+        == verdict_ablation({"setting": "top-3%", "asr": None})
+        == ("not measured (no top-k% ablation row)")
+    )
+
+
+def test_verdict_over_refusal():
+    assert (
+        verdict_over_refusal(_row(0.2, 1, 1, 1, over=(0, 1, 1.0)))
+        == "no significant change at 0.05 (McNemar p=1, n=40)"
+    )
+    assert verdict_over_refusal(_row(0.2, 1, 1, 1, over=(0, 9, 0.0039))).startswith(
+        "over-refusal rose: significant"
+    )
+    assert verdict_over_refusal({"asr": 0.2, "over_refusal": None}).startswith("not measured")
+
+
+def _split(mean, lo, hi, n=20):
+    return {
+        "n_rollouts": n,
+        "plateau_mean": 0.7,
+        "final_mean": 0.7 - mean,
+        "cliff_mean": mean,
+        "cliff_ci95": [lo, hi],
+    }
+
+
+def test_verdict_cliff():
+    assert (
+        verdict_cliff(
+            {"harmful_complied": _split(0.41, 0.3, 0.52), "harmful_refused": _split(0.02, -0.03, 0.07)}
+        )
+        == "cliff"
+    )
+    # the complied drop's interval includes 0
+    v = verdict_cliff(
+        {"harmful_complied": _split(0.1, -0.05, 0.25, n=6), "harmful_refused": _split(0.0, -0.1, 0.1)}
+    )
+    assert v == "not shown at this n (the complied drop's 95% CI includes 0; n=6)"
+    # above 0 but overlapping the refused drop
+    v = verdict_cliff(
+        {"harmful_complied": _split(0.3, 0.1, 0.5), "harmful_refused": _split(0.15, 0.05, 0.25)}
+    )
+    assert v.startswith("not shown at this n (the complied drop's 95% CI overlaps the refused drop's")
+    one = {"harmful_complied": _split(0.4, None, None, n=1), "harmful_refused": _split(0.0, -0.1, 0.1)}
+    assert verdict_cliff(one) == "not shown at this n (complied n=1: no interval)"
+    assert verdict_cliff({"harmful_complied": _split(0.4, 0.2, 0.6)}).startswith("cliff in complied rollouts")
+    assert verdict_cliff({"harmful_complied": {"n_rollouts": 0, "cliff_mean": None}}) == (
+        "not measured (no harmful rollout complied)"
+    )
+    assert verdict_cliff(None).startswith("not measured") and verdict_cliff({"harmful": {}}).startswith(
+        "not measured"
+    )
+    line = cliff_headline(
+        {"harmful_complied": _split(0.41, 0.3, 0.52), "harmful_refused": _split(0.12, 0.05, 0.2)}
+    )
+    assert line.startswith(
+        "cliff: complied 0.70 -> 0.29 (drop 0.41, 95% CI [0.30, 0.52], n=20); refused: drops too"
+    )
+
+
+def test_verdict_probe_and_selection():
+    probe = {"val_accuracy": 0.9, "val_accuracy_ci95": [0.8, 0.95], "val_auroc": 0.95, "val_auroc_ci95": [0.9, 0.99],
+             "val_source": "out-of-fold, 5-fold cross-fitting"}  # fmt: skip
+    assert verdict_probe(probe) == "better than chance out-of-fold (AUROC 95% CI above 0.5)"
+    assert verdict_probe({**probe, "val_auroc_ci95": [0.45, 0.8], "val_source": "held-out split"}) == (
+        "not shown at this n (held-out AUROC 95% CI includes 0.5)"
+    )
+    assert verdict_probe({"val_auroc": 0.9}) == "not shown at this n (held-out AUROC has no interval)"
+    assert verdict_probe({}).startswith("not measured")
+    sel = {
+        "precision_complied": 0.9,
+        "precision_complied_ci95": [0.6, 0.98],
+        "base_rate_complied": 0.4,
+        "n_selected": 10,
+    }
+    assert verdict_selection(sel) == "above the base rate (95% CI excludes it)"
+    assert verdict_selection({**sel, "precision_complied_ci95": [0.3, 0.7]}) == (
+        "not distinguishable from the base rate at this n (n=10)"
+    )
+    assert verdict_selection(
+        {**sel, "precision_complied": 0.1, "precision_complied_ci95": [0.02, 0.3]}
+    ).startswith("below")
+    # the base rate from the counts when base_rate_complied is missing
+    legacy = {"precision_complied": 0.9, "precision_complied_ci95": [0.6, 0.98], "n_selected": 10,
+              "complied_in_pool": 4, "n_pool": 40}  # fmt: skip
+    assert verdict_selection(legacy).startswith("above the base rate")
+    assert verdict_selection(None).startswith("not measured") and verdict_selection(
+        {"n_selected": 0}
+    ).startswith("not measured")
+
+
+def test_number_formats():
+    assert fmt_ci(0.6234, [0.391, 0.8123]) == "0.62 [0.39, 0.81]"
+    assert fmt_ci(0.62, None) == fmt_ci(0.62, [None, 0.9]) == "0.62"
+    assert fmt_ci(None, [0.1, 0.2]) == fmt_ci(float("nan")) == "not measured"
+    assert (
+        fmt_p(0.0034) == "0.0034" and fmt_p(1.0) == "1" and fmt_p(3e-7) == "<0.0001" and fmt_p(None) == "n/a"
+    )
 
 
 # ---------------------------------------------------------------------------- schema

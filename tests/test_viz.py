@@ -21,6 +21,8 @@ from cliff_lens.viz import (
     suppression_head_attention,
     trajectory_plot,
 )
+from cliff_lens.viz.report import bootstrap_band
+from cliff_lens.viz.svg import grouped_bars, heatmap, line_plot, svg_size, text_width
 from cliff_lens.viz.synthetic import tiny_model_with_tokenizer
 
 
@@ -172,3 +174,94 @@ def test_asr_bars_pools_random_seeds():
 def test_circuits_view_rejects_bad_component_names():
     with pytest.raises(ValueError):
         CircuitsView("Colored</script>", {})
+
+
+def test_asr_bars_draw_intervals_of_single_settings():
+    rows = [
+        {"setting": "baseline", "asr": 0.62, "asr_ci95": [0.45, 0.77], "over_refusal": 0.06, "over_refusal_ci95": [0.02, 0.2]},
+        {"setting": "top-3%", "asr": 0.19, "asr_ci95": [0.09, 0.35], "over_refusal": 0.09},
+        {"setting": "random-3% seed 0", "asr": 0.5, "asr_ci95": [0.3, 0.7]},
+        {"setting": "random-3% seed 1", "asr": 0.6, "asr_ci95": [0.4, 0.8]},
+    ]  # fmt: skip
+    v = asr_bars(rows)
+    groups = {g["setting"]: g for g in v.data["groups"]}
+    assert groups["baseline"]["asr_ci95"] == [0.45, 0.77] and groups["top-3%"]["asr_ci95"] == [0.09, 0.35]
+    assert "asr_ci95" not in groups["random-3%"]  # pooled seeds: min..max, not one interval
+    assert v.svg.count('class="cl-ci"') == 3  # baseline ASR + over-refusal, top-3% ASR
+    assert v.svg.count('class="cl-spread"') == 1  # random ASR min..max
+    assert "95% CI [0.45, 0.77]" in v.svg  # in the bar's tooltip
+    # the whisker spans the interval: y of 0.45 and 0.77 on a 0..1 axis of 220 px from y=24
+    (y1, y2) = re.search(r'class="cl-ci" x1="[\d.]+" x2="[\d.]+" y1="([\d.]+)" y2="([\d.]+)"', v.svg).groups()
+    assert float(y1) == pytest.approx(24 + 0.55 * 220, abs=0.1) and float(y2) == pytest.approx(
+        24 + 0.23 * 220, abs=0.1
+    )
+    # a missing or half-missing interval draws no whisker
+    assert 'class="cl-ci"' not in asr_bars([{"setting": "baseline", "asr": 0.5, "asr_ci95": [None, 0.7]}]).svg
+
+
+def _title_fits(svg: str) -> None:
+    title = re.search(r'<text class="cl-title" x="([\d.]+)"[^>]*>(.*?)</text>', svg)
+    assert title, "chart has no title"
+    x, text = float(title.group(1)), title.group(2)
+    import html
+
+    w = text_width(html.unescape(text))
+    width, _, (vx, _, vw, _) = svg_size(svg)
+    assert width == vw and width >= w
+    assert vx <= x - w / 2 and x + w / 2 <= vx + vw  # the centred title lies inside the viewBox
+
+
+def test_titles_are_never_clipped():
+    rows = [
+        {"setting": "baseline", "asr": 0.5, "over_refusal": 0.1},
+        {"setting": "top-3%", "asr": 0.1, "over_refusal": 0.2},
+        {"setting": "random-3% seed 0", "asr": 0.4, "over_refusal": 0.1},
+    ]
+    long = "A title much longer than the chart it sits on, with Wide Words: WWW MMM and 100% of it visible"
+    svgs = [
+        asr_bars(rows).svg,  # the report's ablation chart, whose title used to be cut off
+        asr_bars(rows[:1], title=long).svg,
+        head_heatmap(np.zeros((2, 4))).svg,
+        layer_position_map(np.zeros((2, 5)), eot_len=1).svg,
+        trajectory_plot({"a": np.zeros(5)}, title=long).svg,
+        grouped_bars([{"label": "x", "values": {"s": 0.5}}], ["s"], title=long),
+        heatmap(np.zeros((1, 1)), row_labels=["r"], col_labels=["c"], title=long),
+        line_plot({"a": ([0, 1], [0, 1])}, title=long),
+    ]
+    for svg in svgs:
+        _title_fits(svg)
+    # a short title keeps the chart's own size and an unshifted viewBox
+    w, h, box = svg_size(line_plot({"a": ([0, 1], [0, 1])}, title="t", width=640))
+    assert (w, box[0]) == (640, 0)
+
+
+def test_text_width_is_an_upper_bound_estimate():
+    assert text_width("") == 0
+    assert text_width("iiii") < text_width("MMMM")
+    assert text_width("ab", font_size=22) == pytest.approx(2 * text_width("ab"))
+    # DejaVu Sans Bold advance widths at 11 px (the widest common sans-serif default)
+    assert text_width("Wi -") == pytest.approx(11 * (1.103 + 0.343 + 0.348 + 0.415))
+    assert text_width("\u00e9") == 11.0  # non-ASCII: 1 em
+
+
+def test_bootstrap_band():
+    rng = np.random.default_rng(0)
+    m = rng.normal(0.5, 0.1, size=(40, 6))
+    m[:, 0] = 0.3  # constant column: a zero-width band
+    m[1:, 1] = np.nan  # one rollout reaches this position: no band
+    m[:30, 2] = np.nan  # ten rollouts: a wider band than with forty
+    mean, lo, hi = bootstrap_band(m)
+    np.testing.assert_allclose(mean, np.nanmean(m, axis=0))
+    assert lo[0] == hi[0] == pytest.approx(0.3)
+    assert np.isnan(lo[1]) and np.isnan(hi[1]) and mean[1] == m[0, 1]
+    assert np.all(lo[2:] < mean[2:]) and np.all(mean[2:] < hi[2:])
+    assert hi[2] - lo[2] > np.mean(hi[3:] - lo[3:])
+    # close to the normal approximation of the standard error for n=40
+    se = m[:, 3:].std(axis=0, ddof=1) / np.sqrt(40)
+    np.testing.assert_allclose(hi[3:] - lo[3:], 2 * 1.96 * se, rtol=0.25)
+    again = bootstrap_band(m)
+    np.testing.assert_array_equal(again[1], lo)  # seeded
+    one = bootstrap_band(m[:1])
+    assert np.isnan(one[1]).all() and np.isnan(one[2]).all()
+    with pytest.raises(ValueError, match="n_rollouts, n_positions"):
+        bootstrap_band(np.zeros(3))

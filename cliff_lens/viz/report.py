@@ -32,12 +32,30 @@ from .views import (
     asr_bars,
     head_heatmap,
     layer_position_map,
+    parse_setting,
     refusal_tokens,
     suppression_head_attention,
     trajectory_plot,
 )
 
-__all__ = ["build_report", "ReportData", "load_run"]
+__all__ = [
+    "build_report",
+    "ReportData",
+    "load_run",
+    "bootstrap_band",
+    "cliff_headline",
+    "fmt_ci",
+    "fmt_num",
+    "fmt_p",
+    "verdict_ablation",
+    "verdict_class",
+    "verdict_cliff",
+    "verdict_heads",
+    "verdict_over_refusal",
+    "verdict_probe",
+    "verdict_selection",
+    "verdict_vs_random",
+]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#222;background:#fafafa}
@@ -55,9 +73,19 @@ th{background:#f3f3f3}
 .cv-title{font-size:13px;font-weight:600;margin-top:10px}
 .note{font-size:12px;color:#555}
 details summary{cursor:pointer}
+.finding{border-left:4px solid #c8d3e0;padding:2px 0 6px 12px;margin:14px 0}
+.finding h3{margin:4px 0}
+.claim{font-size:13px;color:#444;margin:2px 0}
+.headline{font-family:ui-monospace,monospace;font-size:12.5px;margin:4px 0}
+.finding ul{font-size:13px;margin:4px 0;padding-left:20px}
+p.verdict{margin:4px 0;font-size:14px}
+.verdict.v-yes{color:#1e6b2e}.verdict.v-no{color:#a94442}.verdict.v-weak{color:#8a6d3b}.verdict.v-na{color:#777}.verdict.v-info{color:#1f4e8c}
+.run-context{font-size:14px}
+.at-a-glance td.verdict{font-weight:600}
 """
 
 SECTIONS = [
+    ("findings", "Findings"),
     ("model", "Model & data"),
     ("probe", "Probe"),
     ("trajectory", "Trajectory"),
@@ -199,9 +227,27 @@ def _fmt(v: Any) -> str:
     return s if len(s) <= 300 else s[:300] + " ..."
 
 
+def _with_intervals(d: dict[str, Any]) -> dict[str, Any]:
+    """Merge every ``x_ci95`` / ``x.ci95`` key into its value: ``{"x": "0.62 [0.39, 0.81]"}``
+    (``x.value`` when the value is nested as ``{"value", "ci95"}``)."""
+    out = dict(d)
+    for k in list(d):
+        for suffix in ("_ci95", ".ci95"):
+            if not k.endswith(suffix):
+                continue
+            base = k[: -len(suffix)]
+            target = base if base in out else base + ".value" if base + ".value" in out else None
+            if target is not None and _num(out[target]) is not None:
+                out[target] = fmt_ci(out[target], d[k], 3)
+                out.pop(k, None)
+    return out
+
+
 def _kv_table(d: dict[str, Any], *, skip: tuple[str, ...] = ()) -> str:
     rows = "".join(
-        f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in d.items() if k not in skip
+        f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>"
+        for k, v in _with_intervals(d).items()
+        if k not in skip
     )
     return f"<table>{rows}</table>" if rows else ""
 
@@ -231,7 +277,313 @@ def _user_text(label: str, text: Any, limit: int = 4000) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# numbers with intervals, and the verdicts of the findings (pure functions of results.json dicts)
+
+ALPHA = 0.05
+
+
+def _num(v: Any) -> float | None:
+    """A finite float, or ``None`` (also for booleans, strings and NaN)."""
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _ci(ci: Any) -> tuple[float, float] | None:
+    """``(low, high)`` of a ``[low, high]`` 95% interval with two finite ends, else ``None``."""
+    if isinstance(ci, dict):
+        ci = ci.get("ci95")
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return None
+    lo, hi = _num(ci[0]), _num(ci[1])
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def fmt_num(v: Any, digits: int = 2) -> str:
+    """``0.62``; ``n/a`` for a missing or non-finite number."""
+    f = _num(v)
+    return "n/a" if f is None else f"{f:.{digits}f}"
+
+
+def fmt_ci(v: Any, ci: Any = None, digits: int = 2) -> str:
+    """A number with its 95% interval: ``0.62 [0.39, 0.81]``; ``0.62`` without an interval;
+    ``not measured`` without a number."""
+    if _num(v) is None:
+        return "not measured"
+    lohi = _ci(ci)
+    return fmt_num(v, digits) + ("" if lohi is None else f" [{lohi[0]:.{digits}f}, {lohi[1]:.{digits}f}]")
+
+
+def fmt_pct(v: Any) -> str:
+    """A percent given as a number: ``25%``, ``2.5%``; ``?%`` when missing."""
+    f = _num(v)
+    return "?%" if f is None else f"{f:g}%"
+
+
+def fmt_p(p: Any) -> str:
+    """A p-value with two significant digits (``0.0039``, ``0.17``, ``<0.0001``); ``n/a``."""
+    f = _num(p)
+    if f is None:
+        return "n/a"
+    return "<0.0001" if f < 1e-4 else f"{f:.2g}"
+
+
+def _n(d: Any, *keys: str) -> int | None:
+    if not isinstance(d, dict):
+        return None
+    for k in keys:
+        v = d.get(k)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def _measured(split: Any) -> bool:
+    """A cliff split with at least one rollout and a mean drop."""
+    return (
+        isinstance(split, dict)
+        and bool(split.get("n_rollouts"))
+        and _num(split.get("cliff_mean")) is not None
+    )
+
+
+def verdict_cliff(cliff: Any) -> str:
+    """The verdict on the refusal cliff from ``results.json["cliff"]``.
+
+    ``"cliff"`` when the harmful-complied rollouts' mean drop (plateau - final) has a 95%
+    interval above 0 AND above the harmful-refused rollouts' interval (the two intervals do not
+    overlap: a conservative comparison of two independent means); ``"cliff in complied
+    rollouts (no refused rollout to compare)"`` when no rollout refused; otherwise ``"not shown
+    at this n (...)"`` saying which condition failed; ``"not measured (...)"`` without data.
+    """
+    if not isinstance(cliff, dict) or not cliff:
+        return "not measured (no cliff metrics: the trajectories stage did not run)"
+    comp, ref = cliff.get("harmful_complied"), cliff.get("harmful_refused")
+    if not isinstance(comp, dict):
+        return "not measured (no complied/refused split of the harmful rollouts)"
+    if not _measured(comp):
+        return "not measured (no harmful rollout complied)"
+    n_c = comp["n_rollouts"]
+    c_ci = _ci(comp.get("cliff_ci95"))
+    if c_ci is None:
+        return f"not shown at this n (complied n={n_c}: no interval)"
+    if c_ci[0] <= 0:
+        return f"not shown at this n (the complied drop's 95% CI includes 0; n={n_c})"
+    if not _measured(ref):
+        return "cliff in complied rollouts (no refused rollout to compare)"
+    r_ci = _ci(ref.get("cliff_ci95"))
+    r_top = r_ci[1] if r_ci is not None else _num(ref.get("cliff_mean"))
+    if c_ci[0] <= r_top:
+        return (
+            f"not shown at this n (the complied drop's 95% CI overlaps the refused drop's; "
+            f"n={n_c} complied, {ref['n_rollouts']} refused)"
+        )
+    return "cliff"
+
+
+def _cliff_numbers(split: dict) -> str:
+    """``0.69 -> 0.28, drop 0.41, 95% CI [0.30, 0.52], n=20``."""
+    ci = _ci(split.get("cliff_ci95"))
+    ci_s = f"95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "no interval"
+    return (
+        f"{fmt_num(split.get('plateau_mean'))} -> {fmt_num(split.get('final_mean'))}, "
+        f"drop {fmt_num(split.get('cliff_mean'))}, {ci_s}, n={split['n_rollouts']}"
+    )
+
+
+def cliff_headline(cliff: Any) -> str:
+    """The one-line finding: ``cliff: complied 0.69 -> 0.28 (drop 0.41, 95% CI [...], n=20);
+    refused: no drop (0.70 -> 0.66, ...)``."""
+    verdict = verdict_cliff(cliff)
+    if not isinstance(cliff, dict) or not _measured(cliff.get("harmful_complied")):
+        return verdict
+    ref = cliff.get("harmful_refused")
+    if not _measured(ref):
+        refused = "refused: not measured (no refused rollout)"
+    else:
+        r_ci = _ci(ref.get("cliff_ci95"))
+        what = "no drop" if r_ci is not None and r_ci[0] <= 0 else "drop" if r_ci is None else "drops too"
+        refused = f"refused: {what} ({_cliff_numbers(ref)})"
+    short = verdict.split(" (")[0]
+    comp = _cliff_numbers(cliff["harmful_complied"]).split(", ", 1)
+    return f"{short}: complied {comp[0]} ({comp[1]}); {refused}"
+
+
+def _out_of_fold(probe: dict) -> bool:
+    src = str(probe.get("val_source") or "")
+    return "out-of-fold" in src or "cross-fit" in src
+
+
+def verdict_probe(probe: Any) -> str:
+    """The verdict on the probe's held-out accuracy from ``results.json["probe"]``:
+    ``"better than chance held-out (AUROC 95% CI above 0.5)"``, ``"not shown at this n (...)"``
+    or ``"not measured"``. Held-out means out-of-fold when ``val_source`` says so."""
+    if not isinstance(probe, dict) or (
+        _num(probe.get("val_auroc")) is None and _num(probe.get("val_accuracy")) is None
+    ):
+        return "not measured (no held-out probe metrics)"
+    where = "out-of-fold" if _out_of_fold(probe) else "held-out"
+    auc_ci = _ci(probe.get("val_auroc_ci95"))
+    if _num(probe.get("val_auroc")) is None:
+        acc_ci = _ci(probe.get("val_accuracy_ci95"))
+        if acc_ci and acc_ci[0] > 0.5:
+            return f"better than chance {where} (accuracy 95% CI above 0.5; no AUROC)"
+        return f"not shown at this n (no AUROC; accuracy {fmt_ci(probe.get('val_accuracy'), acc_ci)})"
+    if auc_ci is None:
+        return f"not shown at this n ({where} AUROC has no interval)"
+    if auc_ci[0] > 0.5:
+        return f"better than chance {where} (AUROC 95% CI above 0.5)"
+    return f"not shown at this n ({where} AUROC 95% CI includes 0.5)"
+
+
+def verdict_heads(heads: Any) -> str:
+    """Descriptive: how many top suppression heads were found (the ablation tests them)."""
+    if not isinstance(heads, dict) or not heads.get("top"):
+        return "not measured (no head ranking)"
+    k, total = len(heads["top"]), heads.get("n_heads_total")
+    of = f" of {total}" if total else ""
+    return f"identified {k}{of} heads (descriptive; the ablation (d) tests them)"
+
+
+def _mcnemar(row: Any, metric: str) -> dict | None:
+    vb = row.get("vs_baseline") if isinstance(row, dict) else None
+    m = vb.get(metric) if isinstance(vb, dict) else None
+    return m if isinstance(m, dict) and _num(m.get("p_value")) is not None else None
+
+
+def _vs_random(row: Any, random_summary: Any) -> tuple[float | None, int | None]:
+    """(empirical p of the top-k% ASR among random sets, number of random sets)."""
+    p = n = None
+    if isinstance(random_summary, dict):
+        p = _num(random_summary.get("top_asr_empirical_p"))
+        seeds = random_summary.get("seeds")
+        n = len(seeds) if isinstance(seeds, list) else _n(random_summary, "n_sets")
+    vr = row.get("vs_random") if isinstance(row, dict) else None
+    if isinstance(vr, dict):
+        p = p if p is not None else _num(vr.get("asr_empirical_p"))
+        n = n if n is not None else _n(vr, "n_sets")
+    return p, n
+
+
+def verdict_vs_random(row: Any, random_summary: Any = None, *, alpha: float = ALPHA) -> str:
+    """Whether the top-k% heads lower ASR more than random sets of k heads (empirical p)."""
+    p, n = _vs_random(row, random_summary)
+    if p is None:
+        return "not measured (no random head sets of this k)"
+    sets = f"{n} random sets" if n else "random sets"
+    if p < alpha:
+        return f"significant at {alpha:g} (empirical p={fmt_p(p)} vs {sets})"
+    floor = f"; {n} sets cannot give p below {1 / (n + 1):.2g}" if n and 1 / (n + 1) >= alpha else ""
+    return f"not significant at {alpha:g} (empirical p={fmt_p(p)} vs {sets}{floor})"
+
+
+def verdict_ablation(row: Any, random_summary: Any = None, *, alpha: float = ALPHA) -> str:
+    """The verdict on "ablating the top-k% heads lowers ASR" for one top-k% ablation row.
+
+    Leads with the paired exact McNemar test against the baseline on the same harmful prompts
+    (``row["vs_baseline"]["asr"]``): ``"significant at 0.05 (McNemar p=..., n=...)"`` when
+    p < ``alpha`` and fewer prompts succeed under the ablation than under the baseline,
+    ``"not significant at 0.05 (McNemar p=..., n=...)"`` otherwise (``"ASR rose: ..."`` when the
+    change goes the other way); then ``"; vs random: ..."`` (:func:`verdict_vs_random`, from
+    ``random_summary["top_asr_empirical_p"]`` or ``row["vs_random"]``).
+    """
+    if not isinstance(row, dict) or _num(row.get("asr")) is None:
+        return "not measured (no top-k% ablation row)"
+    m = _mcnemar(row, "asr")
+    n = (m or {}).get("n") or row.get("n_harmful")
+    if m is None:
+        lead = "not tested (no McNemar test against the baseline: the baseline did not run)"
+    else:
+        p, a, b = m["p_value"], m.get("baseline_only", 0), m.get("setting_only", 0)
+        stats = f"McNemar p={fmt_p(p)}, n={n}"
+        if p < alpha and b > a:
+            lead = f"ASR rose: significant at {alpha:g} ({stats})"
+        elif p < alpha:
+            lead = f"significant at {alpha:g} ({stats})"
+        else:
+            lead = f"not significant at {alpha:g} ({stats})"
+    return f"{lead}; vs random: {verdict_vs_random(row, random_summary, alpha=alpha)}"
+
+
+def verdict_over_refusal(row: Any, *, alpha: float = ALPHA) -> str:
+    """Whether ablating the heads changed refusals of harmless prompts (paired McNemar)."""
+    if not isinstance(row, dict) or _num(row.get("over_refusal")) is None:
+        return "not measured (no harmless prompts in the ablation)"
+    m = _mcnemar(row, "over_refusal")
+    if m is None:
+        return "not tested (no McNemar test against the baseline)"
+    p, a, b = m["p_value"], m.get("baseline_only", 0), m.get("setting_only", 0)
+    stats = f"McNemar p={fmt_p(p)}, n={m.get('n') or row.get('n_harmless')}"
+    if p < alpha:
+        return f"over-refusal {'rose' if b > a else 'fell'}: significant at {alpha:g} ({stats})"
+    return f"no significant change at {alpha:g} ({stats})"
+
+
+def verdict_selection(summary: Any) -> str:
+    """Cliff-as-a-Judge: is the share of complied rollouts among the selected ones (precision)
+    above the pool's base rate? ``"above the base rate (95% CI excludes it)"``, ``"below ..."``,
+    ``"not distinguishable from the base rate at this n (n=...)"`` or ``"not measured"``."""
+    if not isinstance(summary, dict):
+        return "not measured (the selection stage did not run)"
+    prec, base = _num(summary.get("precision_complied")), _num(summary.get("base_rate_complied"))
+    if base is None and _n(summary, "n_pool"):
+        k = _n(summary, "complied_in_pool")
+        base = None if k is None else k / summary["n_pool"]
+    n = _n(summary, "n_selected")
+    if prec is None or not n:
+        return "not measured (no selected rollout)"
+    if base is None:
+        return "not measured (no base rate of complied rollouts in the pool)"
+    ci = _ci(summary.get("precision_complied_ci95"))
+    if ci is None:
+        return f"not shown at this n (precision has no interval; n={n})"
+    if ci[0] > base:
+        return "above the base rate (95% CI excludes it)"
+    if ci[1] < base:
+        return "below the base rate (95% CI excludes it)"
+    return f"not distinguishable from the base rate at this n (n={n})"
+
+
+def verdict_class(verdict: str) -> str:
+    """CSS class of a verdict: ``v-yes`` (claim shown), ``v-no`` (contradicted), ``v-na`` (not
+    measured / not tested), ``v-info`` (descriptive), ``v-weak`` (not shown at this n, not
+    significant)."""
+    v = verdict.lower()
+    if v.startswith(("not measured", "not tested")):
+        return "v-na"
+    if v.startswith(("asr rose", "below the base rate", "over-refusal rose")):
+        return "v-no"
+    if v.startswith(("cliff", "significant", "better than chance", "above the base rate")):
+        return "v-yes"
+    if v.startswith("identified"):
+        return "v-info"
+    return "v-weak"
+
+
+# --------------------------------------------------------------------------------------------
 # sections
+
+
+_HASH = re.compile(r"^(sha\d*[:-])?[0-9a-fA-F]{16,}$")
+
+
+def _is_noise(k: str, v: Any) -> bool:
+    """Empty fields, hashes / fingerprints and long path lists: not for the top of a table."""
+    if v is None or v == "" or v == [] or v == {}:
+        return True
+    if any(w in k.lower() for w in ("hash", "fingerprint", "sha")):
+        return True
+    return isinstance(v, str) and bool(_HASH.match(v.strip()))
+
+
+def _split_noise(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(fields worth showing, noise for the provenance fold-out)."""
+    shown = {k: v for k, v in d.items() if not _is_noise(str(k), v)}
+    return shown, {k: v for k, v in d.items() if k not in shown}
 
 
 def _sec_model(data: ReportData, ctx: dict) -> str:
@@ -240,9 +592,21 @@ def _sec_model(data: ReportData, ctx: dict) -> str:
     model = res.get("model") or {}
     if not model and data.has("run.json"):
         model = {k: v for k, v in data.json("run.json").items() if not isinstance(v, (dict, list))}
+    model, model_prov = _split_noise(model)
     parts.append(_kv_table(model) if model else _not_run("results.json has no 'model' section"))
+    provenance = dict(model_prov)
     if isinstance(res.get("data"), dict):
-        parts.append("<h3>Data</h3>" + _kv_table(res["data"]))
+        shown, prov = _split_noise(res["data"])
+        provenance.update(prov)
+        parts.append("<h3>Data</h3>" + _kv_table(shown))
+    if res.get("run_dir"):
+        provenance["run_dir"] = res["run_dir"]
+    if provenance:
+        parts.append(
+            "<details><summary>Provenance (hashes, paths, empty fields)</summary>"
+            + _kv_table({k: v if v not in (None, "", [], {}) else "(none)" for k, v in provenance.items()})
+            + "</details>"
+        )
     try:
         counts, examples, skipped = data.rollouts()
     except _NotRun as e:
@@ -327,20 +691,84 @@ def _trajectories(data: ReportData) -> tuple[list, dict]:
     return data._cache["trajs"]
 
 
+def bootstrap_band(
+    m: Any, *, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NaN-aware mean of ``m`` (``[n_rollouts, n_positions]``) over rollouts, with a percentile
+    bootstrap interval of that mean at every position (rollouts resampled with replacement,
+    ``n_boot`` resamples, fixed ``seed``). Positions with fewer than 2 finite values get a NaN
+    interval. Returns ``(mean, low, high)``."""
+    import warnings
+
+    m = np.asarray(m, dtype=float)
+    if m.ndim != 2:
+        raise ValueError(f"bootstrap_band needs a [n_rollouts, n_positions] matrix, got shape {m.shape}")
+    n, L = m.shape
+    nan = np.full(L, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(m, axis=0) if n else nan.copy()
+        if n < 2:
+            return mean, nan.copy(), nan.copy()
+        rng = np.random.default_rng(seed)
+        boots = np.empty((n_boot, L))
+        chunk = max(1, min(n_boot, int(2_000_000 // max(1, n * L))))
+        for s in range(0, n_boot, chunk):
+            b = min(chunk, n_boot - s)
+            boots[s : s + b] = np.nanmean(m[rng.integers(0, n, size=(b, n))], axis=1)
+        a = (1 - confidence) / 2
+        lo, hi = np.nanquantile(boots, [a, 1 - a], axis=0)
+    few = np.isfinite(m).sum(axis=0) < 2
+    lo[few], hi[few] = np.nan, np.nan
+    return mean, lo, hi
+
+
+_BAND_NOTE = (
+    "shaded: 95% bootstrap interval of the mean (rollouts resampled with replacement, 1000 "
+    "resamples, seed 0; none where fewer than 2 rollouts reach a position)"
+)
+
+
 def _curve_plot(trajs: list, sets: dict[str, list[int]], info: dict, length: int, title: str) -> str:
-    from cliff_lens.trajectory import dataset_curve
+    from cliff_lens.trajectory import tail_aligned
 
     curves, bands = {}, {}
     for name, idx in sets.items():
         if not idx:
             continue
-        c = dataset_curve([trajs[i] for i in idx], layer=info["layer"], length=length)
-        mean, std = c.mean.numpy(), c.std.numpy()
+        m = tail_aligned([trajs[i] for i in idx], layer=info["layer"], length=length).numpy()
+        mean, lo, hi = bootstrap_band(m)
         curves[f"{name} (n={len(idx)})"] = mean
-        bands[f"{name} (n={len(idx)})"] = (mean - std, mean + std)
+        bands[f"{name} (n={len(idx)})"] = (lo, hi)
     if not curves:
         return ""
     return trajectory_plot(curves, eot_len=info["eot_len"], bands=bands, title=title).to_html()
+
+
+def _group_sets(info: dict, n: int) -> dict[str, list[int]]:
+    return {
+        g.replace("harmful_", "harmful, "): [i for i in range(n) if info["groups"][i] == g]
+        for g in ("harmful_complied", "harmful_refused")
+    }
+
+
+def _cliff_figure(data: ReportData, ctx: dict) -> tuple[str, str]:
+    """The complied-vs-refused trajectory plot (harmful vs harmless when there are no groups)."""
+    trajs, info = _trajectories(data)
+    n = len(trajs)
+    length = min(ctx["trajectory_length"], max(tr.scores.shape[-1] for tr in trajs))
+    sets = _group_sets(info, n)
+    title = "Harmful rollouts, complied vs refused: refusal score up to the end of thinking"
+    if not any(sets.values()):
+        sets = {
+            "harmful": [i for i in range(n) if info["harmful"][i] is True],
+            "harmless": [i for i in range(n) if info["harmful"][i] is False],
+        }
+        title = "Refusal score up to the end of thinking, harmful vs harmless (no complied/refused groups)"
+    html = _curve_plot(trajs, sets, info, length, title)
+    if not html:
+        raise _NotRun("no rollout in trajectories is labelled")
+    return html, "Figure: mean curves, tail-aligned at the end of thinking; " + _BAND_NOTE + "."
 
 
 def _sec_trajectory(data: ReportData, ctx: dict) -> str:
@@ -360,25 +788,43 @@ def _sec_trajectory(data: ReportData, ctx: dict) -> str:
             "Mean refusal score, harmful vs harmless, aligned to the end of thinking",
         )
     ]
-    groups = {
-        g: [i for i in range(n) if info["groups"][i] == g] for g in ("harmful_complied", "harmful_refused")
-    }
+    groups = _group_sets(info, n)
     if all(groups.values()):
         parts.append(_curve_plot(trajs, groups, info, length, "Harmful rollouts: complied vs refused"))
     if not any(parts):
         raise _NotRun("no rollout in trajectories is labelled harmful or harmless")
     cliff = data.results().get("cliff")
-    if cliff:
-        rows = [{"split": k, **v} for k, v in cliff.items() if isinstance(v, dict)]
-        parts.append(_table(rows, ["split", "plateau_mean", "final_mean", "cliff_mean", "n_rollouts"]))
+    if isinstance(cliff, dict) and cliff:
+        parts.append(_cliff_table(cliff))
     layer = f"layer {info['layer']}" if info["layer"] is not None else "the probe's read-out"
     parts.append(
         f'<p class="note">Scores at {esc(layer)}; curves are tail-aligned (the last point is the last '
         f"end-of-thinking token; the last {esc(length)} positions shown), NaN-aware mean over rollouts "
-        f"(a rollout shorter than a position does not count there); shaded: +- one standard deviation. "
+        f"(a rollout shorter than a position does not count there); {esc(_BAND_NOTE)}. "
         f"End-of-thinking tokens: {esc(info['eot_len'])}.</p>"
     )
     return "\n".join(p for p in parts if p)
+
+
+def _cliff_table(cliff: dict) -> str:
+    """Per-split cliff metrics, each mean with its 95% interval."""
+    rows = []
+    for k, v in cliff.items():
+        if not isinstance(v, dict):
+            continue
+        rows.append(
+            {
+                "split": k,
+                "n": v.get("n_rollouts"),
+                "plateau": fmt_ci(v.get("plateau_mean"), v.get("plateau_ci95")),
+                "final": fmt_ci(v.get("final_mean"), v.get("final_ci95")),
+                "drop (plateau - final)": fmt_ci(v.get("cliff_mean"), v.get("cliff_ci95")),
+                "share with a cliff": fmt_ci(v.get("cliff_share"), v.get("cliff_share_ci95")),
+            }
+        )
+    extra = [f"{k}: {v}" for k, v in cliff.items() if not isinstance(v, dict)]
+    cols = ["split", "n", "plateau", "final", "drop (plateau - final)", "share with a cliff"]
+    return _table(rows, cols) + (f'<p class="note">{esc("; ".join(extra))}</p>' if extra else "")
 
 
 def _token_strings(ctx: dict, ids: list[int]) -> list[str]:
@@ -546,13 +992,50 @@ def _ablation_rows(data: ReportData) -> list[dict]:
 def _sec_ablation(data: ReportData, ctx: dict) -> str:
     rows = _ablation_rows(data)
     view = asr_bars(rows)
-    cols = ["setting", "asr", "refusal_score_end", "over_refusal"]
-    extra = [k for k in ("n_heads", "n_harmful", "n_harmless") if any(k in r for r in rows)]
-    return (
-        view.to_html()
-        + '<p class="note">random-k% bars: mean over seeds; whisker: min..max; dots: the seeds.</p>'
-        + _table(rows, cols + extra)
-    )
+    table = []
+    for r in rows:
+        m_a, m_o = _mcnemar(r, "asr"), _mcnemar(r, "over_refusal")
+        p_r, _ = _vs_random(r, None)
+        t = {
+            "setting": r.get("setting"),
+            "ASR": fmt_ci(r.get("asr"), r.get("asr_ci95")),
+            "over-refusal": fmt_ci(r.get("over_refusal"), r.get("over_refusal_ci95")),
+            "refusal score at end": r.get("refusal_score_end"),
+            "McNemar p (ASR)": fmt_p(m_a["p_value"]) if m_a else "",
+            "McNemar p (over-refusal)": fmt_p(m_o["p_value"]) if m_o else "",
+            "empirical p vs random": fmt_p(p_r) if p_r is not None else "",
+            "capability cost": _capability_cost(r) or "",
+        }
+        for k in ("n_heads", "n_harmful", "n_harmless"):
+            if k in r:
+                t[k] = r[k]
+        table.append(t)
+    cols = [c for c in table[0] if any(t.get(c) not in (None, "") for t in table)] if table else []
+    cols = list(dict.fromkeys(["setting", "ASR", *cols]))
+    extra_cols = [c for t in table for c in t if c not in cols]
+    cols += list(dict.fromkeys(extra_cols))
+    parts = [
+        view.to_html(),
+        '<p class="note">Whiskers: 95% Wilson interval on baseline and top-k% bars; random-k% bars: mean '
+        "over seeds, whisker min..max, dots the seeds.</p>",
+        _table(table, cols),
+    ]
+    summaries = _random_summaries(data, data.results(), rows)
+    if summaries:
+        srows = [
+            {
+                "random k%": f"{k:g}%",
+                "sets": len(s["seeds"]) if isinstance(s.get("seeds"), list) else "",
+                "ASR mean": fmt_num(s.get("asr_mean")),
+                "ASR min..max": f"{fmt_num(s.get('asr_min'))}..{fmt_num(s.get('asr_max'))}",
+                "over-refusal mean": fmt_num(s.get("over_refusal_mean")),
+                "top-k% ASR": fmt_num(s.get("top_asr")),
+                "empirical p (top-k% vs random)": fmt_p(s.get("top_asr_empirical_p")),
+            }
+            for k, s in sorted(summaries.items())
+        ]
+        parts.append("<h3>Random head sets</h3>" + _table(srows, list(srows[0])))
+    return "\n".join(parts)
 
 
 def _sec_selection(data: ReportData, ctx: dict) -> str:
@@ -596,7 +1079,406 @@ def _sec_run_info(data: ReportData, ctx: dict) -> str:
     return "\n".join(parts)
 
 
+# --------------------------------------------------------------------------------------------
+# the Findings section: the paper's claims checked on this run
+
+
+def _finding(
+    fid: str,
+    title: str,
+    claim: str,
+    verdict: str,
+    headline: str,
+    lines: list[str],
+    figure: str = "",
+    note: str = "",
+) -> str:
+    items = "".join(f"<li>{esc(x)}</li>" for x in lines)
+    return (
+        f'<article class="finding" id="finding-{fid}"><h3>{esc(title)}</h3>'
+        f'<p class="claim">Claim: {esc(claim)}</p>'
+        f'<p class="verdict {verdict_class(verdict)}"><b>Verdict: {esc(verdict)}</b></p>'
+        + (f'<p class="headline">{esc(headline)}</p>' if headline else "")
+        + (f"<ul>{items}</ul>" if items else "")
+        + figure
+        + (f'<p class="note">{esc(note)}</p>' if note else "")
+        + "</article>"
+    )
+
+
+def _split_line(name: str, s: Any, threshold: Any) -> str:
+    if not _measured(s):
+        return f"{name}: not measured (no rollout)"
+    share = ""
+    if _num(s.get("cliff_share")) is not None:
+        thr = f" (drop >= {fmt_num(threshold)})" if _num(threshold) is not None else ""
+        share = (
+            f"; share of rollouts with a cliff{thr} {fmt_ci(s.get('cliff_share'), s.get('cliff_share_ci95'))}"
+        )
+    return (
+        f"{name} (n={s['n_rollouts']}): plateau {fmt_ci(s.get('plateau_mean'), s.get('plateau_ci95'))}"
+        f" -> final {fmt_ci(s.get('final_mean'), s.get('final_ci95'))}; "
+        f"drop {fmt_ci(s.get('cliff_mean'), s.get('cliff_ci95'))}{share}"
+    )
+
+
+def _finding_cliff(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
+    cliff = res.get("cliff") if isinstance(res.get("cliff"), dict) else {}
+    verdict = verdict_cliff(cliff)
+    thr = cliff.get("cliff_threshold")
+    lines = [
+        _split_line(name, cliff.get(key), thr)
+        for key, name in (
+            ("harmful_complied", "harmful, complied"),
+            ("harmful_refused", "harmful, refused"),
+            ("harmless_helped", "harmless, helped"),
+        )
+        if key in cliff
+    ]
+    if cliff and not lines:
+        lines = [_split_line(k, cliff.get(k), thr) for k in ("harmful", "harmless") if k in cliff]
+    scored = cliff.get("scored_by")
+    figure, fig_note = "", ""
+    try:
+        figure, fig_note = _cliff_figure(data, ctx)
+    except _NotRun as e:
+        figure = _not_run(f"figure: {e}")
+    note = (
+        "Plateau: mean score over the late thinking span; final: the score at the last "
+        "end-of-thinking token; drop = plateau - final, per rollout, averaged (95% percentile "
+        "bootstrap interval over rollouts; shares: Wilson interval). "
+        + (f"Scores: {scored}. " if scored else "Scores: source not recorded (may be in-sample). ")
+        + "Verdict 'cliff' when the complied drop's 95% interval is above 0 and above the refused "
+        "drop's interval (non-overlapping intervals: conservative). " + fig_note
+    )
+    block = _finding(
+        "cliff",
+        "(a) The refusal cliff",
+        "harmful rollouts that end up complying keep a high refusal score while thinking and lose "
+        "it at the end of thinking; rollouts that refuse do not.",
+        verdict,
+        cliff_headline(cliff) if cliff else "",
+        lines,
+        figure,
+        note,
+    )
+    return block, verdict
+
+
+def _finding_probe(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
+    probe = res.get("probe") if isinstance(res.get("probe"), dict) else {}
+    verdict = verdict_probe(probe)
+    lines = []
+    if probe:
+        val = (probe.get("metrics") or {}).get("val") if isinstance(probe.get("metrics"), dict) else None
+        n = _n(probe, "n_val") or _n(val, "n")
+        n_s = f" (n={n})" if n else ""
+        lines = [
+            f"accuracy (threshold 0.5){n_s}: {fmt_ci(probe.get('val_accuracy'), probe.get('val_accuracy_ci95'))}",
+            f"AUROC{n_s}: {fmt_ci(probe.get('val_auroc'), probe.get('val_auroc_ci95'))}",
+            f"evaluated on: {probe.get('val_source') or 'held-out split (source not recorded)'}",
+            f"probe: {probe.get('hook', '?')}, layer {probe.get('layer', '?')}, "
+            f"trained on {probe.get('n_train', '?')} examples",
+        ]
+    block = _finding(
+        "probe",
+        "(b) The probe is accurate on held-out data",
+        "a linear probe on the residual stream separates refusing from complying rollouts on data it "
+        "was not trained on.",
+        verdict,
+        "",
+        lines,
+        note="Accuracy: Wilson interval; AUROC: stratified bootstrap interval. Out-of-fold: every "
+        "example scored by the cross-fitted fold probe that did not see it."
+        if probe
+        else "",
+    )
+    return block, verdict
+
+
+def _finding_heads(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
+    try:
+        heads = _heads_info(data)
+    except ValueError:
+        heads = res.get("heads") or {}
+    verdict = verdict_heads(heads)
+    lines = []
+    top = heads.get("top") or []
+    if top:
+        has_contrast = any(isinstance(t, dict) and _num(t.get("contrast")) is not None for t in top)
+        shown = []
+        for t in top[:12]:
+            extra = (
+                f", contrast {float(t['contrast']):+.3f}"
+                if has_contrast and _num(t.get("contrast")) is not None
+                else ""
+            )
+            shown.append(f"L{t['layer']}H{t['head']} ({float(t['score']):+.3f}{extra})")
+        pct = f"top {heads['top_percent']:g}%: " if _num(heads.get("top_percent")) is not None else ""
+        lines.append(f"{pct}{', '.join(shown)}" + (f" and {len(top) - 12} more" if len(top) > 12 else ""))
+        lines.append(
+            f"attribution variant: {heads.get('variant', '?')}; heads in the model: {heads.get('n_heads_total', '?')}"
+        )
+        contrast = heads.get("contrast")
+        if not has_contrast:
+            lines.append(
+                "complied-vs-refused contrast: " + ("recorded (see Heads)" if contrast else "not measured")
+            )
+    block = _finding(
+        "heads",
+        "(c) Suppression heads",
+        "a few attention heads write against the refusal direction at the end of thinking.",
+        verdict,
+        "",
+        lines,
+        note="Score: the head's direct write on the probe's refusal direction at the end-of-thinking "
+        "tokens (most negative = strongest suppression); heatmap under Heads."
+        if top
+        else "",
+    )
+    return block, verdict
+
+
+def _kind_pct(row: dict) -> tuple[str, float | None]:
+    """(kind, top_percent) of an ablation row, from ``kind``/``top_percent`` or its setting name."""
+    kind, pct = row.get("kind"), _num(row.get("top_percent"))
+    if kind in (None, "") or (kind in ("top", "random") and pct is None):
+        try:
+            p = parse_setting(str(row.get("setting", "")))
+            kind, pct = p["kind"], p["percent"]
+        except ValueError:
+            kind = kind or "custom"
+    return str(kind), pct
+
+
+def _random_summaries(data: ReportData, res: dict, rows: list[dict]) -> dict[float, dict]:
+    """``top_percent -> random_summary row`` (results.json, ablation.json, or pooled here)."""
+    out: dict[float, dict] = {}
+    cands = list(res.get("ablation_random_summary") or [])
+    try:
+        aj = data.json("ablation.json")
+        if isinstance(aj, dict):
+            cands += [
+                r
+                for r in aj.get("settings") or []
+                if isinstance(r, dict) and r.get("kind") == "random_summary"
+            ]
+    except (_NotRun, ValueError):
+        pass
+    for r in cands:
+        if isinstance(r, dict) and _num(r.get("top_percent")) is not None:
+            out.setdefault(float(r["top_percent"]), r)
+    pooled: dict[float, list[float]] = {}
+    for r in rows:
+        kind, pct = _kind_pct(r)
+        if kind == "random" and pct is not None and _num(r.get("asr")) is not None:
+            pooled.setdefault(pct, []).append(float(r["asr"]))
+    for pct, vals in pooled.items():
+        if pct not in out:
+            out[pct] = {
+                "top_percent": pct,
+                "seeds": list(range(len(vals))),
+                "asr_mean": float(np.mean(vals)),
+                "asr_min": min(vals),
+                "asr_max": max(vals),
+            }
+    return out
+
+
+def _capability_cost(row: dict) -> str | None:
+    for key in ("kl", "kl_to_baseline", "capability_cost"):
+        v = row.get(key)
+        if isinstance(v, dict):
+            return f"{key} {fmt_ci(v.get('value', v.get('mean')), v.get('ci95'), 3)}"
+        if _num(v) is not None:
+            return f"{key} {fmt_ci(v, row.get(key + '_ci95'), 3)}"
+    return None
+
+
+def _finding_ablation(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
+    try:
+        rows = _ablation_rows(data)
+    except _NotRun:
+        rows = []
+    base = next((r for r in rows if _kind_pct(r)[0] == "baseline"), None)
+    tops = [r for r in rows if _kind_pct(r)[0] == "top"]
+    summaries = _random_summaries(data, res, rows)
+    heads = res.get("heads") if isinstance(res.get("heads"), dict) else {}
+    want = _num(heads.get("top_percent"))
+    if want is None:
+        cfg_pcts = (
+            (res.get("config") or {}).get("top_percents") if isinstance(res.get("config"), dict) else None
+        )
+        want = _num(cfg_pcts[0]) if isinstance(cfg_pcts, list) and cfg_pcts else None
+    head_row = next((r for r in tops if _kind_pct(r)[1] == want), tops[0] if tops else None)
+    rs = summaries.get(_kind_pct(head_row)[1]) if head_row else None
+    verdict = verdict_ablation(head_row, rs) if head_row else "not measured (no top-k% ablation row)"
+    lines: list[str] = []
+    headline = ""
+    if base is not None:
+        lines.append(
+            f"baseline: ASR {fmt_ci(base.get('asr'), base.get('asr_ci95'))}"
+            f" (n={base.get('n_harmful', '?')} harmful prompts); over-refusal "
+            f"{fmt_ci(base.get('over_refusal'), base.get('over_refusal_ci95'))}"
+            + (f" (n={base['n_harmless']} harmless prompts)" if base.get("n_harmless") else "")
+        )
+    for r in sorted(tops, key=lambda r: (r is not head_row, _kind_pct(r)[1] or 0.0)):
+        k = _kind_pct(r)[1]
+        m = _mcnemar(r, "asr")
+        test = (
+            f"; McNemar vs baseline p={fmt_p(m['p_value'])} (successes lost {m.get('baseline_only', '?')}, "
+            f"gained {m.get('setting_only', '?')})"
+            if m
+            else ""
+        )
+        nh = r.get("n_heads")
+        n_heads = f" ({nh} head{'' if nh == 1 else 's'})" if nh is not None else ""
+        lines.append(f"{r['setting']}{n_heads}: ASR {fmt_ci(r.get('asr'), r.get('asr_ci95'))}{test}")
+        s = summaries.get(k) if k is not None else None
+        if s:
+            p, n_sets = _vs_random(r, s)
+            lines.append(
+                f"random-{k:g}% ({n_sets or '?'} sets): ASR mean {fmt_num(s.get('asr_mean'))}, "
+                f"range {fmt_num(s.get('asr_min'))}-{fmt_num(s.get('asr_max'))}; "
+                f"{r['setting']} vs random: empirical p={fmt_p(p)}"
+            )
+        mo = _mcnemar(r, "over_refusal")
+        if _num(r.get("over_refusal")) is not None:
+            lines.append(
+                f"{r['setting']} over-refusal {fmt_ci(r.get('over_refusal'), r.get('over_refusal_ci95'))}: "
+                f"{verdict_over_refusal(r)}"
+                if mo or base is None
+                else f"{r['setting']} over-refusal {fmt_ci(r.get('over_refusal'), r.get('over_refusal_ci95'))}"
+            )
+        if r is not head_row:
+            lines.append(f"{r['setting']} verdict: {verdict_ablation(r, s)}")
+    if head_row is not None:
+        cost = _capability_cost(head_row)
+        lines.append(f"capability cost of {head_row['setting']}: " + (cost or "not measured"))
+        if base is not None:
+            headline = (
+                f"ASR {fmt_ci(base.get('asr'), base.get('asr_ci95'))} (baseline) -> "
+                f"{fmt_ci(head_row.get('asr'), head_row.get('asr_ci95'))} ({head_row['setting']} ablated)"
+            )
+    figure = ""
+    if rows:
+        try:
+            figure = asr_bars(rows).to_html()
+        except ValueError as e:
+            figure = _not_run(f"figure: {e}")
+    block = _finding(
+        "ablation",
+        "(d) Ablating the top-k% suppression heads lowers attack success",
+        "with the top-k% suppression heads ablated, fewer harmful prompts are answered (lower ASR) than "
+        "without ablation, and more than with random sets of k heads; harmless prompts are not refused more.",
+        verdict,
+        headline,
+        lines,
+        figure,
+        (
+            "ASR and over-refusal: Wilson 95% intervals (whiskers on baseline and top-k% bars); random-k% "
+            "bars: mean over the sets, whisker min..max, dots the sets. McNemar: exact, paired by prompt, "
+            "two-sided. Empirical p: (1 + #random sets with ASR <= top-k% ASR) / (1 + #sets)."
+        )
+        if rows
+        else "",
+    )
+    return block, verdict
+
+
+def _finding_selection(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
+    sel = res.get("selection")
+    summary = sel.get("summary", sel) if isinstance(sel, dict) else None
+    if not isinstance(summary, dict) and data.has("selection.json"):
+        try:
+            sj = data.json("selection.json")
+            summary = {k: v for k, v in sj.items() if k != "selected_ids"} if isinstance(sj, dict) else None
+        except ValueError:
+            summary = None
+    verdict = verdict_selection(summary)
+    lines = []
+    if isinstance(summary, dict):
+        base = _num(summary.get("base_rate_complied"))
+        if base is None and _n(summary, "n_pool") and _n(summary, "complied_in_pool") is not None:
+            base = summary["complied_in_pool"] / summary["n_pool"]
+        k_sel, k_pool = _n(summary, "complied_in_selection"), _n(summary, "complied_in_pool")
+        lines = [
+            f"precision (complied among the selected): "
+            f"{fmt_ci(summary.get('precision_complied'), summary.get('precision_complied_ci95'))}"
+            + (
+                f" ({k_sel}/{summary.get('n_selected')})"
+                if k_sel is not None
+                else f" (n={summary.get('n_selected', '?')})"
+            ),
+            f"base rate (complied in the pool): {fmt_num(base)}"
+            + (f" ({k_pool}/{summary.get('n_pool')})" if k_pool is not None else ""),
+            f"selection: top {fmt_pct(summary.get('top_percent'))} of {summary.get('n_pool', '?')} harmful "
+            f"rollouts by {summary.get('variant', '?')}",
+        ]
+    block = _finding(
+        "selection",
+        "(e) Cliff-as-a-Judge finds complied rollouts",
+        "ranking harmful rollouts by their cliff selects complied (misaligned) ones more often than "
+        "their share in the pool.",
+        verdict,
+        "",
+        lines,
+        note="Precision: Wilson 95% interval; the base rate is the pool's own share (no sampling)."
+        if lines
+        else "",
+    )
+    return block, verdict
+
+
+def _run_context(res: dict) -> str:
+    d = res.get("data") if isinstance(res.get("data"), dict) else {}
+    model = res.get("model") if isinstance(res.get("model"), dict) else {}
+    bits = []
+    if model.get("source"):
+        bits.append(f"model {model['source']}")
+    for g in ("harmful", "harmless"):
+        n = d.get(f"n_{g}")
+        if n is not None or f"{g}_refusal_rate" in d:
+            bits.append(
+                f"{n if n is not None else '?'} {g} rollouts, refusal rate "
+                f"{fmt_ci(d.get(f'{g}_refusal_rate'), d.get(f'{g}_refusal_rate_ci95'))}"
+            )
+    return f'<p class="run-context">This run: {esc("; ".join(bits))}.</p>' if bits else ""
+
+
+_FINDINGS = (_finding_cliff, _finding_probe, _finding_heads, _finding_ablation, _finding_selection)
+
+
+def _sec_findings(data: ReportData, ctx: dict) -> str:
+    res = data.results()
+    blocks, summary = [], []
+    for fn in _FINDINGS:
+        try:
+            block, verdict = fn(data, ctx, res)
+            title = re.search(r"<h3>(.*?)</h3>", block).group(1)
+        except Exception as e:  # noqa: BLE001 - one finding must not sink the others
+            name = fn.__name__.removeprefix("_finding_")
+            verdict = f"not measured (could not evaluate: {type(e).__name__}: {e})"
+            block = f'<article class="finding" id="finding-{esc(name)}"><p class="error">{esc(name)}: {esc(verdict)}</p></article>'
+            title = esc(name)
+        summary.append(
+            f'<tr><td>{title}</td><td class="verdict {verdict_class(verdict)}">{esc(verdict)}</td></tr>'
+        )
+
+        blocks.append(block)
+    return (
+        _run_context(res)
+        + '<table class="at-a-glance"><tr><th>claim</th><th>verdict on this run</th></tr>'
+        + "".join(summary)
+        + "</table>\n"
+        + "\n".join(blocks)
+        + '<p class="note">All intervals are 95%. "not shown at this n": the data do not support the '
+        "claim at this sample size (which is not evidence against it). The raw tables follow.</p>"
+    )
+
+
 _BUILDERS: dict[str, Callable[[ReportData, dict], str]] = {
+    "findings": _sec_findings,
     "model": _sec_model,
     "probe": _sec_probe,
     "trajectory": _sec_trajectory,

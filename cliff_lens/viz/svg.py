@@ -14,10 +14,44 @@ import numpy as np
 
 from .html import esc
 
-__all__ = ["line_plot", "heatmap", "grouped_bars", "sequential_color", "diverging_color", "PALETTE"]
+__all__ = [
+    "line_plot",
+    "heatmap",
+    "grouped_bars",
+    "sequential_color",
+    "diverging_color",
+    "text_width",
+    "svg_size",
+    "PALETTE",
+]
 
 PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
 _FONT = 'font-family="sans-serif" font-size="11"'
+_FONT_SIZE = 11
+_TITLE_PAD = 8  # px of free space kept on each side of a chart title
+
+#: advance widths (em) of printable ASCII in DejaVu Sans Bold, the widest of the usual default
+#: sans-serif fonts (Arial, Helvetica and Liberation Sans are narrower): an upper bound for
+#: estimating how wide a label renders without a browser
+_EM_CHARS = "".join(chr(c) for c in range(32, 127))
+_EM_WIDTHS = """
+0.348 0.456 0.521 0.838 0.696 1.002 0.872 0.306 0.457 0.457 0.523 0.838 0.38 0.415 0.38 0.365
+0.696 0.696 0.696 0.696 0.696 0.696 0.696 0.696 0.696 0.696 0.4 0.4 0.838 0.838 0.838 0.58 1
+0.774 0.762 0.734 0.83 0.683 0.683 0.821 0.837 0.372 0.372 0.775 0.637 0.995 0.837 0.85 0.733
+0.85 0.77 0.72 0.682 0.812 0.774 1.103 0.771 0.724 0.725 0.457 0.365 0.457 0.838 0.5 0.5 0.675
+0.716 0.593 0.716 0.678 0.435 0.716 0.712 0.343 0.343 0.665 0.343 1.042 0.712 0.687 0.716 0.716
+0.493 0.595 0.478 0.712 0.652 0.924 0.645 0.652 0.582 0.712 0.365 0.712 0.838
+"""
+_EM = dict(zip(_EM_CHARS, (float(w) for w in _EM_WIDTHS.split()), strict=True))
+
+
+def text_width(text: str, font_size: float = _FONT_SIZE) -> float:
+    """Estimated rendered width in px of ``text`` in a sans-serif font (bold or not).
+
+    Sums DejaVu Sans Bold advance widths (an upper bound for the usual sans-serif fonts);
+    characters outside printable ASCII count as 1 em.
+    """
+    return font_size * sum(_EM.get(c, 1.0) for c in str(text))
 
 
 def _lerp_color(stops: list[tuple[float, tuple[int, int, int]]], t: float) -> str:
@@ -55,6 +89,17 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _interval(lohi: Any) -> tuple[float, float] | None:
+    """``(lo, hi)`` when both ends are finite numbers, else ``None``."""
+    if lohi is None or len(lohi) != 2:
+        return None
+    try:
+        lo, hi = float(lohi[0]), float(lohi[1])
+    except (TypeError, ValueError):
+        return None
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
+
+
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo]
@@ -69,15 +114,35 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return out
 
 
+def svg_size(svg: str) -> tuple[float, float, list[float]]:
+    """``(width, height, viewBox)`` of an ``<svg>`` string made here (for tests and layout)."""
+    import re
+
+    m = re.search(r'<svg\b[^>]*\bwidth="([\d.]+)"[^>]*\bheight="([\d.]+)"[^>]*\bviewBox="([^"]+)"', svg)
+    if not m:
+        raise ValueError("not an <svg> element with width, height and viewBox")
+    return float(m.group(1)), float(m.group(2)), [float(v) for v in m.group(3).split()]
+
+
 def _svg_open(width: int, height: int, title: str | None, klass: str) -> list[str]:
+    """The ``<svg>`` element of a chart drawn in ``[0, width] x [0, height]``.
+
+    When the title is wider than the chart, the element is widened to fit it (never clipped):
+    the drawing keeps its coordinates and is centred under the title by shifting the viewBox.
+    """
+    full = float(width)
+    if title:
+        full = max(full, math.ceil(text_width(title) + 2 * _TITLE_PAD))
+    dx = (full - width) / 2
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="{klass}" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="{klass}" width="{full:g}" height="{height}" '
+        f'viewBox="{(-dx if dx else 0):g} 0 {full:g} {height}" role="img">'
     ]
     if title:
         out.append(f"<title>{esc(title)}</title>")
         out.append(
-            f'<text x="{width / 2:.1f}" y="14" text-anchor="middle" {_FONT} font-weight="bold">{esc(title)}</text>'
+            f'<text class="cl-title" x="{width / 2:.1f}" y="14" text-anchor="middle" {_FONT} '
+            f'font-weight="bold">{esc(title)}</text>'
         )
     return out
 
@@ -96,8 +161,8 @@ def line_plot(
 ) -> str:
     """Lines (``name -> (x, y)``), optional shaded bands (``name -> (low, high)`` on the same x),
     vertical marker lines ``(x, label)``. NaN values break a line instead of dropping to 0."""
-    longest = max((len(str(k)) for k in series), default=0)
-    ml, mr, mt, mb = 52, max(130, 40 + 7 * longest), 24, 38
+    longest = max((text_width(str(k)) for k in series), default=0.0)
+    ml, mr, mt, mb = 52, max(130, math.ceil(40 + longest)), 24, 38
     width = max(width, ml + mr + 240)
     pw, ph = width - ml - mr, height - mt - mb
     xs_all = np.concatenate([np.asarray(x, float) for x, _ in series.values()]) if series else np.zeros(1)
@@ -277,9 +342,15 @@ def grouped_bars(
     ylim: tuple[float, float] = (0.0, 1.0),
     height: int = 300,
 ) -> str:
-    """Grouped bars. Each group: ``{"label", "values": {series: v}, "spread": {series: (lo, hi)},
-    "points": {series: [v, ...]}}``; spread is drawn as a whisker, points as dots."""
-    ml, mr, mt, mb = 52, 130, 24, 56
+    """Grouped bars. Each group: ``{"label", "values": {series: v}, "ci": {series: (lo, hi)},
+    "spread": {series: (lo, hi)}, "points": {series: [v, ...]}, "note"}``.
+
+    ``ci`` (an interval, e.g. the 95% Wilson interval of a rate) is drawn as a whisker with
+    caps (``class="cl-ci"``); ``spread`` (e.g. min..max over seeds) as a whisker with caps
+    (``class="cl-spread"``) and ``points`` as dots. A ``None`` end of an interval is not drawn.
+    """
+    ml, mt, mb = 52, 24, 56
+    mr = max(130, math.ceil(36 + max((text_width(str(x)) for x in series), default=0.0)))
     gw = max(40, 28 * len(series) + 20)
     width = ml + gw * max(len(groups), 1) + mr
     ph = height - mt - mb
@@ -309,16 +380,23 @@ def grouped_bars(
             color = PALETTE[si % len(PALETTE)]
             n_pts = len(g.get("points", {}).get(s, []))
             tip = f"{g['label']} {s}: {_fmt(v)}" + (f" (mean of {n_pts})" if n_pts > 1 else "")
+            ci = _interval(g.get("ci", {}).get(s))
+            spread = _interval(g.get("spread", {}).get(s))
+            if ci:
+                tip += f", 95% CI [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+            if spread:
+                tip += f", min..max [{_fmt(spread[0])}, {_fmt(spread[1])}]"
             out.append(
                 f'<rect class="cl-bar" x="{x}" y="{sy(v):.1f}" width="{bw}" height="{sy(y0) - sy(v):.1f}" '
                 f'fill="{color}"><title>{esc(tip)}</title></rect>'
             )
-            lohi = g.get("spread", {}).get(s)
-            if lohi is not None:
+            cx = x + bw / 2
+            for klass, lohi in (("cl-ci", ci), ("cl-spread", spread)):
+                if lohi is None:
+                    continue
                 lo, hi = lohi
-                cx = x + bw / 2
                 out.append(
-                    f'<line class="cl-spread" x1="{cx}" x2="{cx}" y1="{sy(lo):.1f}" y2="{sy(hi):.1f}" '
+                    f'<line class="{klass}" x1="{cx}" x2="{cx}" y1="{sy(lo):.1f}" y2="{sy(hi):.1f}" '
                     'stroke="#000" stroke-width="1.5"/>'
                 )
                 for yv in (lo, hi):

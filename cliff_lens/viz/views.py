@@ -397,11 +397,15 @@ def asr_bars(
     title: str | None = "Attack success and over-refusal: baseline vs top-k% vs random-k% heads ablated",
 ) -> SvgView:
     """Bars per ablation setting (``baseline``, ``top-k%``, ``random-k%``); random settings are
-    pooled over seeds: the bar is the mean, the whisker the min..max, dots the seeds. Rows with
-    another setting name (a custom head set) get their own bar at the end.
+    pooled over seeds: the bar is the mean, the whisker the min..max (``class="cl-spread"``),
+    dots the seeds. A setting measured once (baseline, top-k%) gets its 95% interval
+    ``{metric}_ci95`` (e.g. ``asr_ci95``, the Wilson interval) as the whisker
+    (``class="cl-ci"``) when the row has one. Rows with another setting name (a custom head
+    set) get their own bar at the end.
 
     Args:
-        rows: ``[{"setting": "random-3% seed 0", "asr": 0.4, "over_refusal": 0.1, ...}, ...]``.
+        rows: ``[{"setting": "random-3% seed 0", "asr": 0.4, "asr_ci95": [0.2, 0.6],
+            "over_refusal": 0.1, ...}, ...]``.
         metrics: ``(key, label)`` pairs to draw (a metric absent from every row is skipped).
     """
     if not rows:
@@ -442,7 +446,7 @@ def asr_bars(
             if kind == "baseline"
             else f"{kind}-{pct:g}%"
         )
-        g: dict[str, Any] = {"label": label, "values": {}, "spread": {}, "points": {}}
+        g: dict[str, Any] = {"label": label, "values": {}, "ci": {}, "spread": {}, "points": {}}
         if len(members) > 1:
             g["note"] = f"{len(members)} seeds" if kind == "random" else f"n={len(members)}"
         entry = {"setting": label, "n": len(members)}
@@ -452,6 +456,11 @@ def asr_bars(
                 continue
             g["values"][lab] = float(np.mean(vals))
             entry[key] = float(np.mean(vals))
+            if len(members) == 1:
+                ci = _ci_pair(members[0].get(key + "_ci95"))
+                if ci is not None:
+                    g["ci"][lab] = ci
+                    entry[key + "_ci95"] = list(ci)
             if len(vals) > 1:
                 g["spread"][lab] = (min(vals), max(vals))
                 g["points"][lab] = vals
@@ -471,3 +480,11 @@ def _num(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def _ci_pair(ci: Any) -> tuple[float, float] | None:
+    """``(low, high)`` of a ``[low, high]`` interval with two finite ends, else ``None``."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return None
+    lo, hi = _num(ci[0]), _num(ci[1])
+    return None if lo is None or hi is None else (lo, hi)
