@@ -38,6 +38,8 @@ import torch
 __all__ = [
     "ModelLoadError",
     "SUPPORTED_ARCHITECTURES",
+    "POST_NORM_ARCHITECTURES",
+    "MOE_ARCHITECTURES",
     "ZOO_MODELS",
     "KNOWN_MODELS",
     "load_model",
