@@ -252,7 +252,7 @@ def test_bootstrap_band():
     m[:30, 2] = np.nan  # ten rollouts: a wider band than with forty
     mean, lo, hi = bootstrap_band(m)
     np.testing.assert_allclose(mean, np.nanmean(m, axis=0))
-    assert lo[0] == hi[0] == pytest.approx(0.3)
+    assert lo[0] == pytest.approx(0.3) and hi[0] == pytest.approx(0.3)
     assert np.isnan(lo[1]) and np.isnan(hi[1]) and mean[1] == m[0, 1]
     assert np.all(lo[2:] < mean[2:]) and np.all(mean[2:] < hi[2:])
     assert hi[2] - lo[2] > np.mean(hi[3:] - lo[3:])

@@ -710,12 +710,11 @@ def bootstrap_band(
         mean = np.nanmean(m, axis=0) if n else nan.copy()
         if n < 2:
             return mean, nan.copy(), nan.copy()
-        rng = np.random.default_rng(seed)
-        boots = np.empty((n_boot, L))
-        chunk = max(1, min(n_boot, int(2_000_000 // max(1, n * L))))
-        for s in range(0, n_boot, chunk):
-            b = min(chunk, n_boot - s)
-            boots[s : s + b] = np.nanmean(m[rng.integers(0, n, size=(b, n))], axis=1)
+        # a resample with replacement = multinomial counts of each rollout; the resampled
+        # NaN-aware means are then two matrix products (sums and counts of finite values)
+        finite = np.isfinite(m)
+        w = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+        boots = (w @ np.where(finite, m, 0.0)) / (w @ finite.astype(float))
         a = (1 - confidence) / 2
         lo, hi = np.nanquantile(boots, [a, 1 - a], axis=0)
     few = np.isfinite(m).sum(axis=0) < 2
@@ -1324,6 +1323,7 @@ def _finding_ablation(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]
         )
     for r in sorted(tops, key=lambda r: (r is not head_row, _kind_pct(r)[1] or 0.0)):
         k = _kind_pct(r)[1]
+        name = str(r.get("setting", "?"))
         m = _mcnemar(r, "asr")
         test = (
             f"; McNemar vs baseline p={fmt_p(m['p_value'])} (successes lost {m.get('baseline_only', '?')}, "
@@ -1333,32 +1333,29 @@ def _finding_ablation(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]
         )
         nh = r.get("n_heads")
         n_heads = f" ({nh} head{'' if nh == 1 else 's'})" if nh is not None else ""
-        lines.append(f"{r['setting']}{n_heads}: ASR {fmt_ci(r.get('asr'), r.get('asr_ci95'))}{test}")
+        lines.append(f"{name}{n_heads}: ASR {fmt_ci(r.get('asr'), r.get('asr_ci95'))}{test}")
         s = summaries.get(k) if k is not None else None
         if s:
             p, n_sets = _vs_random(r, s)
             lines.append(
                 f"random-{k:g}% ({n_sets or '?'} sets): ASR mean {fmt_num(s.get('asr_mean'))}, "
                 f"range {fmt_num(s.get('asr_min'))}-{fmt_num(s.get('asr_max'))}; "
-                f"{r['setting']} vs random: empirical p={fmt_p(p)}"
+                f"{name} vs random: empirical p={fmt_p(p)}"
             )
-        mo = _mcnemar(r, "over_refusal")
         if _num(r.get("over_refusal")) is not None:
             lines.append(
-                f"{r['setting']} over-refusal {fmt_ci(r.get('over_refusal'), r.get('over_refusal_ci95'))}: "
+                f"{name} over-refusal {fmt_ci(r.get('over_refusal'), r.get('over_refusal_ci95'))}: "
                 f"{verdict_over_refusal(r)}"
-                if mo or base is None
-                else f"{r['setting']} over-refusal {fmt_ci(r.get('over_refusal'), r.get('over_refusal_ci95'))}"
             )
         if r is not head_row:
-            lines.append(f"{r['setting']} verdict: {verdict_ablation(r, s)}")
+            lines.append(f"{name} verdict: {verdict_ablation(r, s)}")
     if head_row is not None:
         cost = _capability_cost(head_row)
-        lines.append(f"capability cost of {head_row['setting']}: " + (cost or "not measured"))
+        lines.append(f"capability cost of {head_row.get('setting', '?')}: " + (cost or "not measured"))
         if base is not None:
             headline = (
                 f"ASR {fmt_ci(base.get('asr'), base.get('asr_ci95'))} (baseline) -> "
-                f"{fmt_ci(head_row.get('asr'), head_row.get('asr_ci95'))} ({head_row['setting']} ablated)"
+                f"{fmt_ci(head_row.get('asr'), head_row.get('asr_ci95'))} ({head_row.get('setting', '?')} ablated)"
             )
     figure = ""
     if rows:
@@ -1370,7 +1367,8 @@ def _finding_ablation(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]
         "ablation",
         "(d) Ablating the top-k% suppression heads lowers attack success",
         "with the top-k% suppression heads ablated, fewer harmful prompts are answered (lower ASR) than "
-        "without ablation, and more than with random sets of k heads; harmless prompts are not refused more.",
+        "without ablation, and fewer than with random sets of k heads ablated; harmless prompts are not "
+        "refused more.",
         verdict,
         headline,
         lines,
@@ -1459,12 +1457,14 @@ def _sec_findings(data: ReportData, ctx: dict) -> str:
         except Exception as e:  # noqa: BLE001 - one finding must not sink the others
             name = fn.__name__.removeprefix("_finding_")
             verdict = f"not measured (could not evaluate: {type(e).__name__}: {e})"
-            block = f'<article class="finding" id="finding-{esc(name)}"><p class="error">{esc(name)}: {esc(verdict)}</p></article>'
+            block = (
+                f'<article class="finding" id="finding-{esc(name)}">'
+                f'<p class="error">{esc(name)}: {esc(verdict)}</p></article>'
+            )
             title = esc(name)
         summary.append(
             f'<tr><td>{title}</td><td class="verdict {verdict_class(verdict)}">{esc(verdict)}</td></tr>'
         )
-
         blocks.append(block)
     return (
         _run_context(res)
