@@ -271,7 +271,7 @@ def test_batched_generation_equals_single_and_hf(arch):
     assert len(outs) >= 3  # not degenerate
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3", "gemma2", "olmo3", "olmoe"])
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3", "olmo3"])  # per-head, Gemma-style, full-width qk-norm
 def test_attention_biases_are_converted(arch):
     """attention_bias=True checkpoints (q/k/v/o_proj biases; TL's converters for these write zeros)
     match HF: such configs are what a saved mean-ablation export turns on."""
@@ -281,7 +281,7 @@ def test_attention_biases_are_converted(arch):
     assert _diff(model, hf) <= 1e-4
 
 
-@pytest.mark.parametrize("arch", ["olmo2", "olmo3", "gemma2", "gemma3", "olmoe", "gpt_oss", "qwen3"])
+@pytest.mark.parametrize("arch", ["olmo3", "gemma2", "gpt_oss", "qwen3"])
 def test_mean_ablation_export_round_trip(family_dirs, tmp_path, arch):
     """A saved mean-ablated model (o_proj bias turned on by the export where the config has
     ``attention_bias``; gpt-oss has one already) loads back through load_model with the same
