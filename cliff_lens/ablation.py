@@ -308,7 +308,9 @@ def compute_head_means(
     return (sums / count).float()
 
 
-def save_head_means(path: Any, means: Tensor, meta: dict | None = None) -> Path:
+def save_head_means(
+    path: Any, means: Float[Tensor, "n_layers n_heads d_head"], meta: dict | None = None
+) -> Path:
     """Save head means as ``<path>.safetensors`` + ``<path>.json`` (metadata); returns the
     safetensors path. ``path`` may end in ``.safetensors`` or have no suffix."""
     from .io import atomic_save_safetensors, atomic_write_json

@@ -80,7 +80,7 @@ def extract_activations(
     Float[Tensor, "n d_model"]
     | Float[Tensor, "n n_layers d_model"]
     | Float[Tensor, "n k d_model"]
-    | list[Tensor]
+    | list[Float[Tensor, "... d_model"]]
 ):
     """Activations of ``model`` at one hook (or one hook per layer) at chosen positions.
 

@@ -303,10 +303,10 @@ class DatasetCurve:
     ``[L]`` or ``[layers, L]``; ``count`` = rollouts contributing to each point.
     """
 
-    x: Tensor
-    mean: Tensor
-    std: Tensor
-    count: Tensor
+    x: Float[Tensor, " L"]
+    mean: Float[Tensor, "... L"]
+    std: Float[Tensor, "... L"]
+    count: Int[Tensor, "... L"]
     mode: str
 
 
