@@ -335,11 +335,11 @@ def safe_answer_for(
 
 
 def assistant_content(template: Any, thinking: str, answer: str) -> str:
-    """The assistant turn as the model writes it: ``<think>\\n{thinking}\\n</think>\\n\\n{answer}``."""
+    """The assistant turn as the model writes it (the template's own markers, e.g.
+    ``<think>\\n{thinking}\\n</think>\\n\\n{answer}``; harmony channels for gpt-oss)."""
     from .templates import get_template
 
-    tpl = get_template(template)
-    return f"{tpl.think_open}\n{thinking}{tpl.end_marker}{answer}"
+    return get_template(template).assistant_text(thinking, answer)
 
 
 def export_sft(
