@@ -145,7 +145,10 @@ def extract_activations(
         rows, cols, _ = batch.gather_index([prepared[i].positions for i in batch.index])
 
         def reader(x: Float[Tensor, "batch pos d_model"], hook) -> None:
-            g = by_name[hook.name].apply(model, x[rows, cols])  # [b, kmax, d] gathered inside the hook
+            d = x.device  # blocks may sit on several devices
+            g = by_name[hook.name].apply(
+                model, x[rows.to(d), cols.to(d)]
+            )  # [b, kmax, d_model] gathered in the hook
             store[hook.name] = g.to("cpu")
 
         return reader

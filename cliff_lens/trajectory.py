@@ -213,7 +213,9 @@ def compute_trajectories(
         def reader(x: Float[Tensor, "batch pos d_model"], hook) -> None:
             for r in by_hook[hook.name]:
                 v = (final_norm(model, x) if r.final_norm else x).float()
-                store[r.row] = torch.sigmoid(r.scale * (v @ r.direction) + r.bias).cpu()  # [b, pos]
+                store[r.row] = torch.sigmoid(
+                    r.scale * (v @ r.direction.to(v.device)) + r.bias
+                ).cpu()  # [b, pos]
 
         return reader
 
