@@ -86,10 +86,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cliff_lens.models import list_models
 
         rows = list_models()
-        w = max(len(r["name"]) for r in rows)
+        cols = ("name", "architecture", "template", "route", "note")
+        widths = {c: max(len(str(r.get(c, ""))) for r in rows) for c in cols[:-1]}
         for r in rows:
             print(
-                f"{r['name']:<{w}}  {r.get('architecture', ''):<10} {r.get('template', ''):<20} {r.get('note', '')}"
+                "  ".join(f"{str(r.get(c, '')):<{widths[c]}}" for c in cols[:-1])
+                + "  "
+                + str(r.get("note", ""))
             )
         return 0
     if args.command == "merge":
