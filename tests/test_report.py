@@ -518,5 +518,38 @@ def test_report_in_headless_chromium(full_report, tmp_path, monkeypatch):
     assert any("inserted as HTML" in p for p in problems), problems
 
 
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium not installed (apt-get install chromium) - browser check skipped"
+)
+def test_chart_titles_fit_when_rendered(full_report, tmp_path):
+    """Every chart title of the report, laid out by Chromium, lies inside its SVG's viewBox."""
+    import subprocess
+
+    html = full_report.read_text(encoding="utf-8")
+    svgs = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg".*?</svg>', html, re.S)
+    assert len(svgs) >= 6
+    page = tmp_path / "titles.html"
+    page.write_text(
+        "<html><body>" + "".join(svgs) + '<pre id="out"></pre><script>var o=[];'
+        "document.querySelectorAll('svg').forEach(function(s){var t=s.querySelector('text.cl-title');"
+        "if(!t)return;var b=t.getBBox(),v=s.viewBox.baseVal;o.push([b.x,b.x+b.width,v.x,v.x+v.width]"
+        ".map(function(x){return x.toFixed(1)}).join(' '));});"
+        "document.getElementById('out').textContent=o.join('|');</script></body></html>",
+        encoding="utf-8",
+    )
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000", "--dump-dom",
+         page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    boxes = [
+        [float(x) for x in b.split()]
+        for b in re.search(r'<pre id="out">(.*?)</pre>', dom).group(1).split("|")
+    ]
+    assert len(boxes) == len(svgs)
+    for left, right, v0, v1 in boxes:
+        assert right - left > 50 and v0 <= left and right <= v1, (left, right, v0, v1)
+
+
 def test_planted_prompt_is_the_documented_one():
     assert PLANTED_SCRIPT.startswith("<script>document.title='PWNED'")
