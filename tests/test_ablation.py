@@ -22,7 +22,8 @@ from cliff_lens.ablation import (
     probe_scores,
     save_head_means,
 )
-from cliff_lens.heads import head_attributions, left_pad
+from cliff_lens.heads import head_attributions
+from cliff_lens.readout import left_pad
 from cliff_lens.testing import ALPHA, PROMO, SUPP, TRIG, K, Rec, planted_model, planted_records  # noqa: F401
 
 
@@ -46,6 +47,7 @@ def greedy(model, seqs, n_new, hooks=(), use_cache=True):
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     toks, mask, _ = left_pad(seqs, 0)
+    mask = torch.ones_like(toks) if mask is None else mask  # no padding: an all-ones mask
     B = toks.shape[0]
     out = []
     with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
