@@ -282,6 +282,7 @@ def _stage_labels(run: _Run) -> None:
                 "harmful": r.harmful,
                 "refused": r.refused,
                 "thinking_closed": r.thinking_closed,
+                "outcome": r.meta.get("judge", {}).get("outcome"),
                 "reason": r.meta.get("judge", {}).get("reason"),
             }
             for r in labelled
@@ -376,6 +377,11 @@ def _load_folds(run: _Run) -> Any:
 
 
 def _group(r: Any) -> str:
+    """``harmful_refused`` / ``harmful_complied`` / ``harmless_refused`` / ``harmless_helped``, or
+    ``..._no_answer`` for a rollout whose answer is empty (the one rule of :func:`judges.outcome`)."""
+    kind = "harmful" if r.harmful else "harmless"
+    if r.refused is None:
+        return f"{kind}_no_answer"
     if r.harmful:
         return "harmful_refused" if r.refused else "harmful_complied"
     return "harmless_refused" if r.refused else "harmless_helped"
@@ -534,7 +540,9 @@ def _stage_ablation(run: _Run) -> None:
         seed=cfg.seed,
         progress=True,
         template=cfg.template,
+        judge=_judge(run),
     )
+    _add_capability_cost(run, rows, harmless, means)
     save_ablation_results(
         run.path("ablation.json"),
         rows,
@@ -546,6 +554,37 @@ def _stage_ablation(run: _Run) -> None:
             "baseline_source": "rollouts stage" if reuse else "generated",
         },
     )
+
+
+def _add_capability_cost(run: _Run, rows: list[dict], harmless: list, means: Any) -> None:
+    """``capability`` on every ablated setting: KL and answer log-likelihood change on the model's
+    own unablated harmless rollouts, teacher-forced (:func:`cliff_lens.capability.intervention_cost`)."""
+    from .ablation import ablation_hooks
+    from .capability import intervention_cost
+
+    ref = [r for r in harmless if r.thinking_closed and (r.answer or "").strip()]
+    if not ref:
+        return
+    tok, tpl = run.get_model().tokenizer, _template(run)
+    toks = [tpl.tokenize(tok, r.prompt, r.thinking or "", r.answer) for r in ref]
+    for row in rows:
+        if row.get("kind") not in ("top", "random") or not row.get("heads"):
+            continue
+        hooks = ablation_hooks(run.get_model(), row["heads"], mode=run.cfg.ablation_mode, means=means)
+        cost = intervention_cost(
+            run.get_model(), toks, hooks, batch_size=run.cfg.batch_size, seed=run.cfg.seed
+        )
+        row["capability"] = cost.to_dict()
+    for row in rows:  # the random sets' mean cost beside their ASR summary
+        if row.get("kind") == "random_summary":
+            kls = [
+                r["capability"]["kl"]["value"]
+                for r in rows
+                if r.get("kind") == "random"
+                and r.get("top_percent") == row["top_percent"]
+                and "capability" in r
+            ]
+            row["kl_mean"] = sum(kls) / len(kls) if kls else None
 
 
 def _stage_selection(run: _Run) -> None:
@@ -704,7 +743,11 @@ def _results_ablation(run: _Run) -> dict:
                 "asr": r.get("asr"),
                 "refusal_score_end": r.get("refusal_score_end"),
                 "over_refusal": r.get("over_refusal"),
-                **{k: v for k, v in r.items() if k not in ("setting", "heads")},
+                **{
+                    k: v
+                    for k, v in r.items()
+                    if k not in ("setting", "heads", "harmful_outcomes", "harmless_outcomes")
+                },
             }
             for r in aj["settings"]
             if r.get("kind") != "random_summary"

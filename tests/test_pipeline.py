@@ -215,3 +215,16 @@ def test_results_and_summary_carry_intervals(run_dir):
     text = pipeline.summary(results, cfg.out)
     assert "McNemar p=" in text and "held-out acc" in text and "%, " in text
     assert f"[{100 * lo:.0f}%, {100 * hi:.0f}%]" in text
+
+
+def test_ablation_reports_capability_cost(run_dir):
+    """Every ablated setting carries the KL / answer log-likelihood cost on harmless rollouts."""
+    cfg, results = run_dir
+    ablated = [a for a in results["ablation"] if a.get("kind") in ("top", "random")]
+    assert ablated
+    for a in ablated:
+        cap = a["capability"]
+        assert cap["kl"]["value"] >= 0 and cap["n_rollouts"] > 0 and len(cap["kl"]["ci95"]) == 2
+    assert "harmful_outcomes" not in ablated[0]  # per-prompt outcomes stay in ablation.json
+    aj = json.loads((cfg.out / "ablation.json").read_text())
+    assert any("harmful_outcomes" in r for r in aj["settings"])
