@@ -228,3 +228,22 @@ def test_ablation_reports_capability_cost(run_dir):
     assert "harmful_outcomes" not in ablated[0]  # per-prompt outcomes stay in ablation.json
     aj = json.loads((cfg.out / "ablation.json").read_text())
     assert any("harmful_outcomes" in r for r in aj["settings"])
+
+
+def test_ablation_stage_judges_with_the_run_judge_mode(run_dir, monkeypatch):
+    """Regression: _stage_ablation ignored RunConfig.judge_mode (attack_success used its default)."""
+    from cliff_lens import evaluate
+
+    cfg, _ = run_dir
+    seen = {}
+    real = evaluate.attack_success
+
+    def spy(*a, **kw):
+        seen["judge"] = kw.get("judge")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(evaluate, "attack_success", spy)
+    cfg2 = pipeline.RunConfig(**{**cfg.__dict__, "judge_mode": "anywhere"})
+    pipeline.run(cfg2, stages=("labels", "probe", "heads", "ablation"))
+    assert seen["judge"] is not None and seen["judge"].mode == "anywhere"
+    pipeline.run(cfg)  # restore the module's run directory for the tests after this one
