@@ -12,7 +12,9 @@ The public API, by stage of the analysis::
     scores = cliff_lens.head_attributions(model, toks, probe)       # [n_layers, n_heads]
     with cliff_lens.ablate_heads(model, cliff_lens.suppression_heads(scores, 3), mode="mean", means=m): ...
 
-Names are imported lazily, so ``import cliff_lens`` (and ``cliff-lens --help``) stays fast.
+Names are imported lazily, so ``import cliff_lens`` (and ``cliff-lens --help``) stays fast. Less
+common names live in their modules (``cliff_lens.heads.rank_heads``, ``cliff_lens.stats``,
+``cliff_lens.readout``, ``cliff_lens.repair.repair``, ``cliff_lens.fast_forward.fast_forward``).
 """
 
 from __future__ import annotations
@@ -22,70 +24,46 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+#: public name -> module. No name equals a submodule's name: ``cliff_lens.repair`` and
+#: ``cliff_lens.fast_forward`` are always the modules, whatever was imported first.
 _EXPORTS: dict[str, str] = {
     # models and templates
     "load_model": "models",
-    "load_hf": "models",
     "list_models": "models",
-    "ModelLoadError": "models",
     "get_template": "templates",
-    "register_template": "templates",
-    "list_templates": "templates",
-    "ReasoningTemplate": "templates",
-    "TokenizedRollout": "templates",
-    "TemplateError": "templates",
     # data, rollouts, judges
-    "Rollout": "data",
     "Prompt": "data",
+    "Rollout": "data",
     "load_prompts": "data",
     "read_rollouts": "data",
-    "write_rollouts": "data",
     "generate_rollouts": "rollout",
     "import_rollouts": "rollout",
     "KeywordJudge": "judges",
-    "ClassifierJudge": "judges",
-    "Judgement": "judges",
     "label_rollouts": "judges",
+    "outcome": "judges",
     # probes and trajectories
     "extract_activations": "activations",
-    "fast_forward": "fast_forward",
     "RefusalProbe": "probe",
-    "Trajectory": "trajectory",
     "compute_trajectories": "trajectory",
-    "dataset_curve": "trajectory",
-    "layer_position_map": "trajectory",
     "cliff_metrics": "trajectory",
-    "CliffMetrics": "trajectory",
     # heads, ablation, evaluation
     "head_attributions": "heads",
-    "direct_attribution_decomposition": "heads",
+    "contrast_scores": "heads",
     "suppression_heads": "heads",
-    "promoting_heads": "heads",
-    "rank_heads": "heads",
-    "HeadRanking": "heads",
     "ablate_heads": "ablation",
-    "ablation_hooks": "ablation",
     "compute_head_means": "ablation",
-    "ablated_weights": "ablation",
     "export_ablated_hf": "ablation",
-    "head_causal_effects": "ablation",
-    "attribution_vs_causal": "ablation",
     "attack_success": "evaluate",
+    "intervention_cost": "capability",
     # Cliff-as-a-Judge
     "misalignment_scores": "selection",
     "select": "selection",
     "export_sft": "selection",
     "score_pool": "scoring",
-    "merge_scores": "scoring",
-    "repair": "repair",
-    "evaluate_safety": "repair",
-    # report
-    "build_report": "viz.report",
-    "validate_results": "results_schema",
-    "load_results": "results_schema",
     # end to end
-    "RunConfig": "pipeline",
+    "RunConfig": "config",
     "run": "pipeline",
+    "build_report": "viz.report",
 }
 
 __all__ = sorted(_EXPORTS) + ["viz", "__version__"]

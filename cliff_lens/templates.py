@@ -195,7 +195,7 @@ class ReasoningTemplate:
                 raise TemplateError(
                     f"template {self.name!r} found no {self.think_close!r} in the completion "
                     f"(starts {completion[:60]!r}); generate more tokens, pass thinking=... "
-                    "explicitly, or choose the model's template (cliff_lens.list_templates())"
+                    "explicitly, or choose the model's template (cliff_lens.templates.list_templates())"
                 )
             return _strip_nl(text), "", False
         thinking = _strip_nl(text[:idx])

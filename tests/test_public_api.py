@@ -30,3 +30,21 @@ def test_cli_help_and_models():
     out = subprocess.run([sys.executable, "-m", "cliff_lens.cli", "models"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "cliff-organism" in out.stdout and "DeepSeek-R1-Distill-Qwen-7B" in out.stdout
+
+
+def test_exports_are_never_shadowed_by_submodules():
+    """Regression: `cliff_lens.fast_forward` / `cliff_lens.repair` were a function or a module
+    depending on import order (lazy export names equal to module names)."""
+    import importlib
+    import pkgutil
+
+    modules = {m.name for m in pkgutil.iter_modules(cliff_lens.__path__)}
+    clash = sorted(set(cliff_lens.__all__) & modules - {"viz"})
+    assert not clash, f"exports named like submodules: {clash}"
+    for m in modules - {"cli"}:
+        importlib.import_module(f"cliff_lens.{m}")  # every submodule imported: attributes now set
+    for name in cliff_lens.__all__:
+        obj = getattr(cliff_lens, name)
+        assert (name == "viz") == (type(obj).__name__ == "module"), name
+    assert type(cliff_lens.repair).__name__ == "module" and callable(cliff_lens.repair.repair)
+    assert 25 <= len(cliff_lens.__all__) <= 40
