@@ -1,6 +1,6 @@
 """Regenerate the package prompt sets (harmful / harmless / near_miss JSONL).
 
-Run ``python -m cliff_lens.prompts._generate`` from the repository root. The output is
+Run ``python scripts/generate_prompts.py`` (a build-time script; it is not part of the package). The output is
 deterministic: each base request gets a phrasing frame chosen by a hash of its text, the
 result is deduplicated (case- and punctuation-insensitive), and ``split`` is "test" for
 about 20% of lines (hash of the prompt text), "train" otherwise.
@@ -15,7 +15,7 @@ import hashlib
 import re
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent / "cliff_lens" / "prompts"  # where the package reads them
 
 # ---------------------------------------------------------------------------------------
 # harmful: (category, kind, text). kind "how" = verb phrase used in a how-to frame;
