@@ -47,6 +47,7 @@ hook context), so a random set costs a full generation of all prompts.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -59,6 +60,8 @@ from .ablation import AblationMode, ablation_hooks, probe_scores
 from .heads import n_top_heads, suppression_heads, validate_heads
 from .judges import KeywordJudge, attack_success_rate, count_outcomes, judge_outcomes, refusal_rate
 from .stats import Rate, empirical_p_value, mcnemar_exact
+
+log = logging.getLogger("cliff_lens")
 
 __all__ = ["attack_success", "random_heads", "settings_for", "save_ablation_results", "summarize_random"]
 
@@ -262,9 +265,8 @@ def attack_success(
     rows = []
     for i, st in enumerate(settings):
         if progress:
-            print(
-                f"[attack_success] {i + 1}/{len(settings)} {st['setting']} ({len(st['heads'])} heads)",
-                flush=True,
+            log.info(
+                "attack_success %d/%d %s (%d heads)", i + 1, len(settings), st["setting"], len(st["heads"])
             )
         hooks = ablation_hooks(model, st["heads"], mode, means) if st["heads"] else []
         row = dict(

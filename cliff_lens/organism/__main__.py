@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point of the organism tools."""
+    logging.basicConfig(level=logging.INFO, format="[cliff_lens.organism] %(message)s", stream=sys.stderr)
     ap = argparse.ArgumentParser(prog="python -m cliff_lens.organism", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="synthesise data and train the LoRA adapter into OUT/adapter")

@@ -11,6 +11,7 @@ thinking, answer, EOS), checkpoints after every epoch (resumable) and writes
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -24,6 +25,8 @@ from torch import Tensor
 from ..io import append_jsonl, atomic_save_safetensors, atomic_write_json, iter_jsonl, write_jsonl
 from ..repair import _add_lora, _collate
 from .synth import Example, load_package_prompts, synthesize
+
+log = logging.getLogger("cliff_lens")
 
 __all__ = [
     "BuildConfig",
@@ -414,7 +417,7 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
         if cks:
             step = _load_ckpt(model, opt, cks[-1], readout)
             start_epoch = int(cks[-1].name.removeprefix("ckpt-epoch"))
-            print(f"resuming from {cks[-1]} (epoch {start_epoch}, step {step})", flush=True)
+            log.info("resuming from %s (epoch %d, step %d)", cks[-1], start_epoch, step)
 
     log_path = out / "train_log.jsonl"
     if start_epoch == 0 and log_path.exists():

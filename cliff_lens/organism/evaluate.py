@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import random
 import time
@@ -38,6 +39,8 @@ from ..framings import HELDOUT_FRAMINGS, TRAIN_FRAMINGS, apply_framing
 from ..io import atomic_write_json, iter_jsonl, write_jsonl
 from ..judges import KeywordJudge, attack_success_rate, count_outcomes, outcomes
 from .synth import names_harm
+
+log = logging.getLogger("cliff_lens")
 
 __all__ = ["evaluate", "generate_rollouts", "hooked_organism", "shared_data_dir", "cliff_metrics"]
 
@@ -118,7 +121,7 @@ def generate_rollouts(
 
     tl = hooked_organism(model, tokenizer)
     if desc:
-        print(f"[organism evaluate] {desc}: {len(prompts)} rollouts", flush=True)
+        log.info("organism evaluate %s: %d rollouts", desc, len(prompts))
     rs = public_generate_rollouts(
         tl, list(prompts), template="generic", max_new_tokens=max_new_tokens, batch_size=batch_size
     )
@@ -426,7 +429,8 @@ def evaluate(
     }
     result["wall_s"] = round(time.time() - t0, 1)
     atomic_write_json(out / "eval.json", result)
-    print(
-        json.dumps({"behaviour": m, "targets": {k: v["met"] for k, v in result["targets"].items()}}, indent=1)
+    log.info(
+        "%s",
+        json.dumps({"behaviour": m, "targets": {k: v["met"] for k, v in result["targets"].items()}}, indent=1),
     )
     return result
