@@ -26,7 +26,7 @@ Hooks:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from jaxtyping import Float
@@ -46,6 +46,9 @@ from .readout import (
     screen_nonfinite,
 )
 
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
 __all__ = [
     "extract_activations",
     "resolve_hook",
@@ -64,7 +67,7 @@ __all__ = [
 
 
 def extract_activations(
-    model,
+    model: HookedTransformer,
     batch,
     *,
     hook: str = "blocks.{L}.hook_resid_post",
@@ -117,7 +120,7 @@ def extract_activations(
     if layers is not None and layer is not None:
         raise ValueError("pass either layer=... or layers=[...], not both")
     multi = layers is not None
-    if multi:
+    if layers is not None:
         layers = list(layers)
         if not layers:
             raise ValueError("layers=[] selects nothing; pass at least one layer")
@@ -170,9 +173,10 @@ def extract_activations(
     def finish(a: Tensor) -> Tensor:
         return a.to(dtype) if dtype is not None else a
 
+    done = cast(list[Tensor], results)  # run_batches read every example
     if kind == "ragged":
-        return [finish(r if multi else r[0]) for r in results]
-    out = torch.stack(results)  # [n, n_layers, k, d]
+        return [finish(r if multi else r[0]) for r in done]
+    out = torch.stack(done)  # [n, n_layers, k, d]
     if kind == "single":
         out = out[:, :, 0]  # [n, n_layers, d]
     return finish(out if multi else out[:, 0])

@@ -54,7 +54,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, cast
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -62,6 +62,9 @@ from torch import Tensor
 
 from .fast_forward import fast_forward
 from .templates import SPAN_NAMES
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 __all__ = [
     "PositionSpec",
@@ -134,7 +137,7 @@ def _label(ident: Any, index: int) -> str:
     return f"{index}" if ident is None or ident == index else f"{index} (id={ident!r})"
 
 
-def as_examples(batch: Any, model: Any = None) -> list[Example]:
+def as_examples(batch: Any, model: HookedTransformer | None = None) -> list[Example]:
     """Normalise a batch to a list of :class:`Example`.
 
     ``batch``: a list (or iterable) of ``TokenizedRollout`` records (``.tokens``, ``.spans``),
@@ -163,7 +166,7 @@ def as_examples(batch: Any, model: Any = None) -> list[Example]:
         spans = None
         ident: Any = i
         if isinstance(x, str):
-            if getattr(model, "tokenizer", None) is None:
+            if model is None or getattr(model, "tokenizer", None) is None:
                 raise ValueError("string inputs need model.tokenizer; pass token tensors instead")
             toks = model.to_tokens(x)[0]
         elif hasattr(x, "tokens"):
@@ -221,7 +224,7 @@ class Positions:
         if self.rule in ("all", "last"):
             return self.rule
         if self.rule == "span":
-            return self.span
+            return cast(str, self.span)  # a "span" rule always names its span
         if self.rule == "span_last":
             return f"last:{self.span}"
         if self.rule == "range":
@@ -283,7 +286,7 @@ class Positions:
         return torch.tensor(out, dtype=torch.long)
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -374,7 +377,7 @@ class Prepared:
 
 
 def prepare(
-    model: Any,
+    model: HookedTransformer,
     batch: Any,
     positions: PositionSpec | Positions = "all",
     *,
@@ -479,7 +482,7 @@ def left_pad(
     return toks, mask, offsets
 
 
-def pad_token_id(model: Any) -> int:
+def pad_token_id(model: HookedTransformer) -> int:
     """The id used for padding: the tokenizer's pad token, else its EOS token, else 0.
 
     (Pad tokens are masked, so the choice never changes a real token's activations.)
@@ -491,7 +494,7 @@ def pad_token_id(model: Any) -> int:
     return int(pid) if pid is not None else 0
 
 
-def model_device(model: Any) -> torch.device:
+def model_device(model: HookedTransformer) -> torch.device:
     """The device input tokens go to (the embedding's)."""
     if hasattr(model, "W_E"):
         return model.W_E.device
@@ -560,7 +563,7 @@ class Batch:
         return w
 
 
-def stop_layer(model: Any, names: Sequence[str]) -> int | None:
+def stop_layer(model: HookedTransformer, names: Sequence[str]) -> int | None:
     """``stop_at_layer`` for a forward that reads ``names``: one past the deepest block read, or
     None when a hook after the blocks (``ln_final.*``, ``unembed.*``) is read."""
     deepest = -1
@@ -576,7 +579,7 @@ def stop_layer(model: Any, names: Sequence[str]) -> int | None:
 
 
 def run_batches(
-    model: Any,
+    model: HookedTransformer,
     seqs: Sequence[Int[Tensor, " pos"] | Prepared],
     names: Sequence[str],
     make_reader: Callable[[Batch], HookFn],
@@ -602,21 +605,21 @@ def run_batches(
     """
     from tqdm.auto import tqdm
 
-    seqs = [s.tokens if isinstance(s, Prepared) else s for s in seqs]
+    tokens = [s.tokens if isinstance(s, Prepared) else s for s in seqs]
     wanted = frozenset(names)
     device = model_device(model)
     pid = pad_token_id(model) if pad_id is None else pad_id
     stop = stop_layer(model, list(wanted)) if stop_at_layer == "auto" else stop_at_layer
     if bucket:
-        groups = length_buckets([int(s.numel()) for s in seqs], batch_size)
+        groups = length_buckets([int(s.numel()) for s in tokens], batch_size)
     else:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        groups = [list(range(k, min(k + batch_size, len(seqs)))) for k in range(0, len(seqs), batch_size)]
-    logger.debug("run_batches: %d sequences in %d batches, stop_at_layer=%s", len(seqs), len(groups), stop)
+        groups = [list(range(k, min(k + batch_size, len(tokens)))) for k in range(0, len(tokens), batch_size)]
+    logger.debug("run_batches: %d sequences in %d batches, stop_at_layer=%s", len(tokens), len(groups), stop)
     with torch.inference_mode():
         for idx in tqdm(groups, desc=desc, disable=not progress, leave=False):
-            toks, mask, offsets = left_pad([seqs[i] for i in idx], pid, device)
+            toks, mask, offsets = left_pad([tokens[i] for i in idx], pid, device)
             batch = Batch(idx, toks, mask, offsets)
             fwd = list(hooks(batch)) if hooks is not None else []
             fwd.append((lambda n: n in wanted, make_reader(batch)))
@@ -674,19 +677,21 @@ class HookSpec:
     layer: int | None
     final_norm: bool = False
 
-    def apply(self, model: Any, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+    def apply(
+        self, model: HookedTransformer, x: Float[Tensor, "... d_model"]
+    ) -> Float[Tensor, "... d_model"]:
         """The feature this read-out means, from the hook point's tensor ``x``."""
         return final_norm(model, x) if self.final_norm else x
 
 
-def _check_layer(model: Any, layer: int) -> int:
+def _check_layer(model: HookedTransformer, layer: int) -> int:
     n = model.cfg.n_layers
     if not -n <= layer < n:
         raise ValueError(f"layer={layer} is out of range for a model with {n} layers")
     return layer % n
 
 
-def resolve_hook(model: Any, hook: str, layer: int | None = None) -> HookSpec:
+def resolve_hook(model: HookedTransformer, hook: str, layer: int | None = None) -> HookSpec:
     """Resolve a user hook name (with an optional ``{L}`` placeholder) to a :class:`HookSpec`.
 
     ``"final_norm_weighted"`` is the final norm's output (:func:`final_norm`: normalisation,
@@ -727,7 +732,7 @@ def resolve_hook(model: Any, hook: str, layer: int | None = None) -> HookSpec:
     return HookSpec(name, hook, hl)
 
 
-def final_norm(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+def final_norm(model: HookedTransformer, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
     """The model's final norm applied to a residual-stream tensor, without firing any hook.
 
     Exactly what ``model.ln_final`` computes (so what the unembedding reads, and the last entry
