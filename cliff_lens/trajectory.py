@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import torch
 from jaxtyping import Float, Int
@@ -43,6 +43,9 @@ from cliff_lens.readout import (
     run_batches,
     screen_nonfinite,
 )
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 __all__ = [
     "Trajectory",
@@ -97,9 +100,10 @@ class Trajectory:
             raise ValueError(
                 f"trajectory {self.id!r} has scores for layers {self.layers}; pass layer=<one of them>"
             )
-        if layer not in (self.layers or []):
+        layers = self.layers or []
+        if layer not in layers:
             raise ValueError(f"trajectory {self.id!r} has no layer {layer}; available: {self.layers}")
-        return self.scores[self.layers.index(layer)]
+        return self.scores[layers.index(layer)]
 
 
 # --------------------------------------------------------------------------------------
@@ -118,7 +122,7 @@ class _Readout:
 
 
 def compute_trajectories(
-    model,
+    model: HookedTransformer,
     rollouts: Sequence,
     probe: RefusalProbe | dict[int, RefusalProbe],
     *,
@@ -205,8 +209,8 @@ def compute_trajectories(
     prepared, _ = prepare(model, examples, "all", truncate=truncate, what="rollout")
 
     by_hook: dict[str, list[_Readout]] = {}
-    for r in readouts:
-        by_hook.setdefault(r.hook, []).append(r)
+    for ro in readouts:
+        by_hook.setdefault(ro.hook, []).append(ro)
     store: dict[int, Tensor] = {}
 
     def make_reader(batch: Batch):
@@ -239,16 +243,16 @@ def compute_trajectories(
         for i, s in screen_nonfinite(
             rows, examples, on_nonfinite, "refusal scores", noun="rollout", hint=hint
         ).items():
-            p = prepared[i]
+            prep = prepared[i]
             out[i] = Trajectory(
                 scores=s if mode != "single" else s[0],
-                spans=dict(p.spans or {}),
-                tokens=p.tokens,
+                spans=dict(prep.spans or {}),
+                tokens=prep.tokens,
                 layers=row_layers,
                 mode=mode,
-                id=p.example.id,
+                id=prep.example.id,
             )
-    return out  # type: ignore[return-value]
+    return cast(list[Trajectory], out)  # run_batches scored every rollout
 
 
 # --------------------------------------------------------------------------------------
@@ -538,6 +542,30 @@ def cliff_table(
     return {k: (v if multi else v[:, 0]) for k, v in cols.items()}
 
 
+@overload
+def cliff_metrics(
+    trajs: Trajectory,
+    *,
+    layer: int | None = ...,
+    plateau: Literal["late", "all"] = ...,
+    plateau_window: int = ...,
+    exclude_last: int = ...,
+    drop_search: Literal["late", "thinking", "all"] = ...,
+) -> CliffMetrics: ...
+
+
+@overload
+def cliff_metrics(
+    trajs: Sequence[Trajectory],
+    *,
+    layer: int | None = ...,
+    plateau: Literal["late", "all"] = ...,
+    plateau_window: int = ...,
+    exclude_last: int = ...,
+    drop_search: Literal["late", "thinking", "all"] = ...,
+) -> list[CliffMetrics]: ...
+
+
 def cliff_metrics(
     trajs: Trajectory | Sequence[Trajectory],
     *,
@@ -553,7 +581,7 @@ def cliff_metrics(
     plateau/cliff and a ``note`` saying so (a recorded skip, not an error).
     """
     single = isinstance(trajs, Trajectory)
-    tl = [trajs] if single else list(trajs)
+    tl = [trajs] if isinstance(trajs, Trajectory) else list(trajs)
     if any(t.scores.ndim == 2 for t in tl) and layer is None:
         raise ValueError("multi-layer trajectories: pass layer=<int> (or use cliff_table for every layer)")
     c = cliff_table(
@@ -564,7 +592,7 @@ def cliff_metrics(
         exclude_last=exclude_last,
         drop_search=drop_search,
     )
-    out = []
+    out: list[CliffMetrics] = []
     for i, t in enumerate(tl):
         has_drop = bool(torch.isfinite(c["steepest_drop"][i]))
         note = ""
