@@ -204,7 +204,9 @@ def demo_config(out: Path, *, quick: bool = False) -> RunConfig:
     )
     if quick:
         return RunConfig(**common, n_harmful=8, n_harmless=8, random_seeds=1, n_ablation=4)
-    return RunConfig(**common, n_harmful=32, n_harmless=32, random_seeds=5, n_ablation=16)
+    # 32 framed + 32 plain harmful, 32 harmless: ASR and over-refusal on 32 prompts each, so that a
+    # paired test can separate a 0.94 -> 0.62 effect (within ~15 min on 2 CPU cores)
+    return RunConfig(**common, n_harmful=64, n_harmless=32, random_seeds=5, n_ablation=32)
 
 
 # -- the command line is the config ------------------------------------------------------------
