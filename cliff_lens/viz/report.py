@@ -406,7 +406,12 @@ def cliff_headline(cliff: Any) -> str:
         refused = "refused: not measured (no refused rollout)"
     else:
         r_ci = _ci(ref.get("cliff_ci95"))
-        what = "no drop" if r_ci is not None and r_ci[0] <= 0 else "drop" if r_ci is None else "drops too"
+        if r_ci is None:
+            what = "drop"
+        elif r_ci[1] < 0:
+            what = "no drop, the score rises"
+        else:
+            what = "no drop" if r_ci[0] <= 0 else "drops too"
         refused = f"refused: {what} ({_cliff_numbers(ref)})"
     short = verdict.split(" (")[0]
     comp = _cliff_numbers(cliff["harmful_complied"]).split(", ", 1)
@@ -474,10 +479,10 @@ def verdict_vs_random(row: Any, random_summary: Any = None, *, alpha: float = AL
     p, n = _vs_random(row, random_summary)
     if p is None:
         return "not measured (no random head sets of this k)"
-    sets = f"{n} random sets" if n else "random sets"
+    sets = f"{n} random set{'' if n == 1 else 's'}" if n else "random sets"
     if p < alpha:
         return f"significant at {alpha:g} (empirical p={fmt_p(p)} vs {sets})"
-    floor = f"; {n} sets cannot give p below {1 / (n + 1):.2g}" if n and 1 / (n + 1) >= alpha else ""
+    floor = f"; {sets} cannot give p below {1 / (n + 1):.2g}" if n and 1 / (n + 1) >= alpha else ""
     return f"not significant at {alpha:g} (empirical p={fmt_p(p)} vs {sets}{floor})"
 
 
@@ -622,9 +627,14 @@ def _sec_model(data: ReportData, ctx: dict) -> str:
         parts.append(f'<p class="note">{skipped} malformed line(s) of rollouts.jsonl skipped.</p>')
     parts.append("<h3>Examples</h3>")
     for rec in examples:
-        label = f"{rec.get('id', '?')} · source {rec.get('source', '')} · harmful={rec.get('harmful')} · refused={rec.get('refused')}"
+        prompt = " ".join(str(rec.get("prompt") or "").split())
+        label = (
+            f"{rec.get('source', '')} · harmful={rec.get('harmful')} · refused={rec.get('refused')} · "
+            + (prompt if len(prompt) <= 90 else prompt[:90] + " ...")
+        )
         parts.append(
             f"<details><summary>{esc(label)}</summary>"
+            + f'<p class="note">id {esc(rec.get("id", "?"))}</p>'
             + _user_text("prompt", rec.get("prompt"))
             + _user_text("thinking", rec.get("thinking"))
             + _user_text("answer", rec.get("answer"))
@@ -1009,14 +1019,13 @@ def _sec_ablation(data: ReportData, ctx: dict) -> str:
             if k in r:
                 t[k] = r[k]
         table.append(t)
-    cols = [c for c in table[0] if any(t.get(c) not in (None, "") for t in table)] if table else []
-    cols = list(dict.fromkeys(["setting", "ASR", *cols]))
-    extra_cols = [c for t in table for c in t if c not in cols]
-    cols += list(dict.fromkeys(extra_cols))
+    every = list(dict.fromkeys(c for t in table for c in t))
+    cols = [c for c in every if c in ("setting", "ASR") or any(t.get(c) not in (None, "") for t in table)]
     parts = [
         view.to_html(),
-        '<p class="note">Whiskers: 95% Wilson interval on baseline and top-k% bars; random-k% bars: mean '
-        "over seeds, whisker min..max, dots the seeds.</p>",
+        '<p class="note">Whiskers: 95% Wilson interval on baseline and top-k% bars (and on a random-k% bar '
+        "of a single seed); random-k% bars of several seeds: mean over seeds, whisker min..max, dots the "
+        "seeds.</p>",
         _table(table, cols),
     ]
     summaries = _random_summaries(data, data.results(), rows)
@@ -1136,6 +1145,16 @@ def _finding_cliff(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
     ]
     if cliff and not lines:
         lines = [_split_line(k, cliff.get(k), thr) for k in ("harmful", "harmless") if k in cliff]
+    small = [
+        f"{k.replace('harmful_', '')} n={v['n_rollouts']}"
+        for k, v in cliff.items()
+        if k in ("harmful_complied", "harmful_refused") and _measured(v) and v["n_rollouts"] < 10
+    ]
+    if small:
+        lines.append(
+            f"caution: {', '.join(small)}: percentile-bootstrap intervals from fewer than 10 rollouts "
+            "understate the uncertainty"
+        )
     scored = cliff.get("scored_by")
     figure, fig_note = "", ""
     try:
@@ -1284,6 +1303,21 @@ def _random_summaries(data: ReportData, res: dict, rows: list[dict]) -> dict[flo
     return out
 
 
+def _outcome_note(row: dict) -> str:
+    """``harmful outcomes: 0 refused, 1 complied, 3 no answer (thinking never closed in 75%)``
+    when some harmful rollouts gave no answer (a no-answer lowers ASR without a refusal)."""
+    no_ans = _n(row, "n_harmful_no_answer")
+    if not no_ans:
+        return ""
+    parts = [f"{row.get('n_harmful_refused', '?')} refused", f"{row.get('n_harmful_complied', '?')} complied"]
+    unclosed = _num(row.get("harmful_unclosed"))
+    tail = f" (thinking never closed in {unclosed:.0%})" if unclosed else ""
+    return (
+        f"harmful outcomes: {', '.join(parts)}, {no_ans} no answer{tail}; a no-answer is not an attack "
+        "success: part of the ASR change is no-answers, not refusals"
+    )
+
+
 def _capability_cost(row: dict) -> str | None:
     for key in ("kl", "kl_to_baseline", "capability_cost"):
         v = row.get(key)
@@ -1334,11 +1368,15 @@ def _finding_ablation(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]
         nh = r.get("n_heads")
         n_heads = f" ({nh} head{'' if nh == 1 else 's'})" if nh is not None else ""
         lines.append(f"{name}{n_heads}: ASR {fmt_ci(r.get('asr'), r.get('asr_ci95'))}{test}")
+        outcomes = _outcome_note(r)
+        if outcomes:
+            lines.append(f"{name}: {outcomes}")
         s = summaries.get(k) if k is not None else None
         if s:
             p, n_sets = _vs_random(r, s)
             lines.append(
-                f"random-{k:g}% ({n_sets or '?'} sets): ASR mean {fmt_num(s.get('asr_mean'))}, "
+                f"random-{k:g}% ({n_sets or '?'} set{'' if n_sets == 1 else 's'}): "
+                f"ASR mean {fmt_num(s.get('asr_mean'))}, "
                 f"range {fmt_num(s.get('asr_min'))}-{fmt_num(s.get('asr_max'))}; "
                 f"{name} vs random: empirical p={fmt_p(p)}"
             )
@@ -1374,8 +1412,9 @@ def _finding_ablation(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]
         lines,
         figure,
         (
-            "ASR and over-refusal: Wilson 95% intervals (whiskers on baseline and top-k% bars); random-k% "
-            "bars: mean over the sets, whisker min..max, dots the sets. McNemar: exact, paired by prompt, "
+            "ASR and over-refusal: Wilson 95% intervals (whiskers on baseline and top-k% bars, and on a "
+            "random-k% bar of a single set); random-k% bars of several sets: mean over the sets, whisker "
+            "min..max, dots the sets. McNemar: exact, paired by prompt, "
             "two-sided. Empirical p: (1 + #random sets with ASR <= top-k% ASR) / (1 + #sets)."
         )
         if rows
