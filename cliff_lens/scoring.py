@@ -35,11 +35,14 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from .io import append_jsonl, atomic_write_text, iter_jsonl
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 __all__ = [
     "ScoringError",
@@ -164,7 +167,7 @@ def check_same_model(probe_model: str | None, rollout: Any) -> None:
 
 
 def probe_scorer(
-    model: Any,
+    model: HookedTransformer,
     probe: Any,
     *,
     template: Any = None,
@@ -286,7 +289,13 @@ def score_stream(
     n_done_before = len(done)
     seen: set[str] = set()
     buckets: dict[int, list[Any]] = {}
-    stats = {"seen": 0, "scored": 0, "skipped_done": 0, "skipped_no_thinking": 0, "total_in_file": 0}
+    stats: dict[str, Any] = {
+        "seen": 0,
+        "scored": 0,
+        "skipped_done": 0,
+        "skipped_no_thinking": 0,
+        "total_in_file": 0,
+    }
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -309,7 +318,7 @@ def score_stream(
             if not t:
                 stats["skipped_done"] += 1
                 continue
-            rec = {"id": str(_get(r, "id"))}
+            rec: dict[str, Any] = {"id": str(_get(r, "id"))}
             rec.update(m)
             for k in ("harmful", "refused", "source"):
                 rec.setdefault(k, _get(r, k))
@@ -369,7 +378,7 @@ def score_stream(
 
 
 def score_pool(
-    model: Any,
+    model: HookedTransformer,
     probe: Any,
     rollouts_path: str | os.PathLike,
     out_path: str | os.PathLike,
