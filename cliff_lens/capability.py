@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -28,6 +28,9 @@ from torch import Tensor
 
 from .readout import Batch, final_norm, prepare, run_batches
 from .stats import MeanCI, bootstrap_mean
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 __all__ = ["InterventionCost", "intervention_cost"]
 
@@ -54,7 +57,7 @@ class InterventionCost:
 
 
 def _answer_logprobs(
-    model: Any,
+    model: HookedTransformer,
     prepared: list,
     hooks: Callable[[Batch], Sequence[tuple[str | Callable, Callable]]] | None,
     batch_size: int,
@@ -85,7 +88,7 @@ def _answer_logprobs(
 
 
 def intervention_cost(
-    model: Any,
+    model: HookedTransformer,
     rollouts: Sequence[Any],
     hooks: Sequence[tuple[str | Callable, Callable]]
     | Callable[[Batch], Sequence[tuple[str | Callable, Callable]]],
@@ -118,8 +121,8 @@ def intervention_cost(
     ranges = [(r.spans["answer"][0] - 1, r.spans["answer"][1] - 1) for r in keep]
     prepared = []
     for r, (s, e) in zip(keep, ranges):
-        p, _ = prepare(model, [r], (s, e), what="rollout")
-        prepared.extend(p)
+        one, _ = prepare(model, [r], (s, e), what="rollout")
+        prepared.extend(one)
     hook_fn = hooks if callable(hooks) else (lambda batch: list(hooks))
     base = _answer_logprobs(model, prepared, None, batch_size)
     abl = _answer_logprobs(model, prepared, hook_fn, batch_size)
