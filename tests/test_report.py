@@ -196,7 +196,11 @@ def test_findings_come_first_with_numbers_intervals_and_verdicts(full_report):
     assert (
         "over-refusal 0.09 [0.03, 0.24]: no significant change at 0.05 (McNemar p=1, n=32)" in f["ablation"]
     )
-    assert "capability cost of top-3%: not measured" in f["ablation"]
+    assert (
+        "capability cost of top-3%: KL 0.050 [0.035, 0.070] nats per answer token, answer log-prob change "
+        "-0.050 [-0.075, -0.030] (n=32 harmless rollouts, teacher-forced)"
+    ) in f["ablation"]
+    assert "random sets' mean KL 0.020" in f["ablation"]
     assert secs["findings"].count('class="cl-bars"') == 1 and 'class="cl-ci"' in secs["findings"]
     # (e) selection
     assert "above the base rate" in f["selection"] and "0.90 [0.60, 0.98] (9/10)" in f["selection"]
@@ -221,7 +225,8 @@ def _strip_new_keys(obj):
     if isinstance(obj, dict):
         drop = {"vs_baseline", "vs_random", "scored_by", "cliff_threshold", "val_source", "base_rate_complied",
                 "precision_complied", "complied_in_selection", "complied_in_pool", "harmful_complied",
-                "harmful_refused", "harmless_helped", "harmless_refused", "ablation_random_summary"}  # fmt: skip
+                "harmful_refused", "harmless_helped", "harmless_refused", "ablation_random_summary",
+                "capability", "kl_mean"}  # fmt: skip
         return {
             k: _strip_new_keys(v)
             for k, v in obj.items()
@@ -282,8 +287,14 @@ def test_ablation_finding_reports_no_answers_and_capability_cost(tmp_path):
     run = write_synthetic_run(tmp_path / "run", skip=("ablation.json",))
     res = json.loads((run / "results.json").read_text())
     html = build_report(run).read_text(encoding="utf-8")
-    assert "capability cost" not in _sections(html)["ablation"]  # an empty column is left out
     assert "no answer" not in _findings(_sections(html)["findings"])["ablation"]
+    for r in res["ablation"]:
+        r.pop("capability", None)
+    res["ablation_random_summary"][0].pop("kl_mean")
+    (run / "results.json").write_text(json.dumps(res))
+    secs = _sections(build_report(run).read_text(encoding="utf-8"))
+    assert "capability cost" not in secs["ablation"] and "KL mean" not in secs["ablation"]  # empty columns
+    assert "capability cost of top-3%: not measured" in _findings(secs["findings"])["ablation"]
     top = res["ablation"][1]
     top.update(
         n_harmful_no_answer=10, n_harmful_refused=16, n_harmful_complied=6, harmful_unclosed=0.3, kl=0.1234

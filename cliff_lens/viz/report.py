@@ -1039,10 +1039,12 @@ def _sec_ablation(data: ReportData, ctx: dict) -> str:
                 "over-refusal mean": fmt_num(s.get("over_refusal_mean")),
                 "top-k% ASR": fmt_num(s.get("top_asr")),
                 "empirical p (top-k% vs random)": fmt_p(s.get("top_asr_empirical_p")),
+                "KL mean": fmt_num(s.get("kl_mean"), 3) if _num(s.get("kl_mean")) is not None else "",
             }
             for k, s in sorted(summaries.items())
         ]
-        parts.append("<h3>Random head sets</h3>" + _table(srows, list(srows[0])))
+        scols = [c for c in srows[0] if any(r.get(c) not in (None, "") for r in srows)]
+        parts.append("<h3>Random head sets</h3>" + _table(srows, scols))
     return "\n".join(parts)
 
 
@@ -1319,6 +1321,20 @@ def _outcome_note(row: dict) -> str:
 
 
 def _capability_cost(row: dict) -> str | None:
+    """The capability cost of an ablated setting, or ``None`` when not measured.
+
+    Reads ``row["capability"]`` (:meth:`cliff_lens.capability.InterventionCost.to_dict`:
+    ``{"kl": {"value", "n", "ci95"}, "answer_logprob_delta": {...}, "n_rollouts", ...}``), else
+    a plain ``kl`` (number with ``kl_ci95``, or ``{"value", "ci95"}``)."""
+    cap = row.get("capability")
+    if isinstance(cap, dict) and isinstance(cap.get("kl"), dict) and _num(cap["kl"].get("value")) is not None:
+        kl = cap["kl"]
+        out = f"KL {fmt_ci(kl.get('value'), kl.get('ci95'), 3)} nats per answer token"
+        d = cap.get("answer_logprob_delta")
+        if isinstance(d, dict) and _num(d.get("value")) is not None:
+            out += f", answer log-prob change {fmt_ci(d.get('value'), d.get('ci95'), 3)}"
+        n = _n(cap, "n_rollouts") or _n(kl, "n")
+        return out + (f" (n={n} harmless rollouts, teacher-forced)" if n else "")
     for key in ("kl", "kl_to_baseline", "capability_cost"):
         v = row.get(key)
         if isinstance(v, dict):
@@ -1379,6 +1395,11 @@ def _finding_ablation(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]
                 f"ASR mean {fmt_num(s.get('asr_mean'))}, "
                 f"range {fmt_num(s.get('asr_min'))}-{fmt_num(s.get('asr_max'))}; "
                 f"{name} vs random: empirical p={fmt_p(p)}"
+                + (
+                    f"; random sets' mean KL {fmt_num(s.get('kl_mean'), 3)}"
+                    if _num(s.get("kl_mean")) is not None
+                    else ""
+                )
             )
         if _num(r.get("over_refusal")) is not None:
             lines.append(

@@ -412,6 +412,14 @@ def _ablation_settings(rng: np.random.Generator, k: int, significant: bool) -> l
         }
         if kind != "baseline":
             out["vs_baseline"] = {"asr": _mcnemar(base_c, comp), "over_refusal": _mcnemar(base_r, ref)}
+            kl = 0.02 if kind == "random" else 0.05
+            out["capability"] = {
+                "kl": {"value": kl, "n": n, "ci95": [kl * 0.7, kl * 1.4]},
+                "answer_logprob_delta": {"value": -kl, "n": n, "ci95": [-kl * 1.5, -kl * 0.6]},
+                "n_rollouts": n,
+                "n_tokens": 40 * n,
+                "unit": "nats per answer token, averaged per rollout then over rollouts",
+            }
         return out
 
     rows = [
@@ -438,6 +446,7 @@ def _ablation_settings(rng: np.random.Generator, k: int, significant: bool) -> l
         "top_setting": "top-3%",
         "top_asr": rows[1]["asr"],
         "top_asr_empirical_p": p_emp,
+        "kl_mean": float(np.mean([r["capability"]["kl"]["value"] for r in rand])),
     }
     rows[1]["vs_random"] = {
         "n_sets": len(rand),
