@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -57,6 +57,9 @@ from .readout import (
     resolve_hook,
     run_batches,
 )
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 __all__ = [
     "AblationMode",
@@ -83,7 +86,7 @@ _MODES = ("zero", "mean", "paper_renorm", "paper_renorm_global")
 # --------------------------------------------------------------------------------------------
 
 
-def _means_tensor(model: Any, means: Any) -> Tensor:
+def _means_tensor(model: HookedTransformer, means: Any) -> Tensor:
     if means is None:
         raise ValueError(
             "mode='mean' needs means=compute_head_means(model, reference_batch) (or load_head_means(path))"
@@ -165,7 +168,7 @@ def _check_positions(positions: Any) -> Any:
 
 
 def ablation_hooks(
-    model: Any,
+    model: HookedTransformer,
     heads: Sequence[tuple[int, int]],
     mode: AblationMode = "zero",
     means: Any = None,
@@ -211,7 +214,7 @@ def ablation_hooks(
 
 
 def _make_z_hook(
-    head_idx: Tensor, mode: str, layer_means: Tensor | None, positions: Any, state: dict
+    head_idx: Tensor, mode: AblationMode, layer_means: Tensor | None, positions: Any, state: dict
 ) -> Callable:
     def hook(z: Float[Tensor, "batch pos n_heads d_head"], hook: Any) -> Tensor:
         B, Q = z.shape[0], z.shape[1]
@@ -222,7 +225,8 @@ def _make_z_hook(
             if mode == "zero":
                 new = torch.zeros((), dtype=z.dtype, device=z.device)
             else:
-                new = layer_means.to(device=z.device, dtype=z.dtype)[hi]  # [h_sel, d_head]
+                # mode "mean" always comes with the layer's means (ablation_hooks)
+                new = cast(Tensor, layer_means).to(device=z.device, dtype=z.dtype)[hi]  # [h_sel, d_head]
             if sel is None:
                 z[:, :, hi] = new
             else:
@@ -251,19 +255,19 @@ def _make_z_hook(
 
 @contextmanager
 def ablate_heads(
-    model: Any,
+    model: HookedTransformer,
     heads: Sequence[tuple[int, int]],
     mode: AblationMode = "mean",
     means: Any = None,
     positions: Any = None,
-) -> Iterator[Any]:
+) -> Iterator[HookedTransformer]:
     """Context manager: every forward pass (and every generation step) inside the block runs
     with ``heads`` ablated; the hooks are removed on exit, also on error.
 
     >>> with ablate_heads(model, [(5, 3), (6, 0)], mode="mean", means=means):
     ...     logits = model(tokens)
     """
-    hooks = ablation_hooks(model, heads, mode, means, positions)
+    hooks: list[tuple[str | Callable, Callable]] = list(ablation_hooks(model, heads, mode, means, positions))
     with model.hooks(fwd_hooks=hooks):
         yield model
 
@@ -274,7 +278,7 @@ def ablate_heads(
 
 
 def compute_head_means(
-    model: Any,
+    model: HookedTransformer,
     batch: Any,
     *,
     positions: PositionSpec = "all",
@@ -329,7 +333,9 @@ def save_head_means(
     return st
 
 
-def load_head_means(path: Any, model: Any = None) -> Float[Tensor, "n_layers n_heads d_head"]:
+def load_head_means(
+    path: Any, model: HookedTransformer | None = None
+) -> Float[Tensor, "n_layers n_heads d_head"]:
     """Load means written by :func:`save_head_means`; with ``model`` the shape is checked."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -358,13 +364,13 @@ def load_head_means(path: Any, model: Any = None) -> Float[Tensor, "n_layers n_h
 
 
 def ablated_weights(
-    model: Any,
+    model: HookedTransformer,
     heads: Sequence[tuple[int, int]],
     mode: Literal["zero", "mean"] = "zero",
     means: Any = None,
     *,
     inplace: bool = False,
-) -> Any:
+) -> HookedTransformer:
     """A HookedTransformer whose weights implement zero/mean ablation of ``heads`` at every
     position: ``W_O[l, h] = 0`` and, for ``mean``, ``b_O[l] += means[l, h] @ W_O[l, h]`` (the
     constant the mean head would have written). Exact (same logits as the hooks up to float
@@ -537,7 +543,7 @@ def _save_hf(model: Any, tokenizer: Any, out: Path, info: dict, overwrite: bool)
 
 
 def positions_mask(
-    model: Any, batch: Any, positions: PositionSpec
+    model: HookedTransformer, batch: Any, positions: PositionSpec
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Bool[Tensor, "batch pos"]]:
     """Left-pad ``batch`` (in input order) and mark ``positions`` (a span name, ``"last"``,
     indices... in the :mod:`cliff_lens.readout` grammar) per example: returns ``(tokens,
@@ -552,7 +558,7 @@ def positions_mask(
     return toks, att, b.position_mask([p.positions for p in prepared])
 
 
-def _probe_parts(model: Any, probe: Any, hook: str | None) -> tuple[Any, Tensor, float]:
+def _probe_parts(model: HookedTransformer, probe: Any, hook: str | None) -> tuple[Any, Tensor, float]:
     """(hook spec, weight vector, bias) of a probe or a direction."""
     d_model = model.cfg.d_model
     layer = None
@@ -582,7 +588,7 @@ def _probe_parts(model: Any, probe: Any, hook: str | None) -> tuple[Any, Tensor,
 
 
 def probe_scores(
-    model: Any,
+    model: HookedTransformer,
     batch: Any,
     probe: Any,
     *,
@@ -604,7 +610,7 @@ def probe_scores(
 
 
 def _probe_scores(
-    model: Any,
+    model: HookedTransformer,
     batch: Any,
     probe: Any,
     positions: Any,
@@ -668,7 +674,7 @@ class CausalEffects:
 
 
 def head_causal_effects(
-    model: Any,
+    model: HookedTransformer,
     batch: Any,
     probe_or_direction: Any,
     *,
