@@ -309,6 +309,25 @@ def test_ablation_finding_reports_no_answers_and_capability_cost(tmp_path):
     assert "capability cost" in secs["ablation"] and "kl 0.123" in secs["ablation"]
 
 
+def test_heads_finding_shows_the_contrast_ranking_when_present(tmp_path):
+    run = write_synthetic_run(tmp_path / "run")
+    res = json.loads((run / "results.json").read_text())
+    res["heads"]["top_contrast"] = [
+        {"layer": 1, "head": 2, "score": -0.7},
+        {"layer": 0, "head": 3, "score": -0.2},
+    ]
+    (run / "results.json").write_text(json.dumps(res))
+    f = _findings(_sections(build_report(run).read_text(encoding="utf-8"))["findings"])["heads"]
+    assert "top by the complied-minus-refused contrast: L1H2 (-0.700), L0H3 (-0.200); 1 of 2 also among" in f
+    hj = json.loads((run / "heads.json").read_text())
+    hj["contrast_heads"] = [[0, 1, -0.3]]
+    (run / "heads.json").write_text(json.dumps(hj))
+    del res["heads"]["top_contrast"]
+    (run / "results.json").write_text(json.dumps(res))
+    f = _findings(_sections(build_report(run).read_text(encoding="utf-8"))["findings"])["heads"]
+    assert "contrast: L0H1 (-0.300); 0 of 1 also among" in f
+
+
 def test_examples_are_labelled_by_prompt_not_by_id(full_report):
     model = _sections(full_report.read_text(encoding="utf-8"))["model"]
     summaries = re.findall(r"<summary>(.*?)</summary>", model)

@@ -910,6 +910,10 @@ def _heads_info(data: ReportData) -> dict:
             ]
         elif hj.get("top"):
             info["top"] = hj["top"]
+        if hj.get("contrast_heads") and not info.get("top_contrast"):
+            info["top_contrast"] = [
+                {"layer": int(a), "head": int(b), "score": float(c)} for a, b, c in hj["contrast_heads"]
+            ]
         variant = (hj.get("meta") or {}).get("variant") or hj.get("variant")
         if variant:
             info["variant"] = variant
@@ -1239,11 +1243,17 @@ def _finding_heads(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
         lines.append(
             f"attribution variant: {heads.get('variant', '?')}; heads in the model: {heads.get('n_heads_total', '?')}"
         )
-        contrast = heads.get("contrast")
-        if not has_contrast:
+        tc = [t for t in heads.get("top_contrast") or [] if isinstance(t, dict)]
+        if tc:
+            names = [f"L{t['layer']}H{t['head']} ({float(t['score']):+.3f})" for t in tc[:12]]
+            both = {(t["layer"], t["head"]) for t in tc} & {(t["layer"], t["head"]) for t in top}
             lines.append(
-                "complied-vs-refused contrast: " + ("recorded (see Heads)" if contrast else "not measured")
+                "top by the complied-minus-refused contrast: "
+                + ", ".join(names)
+                + f"; {len(both)} of {len(tc)} also among the top heads above"
             )
+        elif not has_contrast:
+            lines.append("complied-vs-refused contrast: not measured")
     block = _finding(
         "heads",
         "(c) Suppression heads",
