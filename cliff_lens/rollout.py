@@ -16,7 +16,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -25,6 +25,9 @@ from torch import Tensor
 from cliff_lens.data import Prompt, Rollout, append_rollouts, read_rollouts, write_rollouts
 from cliff_lens.fast_forward import fast_forward
 from cliff_lens.io import iter_jsonl_numbered
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 __all__ = ["generate_rollouts", "import_rollouts", "rollout_id", "sample_next_token"]
 
@@ -41,8 +44,10 @@ def rollout_id(prompt: str, template: str, settings: dict, index: int = 0) -> st
 def _kv_cache_cls():
     try:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache as C
-    except ImportError:  # older TL
-        from transformer_lens.past_key_value_caching import HookedTransformerKeyValueCache as C
+    except ImportError:  # older TL (absent from TL >= 3.9, which mypy checks against)
+        from transformer_lens.past_key_value_caching import (  # type: ignore[import-not-found]
+            HookedTransformerKeyValueCache as C,
+        )
     return C
 
 
@@ -83,7 +88,7 @@ def sample_next_token(
 
 @torch.inference_mode()
 def _generate_batch(
-    model: Any,
+    model: HookedTransformer,
     seqs: list[list[int]],
     *,
     max_new_tokens: int,
@@ -134,7 +139,7 @@ def _generate_batch(
 
 
 def generate_rollouts(
-    model: Any,
+    model: HookedTransformer,
     prompts: Sequence[str | Prompt],
     *,
     template: Any = None,
