@@ -32,6 +32,7 @@ from typing import Any
 
 from .config import RunConfig, demo_config
 from .io import atomic_write_json, hash_obj, iter_jsonl, sha256_file, write_jsonl
+from .summary import summary
 
 __all__ = [
     "RunConfig",
@@ -893,87 +894,3 @@ def _versions() -> dict:
         except PackageNotFoundError:
             out[pkg] = None
     return out
-
-
-def summary(results: dict, out: Path) -> str:
-    """A one-screen text summary of a run: every rate and mean with its n and 95% interval."""
-    lines = [f"cliff-lens run: {results.get('model', {}).get('source')}  ->  {out}"]
-    d = results.get("data", {})
-    if d.get("n_rollouts") is not None:
-        lines.append(
-            f"  rollouts  {d['n_rollouts']} ({d['n_harmful']} harmful, {d['n_harmless']} harmless); "
-            f"unclosed thinking {d['unclosed_thinking']}"
-        )
-        lines.append(
-            f"  refusal   harmful {_pct(d.get('harmful_refusal_rate'), d.get('harmful_refusal_rate_ci95'))}"
-            f" (n={d['n_harmful']}), harmless "
-            f"{_pct(d.get('harmless_refusal_rate'), d.get('harmless_refusal_rate_ci95'))} (n={d['n_harmless']})"
-        )
-    p = results.get("probe")
-    if p:
-        lines.append(
-            f"  probe     {p['hook']} layer {p['layer']}: held-out acc "
-            f"{_f(p['val_accuracy'], p.get('val_accuracy_ci95'))}, AUROC "
-            f"{_f(p['val_auroc'], p.get('val_auroc_ci95'))}, n_train {p['n_train']}"
-        )
-    c = results.get("cliff")
-    if c:
-        for g in ("harmful_refused", "harmful_complied", "harmless_helped"):
-            b = c.get(g, {})
-            if b.get("n_rollouts"):
-                lines.append(
-                    f"  cliff     {g:<17} n={b['n_rollouts']:<4} plateau {_f(b['plateau_mean'])} -> "
-                    f"final {_f(b['final_mean'])}, cliff {_f(b['cliff_mean'], b.get('cliff_ci95'))}"
-                )
-    h = results.get("heads")
-    if h:
-        top = ", ".join(f"L{t['layer']}H{t['head']} ({t['score']:+.3f})" for t in h["top"][:6])
-        lines.append(
-            f"  heads     top {len(h['top'])}/{h['n_heads_total']} suppression ({h['variant']}): {top}"
-        )
-    for a in results.get("ablation", []):
-        if a.get("kind") == "random":
-            continue
-        vb = a.get("vs_baseline") or {}
-        test = f"  McNemar p={vb['asr']['p_value']:.3f}" if vb.get("asr") else ""
-        vr = a.get("vs_random") or {}
-        if vr.get("asr_empirical_p") is not None:
-            test += f", vs {vr['n_sets']} random sets p={vr['asr_empirical_p']:.3f}"
-        lines.append(
-            f"  ablation  {a['setting']:<18} ASR {_pct(a['asr'], a.get('asr_ci95'))}  over-refusal "
-            f"{_pct(a['over_refusal'], a.get('over_refusal_ci95'))}{test}"
-        )
-    for a in results.get("ablation_random_summary", []):
-        lines.append(
-            f"  ablation  {a['setting']:<18} ASR mean {_pct(a['asr_mean'])} "
-            f"(range {_pct(a['asr_min'])}-{_pct(a['asr_max'])}), over-refusal {_pct(a['over_refusal_mean'])}"
-        )
-    s = (results.get("selection") or {}).get("summary")
-    if s:
-        lines.append(
-            f"  selection top {s['top_percent']:g}% by {s['variant']}: {s['complied_in_selection']} of "
-            f"{s['n_selected']} complied, precision {_f(s['precision_complied'], s.get('precision_complied_ci95'))}"
-            f" (pool base rate {s['complied_in_pool']}/{s['n_pool']})"
-        )
-    t = results.get("timings", {})
-    if t:
-        lines.append("  timings   " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items() if v is not None))
-    if (out / "report.html").exists():
-        lines.append(f"  report    {out / 'report.html'}")
-    return "\n".join(lines)
-
-
-def _interval(ci: Any, fmt: Any) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return ""
-    return f" [{fmt(ci[0])}, {fmt(ci[1])}]"
-
-
-def _f(x: Any, ci: Any = None) -> str:
-    """``0.620 [0.390, 0.810]``: a number with its 95% interval when given."""
-    return "n/a" if x is None else f"{x:.3f}" + _interval(ci, lambda v: f"{v:.3f}")
-
-
-def _pct(x: Any, ci: Any = None) -> str:
-    """``62% [39%, 81%]``: a rate with its 95% interval when given."""
-    return "n/a" if x is None else f"{100 * x:.0f}%" + _interval(ci, lambda v: f"{100 * v:.0f}%")

@@ -247,3 +247,13 @@ def test_ablation_stage_judges_with_the_run_judge_mode(run_dir, monkeypatch):
     pipeline.run(cfg2, stages=("labels", "probe", "heads", "ablation"))
     assert seen["judge"] is not None and seen["judge"].mode == "anywhere"
     pipeline.run(cfg)  # restore the module's run directory for the tests after this one
+
+
+def test_markdown_table_shows_every_headline_with_its_interval(run_dir):
+    from cliff_lens.summary import markdown_table
+
+    _, results = run_dir
+    table = markdown_table(results)
+    assert table.startswith("| | value [95% CI] |")
+    assert "ASR / over-refusal, baseline" in table and "McNemar p = " in table
+    assert table.count("[") >= 6  # refusal rates, probe, cliff blocks, ASR rows carry intervals

@@ -1,0 +1,197 @@
+"""Text views of a run's ``results.json``: the one-screen CLI summary and the README's demo table.
+
+Both print every rate and mean with its n and 95% interval, and each ablation setting with its
+paired test against the baseline (exact McNemar) and its place among random head sets.
+:func:`markdown_table` is how the README's demo table is made from the committed
+``benchmarks/results/demo/results.json`` (a test checks that the two agree).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["summary", "markdown_table"]
+
+
+def summary(results: dict, out: Path) -> str:
+    """A one-screen text summary of a run: every rate and mean with its n and 95% interval."""
+    lines = [f"cliff-lens run: {results.get('model', {}).get('source')}  ->  {out}"]
+    d = results.get("data", {})
+    if d.get("n_rollouts") is not None:
+        lines.append(
+            f"  rollouts  {d['n_rollouts']} ({d['n_harmful']} harmful, {d['n_harmless']} harmless); "
+            f"unclosed thinking {d['unclosed_thinking']}"
+        )
+        lines.append(
+            f"  refusal   harmful {_pct(d.get('harmful_refusal_rate'), d.get('harmful_refusal_rate_ci95'))}"
+            f" (n={d['n_harmful']}), harmless "
+            f"{_pct(d.get('harmless_refusal_rate'), d.get('harmless_refusal_rate_ci95'))} (n={d['n_harmless']})"
+        )
+    p = results.get("probe")
+    if p:
+        lines.append(
+            f"  probe     {p['hook']} layer {p['layer']}: held-out acc "
+            f"{_f(p['val_accuracy'], p.get('val_accuracy_ci95'))}, AUROC "
+            f"{_f(p['val_auroc'], p.get('val_auroc_ci95'))}, n_train {p['n_train']}"
+        )
+    c = results.get("cliff")
+    if c:
+        for g in ("harmful_refused", "harmful_complied", "harmless_helped"):
+            b = c.get(g, {})
+            if b.get("n_rollouts"):
+                lines.append(
+                    f"  cliff     {g:<17} n={b['n_rollouts']:<4} plateau {_f(b['plateau_mean'])} -> "
+                    f"final {_f(b['final_mean'])}, cliff {_f(b['cliff_mean'], b.get('cliff_ci95'))}"
+                )
+    h = results.get("heads")
+    if h:
+        top = ", ".join(f"L{t['layer']}H{t['head']} ({t['score']:+.3f})" for t in h["top"][:6])
+        lines.append(
+            f"  heads     top {len(h['top'])}/{h['n_heads_total']} suppression ({h['variant']}): {top}"
+        )
+    for a in results.get("ablation", []):
+        if a.get("kind") == "random":
+            continue
+        vb = a.get("vs_baseline") or {}
+        test = f"  McNemar p={vb['asr']['p_value']:.3f}" if vb.get("asr") else ""
+        vr = a.get("vs_random") or {}
+        if vr.get("asr_empirical_p") is not None:
+            test += f", vs {vr['n_sets']} random sets p={vr['asr_empirical_p']:.3f}"
+        lines.append(
+            f"  ablation  {a['setting']:<18} ASR {_pct(a['asr'], a.get('asr_ci95'))}  over-refusal "
+            f"{_pct(a['over_refusal'], a.get('over_refusal_ci95'))}{test}"
+        )
+    for a in results.get("ablation_random_summary", []):
+        lines.append(
+            f"  ablation  {a['setting']:<18} ASR mean {_pct(a['asr_mean'])} "
+            f"(range {_pct(a['asr_min'])}-{_pct(a['asr_max'])}), over-refusal {_pct(a['over_refusal_mean'])}"
+        )
+    s = (results.get("selection") or {}).get("summary")
+    if s:
+        lines.append(
+            f"  selection top {s['top_percent']:g}% by {s['variant']}: {s['complied_in_selection']} of "
+            f"{s['n_selected']} complied, precision {_f(s['precision_complied'], s.get('precision_complied_ci95'))}"
+            f" (pool base rate {s['complied_in_pool']}/{s['n_pool']})"
+        )
+    t = results.get("timings", {})
+    if t:
+        lines.append("  timings   " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items() if v is not None))
+    if (out / "report.html").exists():
+        lines.append(f"  report    {out / 'report.html'}")
+    return "\n".join(lines)
+
+
+def _interval(ci: Any, fmt: Any) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    return f" [{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def _f(x: Any, ci: Any = None) -> str:
+    """``0.620 [0.390, 0.810]``: a number with its 95% interval when given."""
+    return "n/a" if x is None else f"{x:.3f}" + _interval(ci, lambda v: f"{v:.3f}")
+
+
+def _pct(x: Any, ci: Any = None) -> str:
+    """``62% [39%, 81%]``: a rate with its 95% interval when given."""
+    return "n/a" if x is None else f"{100 * x:.0f}%" + _interval(ci, lambda v: f"{100 * v:.0f}%")
+
+
+def _rate_cell(x: Any, ci: Any, k: Any = None, n: Any = None) -> str:
+    if x is None:
+        return "n/a"
+    count = f" ({k}/{n})" if k is not None and n is not None else ""
+    return f"{x:.2f}{count} [{_num(ci, 0)}, {_num(ci, 1)}]"
+
+
+def _num(ci: Any, i: int) -> str:
+    return "n/a" if not ci or ci[i] is None else f"{ci[i]:.2f}"
+
+
+def markdown_table(results: dict) -> str:
+    """The README's demo table: each headline number with n, 95% interval and test, as Markdown."""
+    d, p, c = results["data"], results["probe"], results["cliff"]
+    rows = [
+        (
+            "rollouts",
+            f"{d['n_rollouts']} ({d['n_harmful']} harmful, {d['n_harmless']} harmless), "
+            f"{d['unclosed_thinking']} with unclosed thinking",
+        ),
+        (
+            "refusal rate, harmful",
+            _rate_cell(d["harmful_refusal_rate"], d.get("harmful_refusal_rate_ci95"))
+            + f" of {d['n_harmful']}",
+        ),
+        (
+            "refusal rate, harmless",
+            _rate_cell(d["harmless_refusal_rate"], d.get("harmless_refusal_rate_ci95"))
+            + f" of {d['n_harmless']}",
+        ),
+        (
+            "probe held-out accuracy / AUROC (cross-fitted)",
+            f"{_rate_cell(p['val_accuracy'], p.get('val_accuracy_ci95'))} / "
+            f"{_rate_cell(p['val_auroc'], p.get('val_auroc_ci95'))} (n_train {p['n_train']})",
+        ),
+    ]
+    for g in ("harmful_complied", "harmful_refused", "harmless_helped"):
+        b = c.get(g) or {}
+        if b.get("n_rollouts"):
+            rows.append(
+                (
+                    f"plateau -> final, {g.replace('_', ' ')} (out-of-sample)",
+                    f"{b['plateau_mean']:.2f} -> {b['final_mean']:.2f}, cliff {_rate_cell(b['cliff_mean'], b.get('cliff_ci95'))}"
+                    f", n={b['n_rollouts']}",
+                )
+            )
+    h = results.get("heads") or {}
+    if h:
+        top = ", ".join(f"L{t['layer']}H{t['head']}" for t in h["top"])
+        rows.append(
+            (
+                f"top {h['top_percent']:g}% heads ({len(h['top'])} of {h['n_heads_total']}), {h['variant']}",
+                top,
+            )
+        )
+        if h.get("top_contrast"):
+            rows.append(
+                (
+                    "top heads by contrast (complied - refused)",
+                    ", ".join(f"L{t['layer']}H{t['head']}" for t in h["top_contrast"]),
+                )
+            )
+    for a in results.get("ablation") or []:
+        if a.get("kind") == "random":
+            continue
+        test = ""
+        vb = (a.get("vs_baseline") or {}).get("asr")
+        if vb:
+            test = f"; McNemar p = {vb['p_value']:.3g}"
+        vr = a.get("vs_random") or {}
+        if vr.get("asr_empirical_p") is not None:
+            test += (
+                f"; random sets ({vr['n_sets']}): mean {vr['asr_mean']:.2f} "
+                f"({vr['asr_min']:.2f}-{vr['asr_max']:.2f}), empirical p = {vr['asr_empirical_p']:.2f}"
+            )
+        cap = (a.get("capability") or {}).get("kl")
+        kl = f"; KL {cap['value']:.3f} [{_num(cap['ci95'], 0)}, {_num(cap['ci95'], 1)}]" if cap else ""
+        rows.append(
+            (
+                f"ASR / over-refusal, {a['setting']}",
+                f"{_rate_cell(a['asr'], a.get('asr_ci95'))} / {_rate_cell(a['over_refusal'], a.get('over_refusal_ci95'))}"
+                f"{test}{kl}",
+            )
+        )
+    s = (results.get("selection") or {}).get("summary")
+    if s:
+        rows.append(
+            (
+                f"Cliff-as-a-Judge top {s['top_percent']:g}%: jailbroken among selected",
+                f"{s['complied_in_selection']}/{s['n_selected']} = "
+                f"{_rate_cell(s['precision_complied'], s.get('precision_complied_ci95'))} "
+                f"(pool base rate {s['complied_in_pool']}/{s['n_pool']})",
+            )
+        )
+    lines = ["| | value [95% CI] |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines) + "\n"
