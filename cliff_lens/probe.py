@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from cliff_lens.io import atomic_save_safetensors, atomic_write_json
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 __all__ = ["RefusalProbe", "CrossFit", "ProbeLoadError", "probe_metrics"]
 
@@ -192,7 +195,7 @@ class RefusalProbe:
     def evaluate(self, acts: Float[Tensor, "n d_model"], labels, *, name: str | None = None) -> dict:
         """Metrics (accuracy, AUROC, Brier, ECE) on any labelled set; stored under ``metrics[name]`` if named."""
         x, y = _check_xy(acts, labels)
-        m = probe_metrics(self.score(x), y)
+        m: dict[str, Any] = probe_metrics(self.score(x), y)
         if name is not None:
             m["data_hash"] = _tensor_hash(x)
             self.metrics[name] = m
@@ -214,7 +217,7 @@ class RefusalProbe:
         hook: str = "final_norm_weighted",
         layer: int | None = None,
         position_rule: str = "last",
-        model=None,
+        model: HookedTransformer | None = None,
         meta: dict | None = None,
     ) -> RefusalProbe:
         """Train a probe on ``acts`` (``[n, d_model]``) with 0/1 ``labels`` (1 = refusal).
@@ -328,7 +331,7 @@ class RefusalProbe:
         return probe
 
     # ------------------------------------------------------------------ model checks
-    def check_model(self, model, *, strict_name: bool = True) -> None:
+    def check_model(self, model: HookedTransformer, *, strict_name: bool = True) -> None:
         """Raise :class:`ProbeLoadError` if ``model``'s d_model (or name) differs from the probe's."""
         d = model.cfg.d_model
         if d != self.d_model:
@@ -377,7 +380,9 @@ class RefusalProbe:
         return st, js
 
     @classmethod
-    def load(cls, prefix: str | Path, model=None, *, strict_name: bool = True) -> RefusalProbe:
+    def load(
+        cls, prefix: str | Path, model: HookedTransformer | None = None, *, strict_name: bool = True
+    ) -> RefusalProbe:
         """Load a probe saved by :meth:`save`; with ``model``, refuse it if d_model / name differ.
 
         ``prefix`` may be given with or without the ``.safetensors`` / ``.json`` suffix.
@@ -756,9 +761,9 @@ class CrossFit:
                 raise ValueError(
                     "this CrossFit has no ids; pass ids=... to RefusalProbe.cross_fit or use index="
                 )
-            i = self._id_index.get(str(id))
-            if i is not None:
-                return int(self.fold[i])
+            j = self._id_index.get(str(id))
+            if j is not None:
+                return int(self.fold[j])
         if group is not None and self.groups is not None:
             return self._group_fold.get(str(group))
         return None
@@ -788,7 +793,7 @@ class CrossFit:
         order = sorted(f for f in parts if f is not None) + ([None] if None in parts else [])
         return [(f, self.final if f is None else self.probes[f], parts[f]) for f in order]
 
-    def check_model(self, model, *, strict_name: bool = True) -> None:
+    def check_model(self, model: HookedTransformer, *, strict_name: bool = True) -> None:
         """Raise :class:`ProbeLoadError` if ``model`` is not the one the probes were trained on."""
         self.final.check_model(model, strict_name=strict_name)
 
@@ -834,7 +839,7 @@ class CrossFit:
     def load(
         cls,
         prefix: str | Path,
-        model=None,
+        model: HookedTransformer | None = None,
         *,
         strict_name: bool = True,
         final: RefusalProbe | None = None,
