@@ -350,7 +350,7 @@ def _read_text(path: Path, encoding: str) -> str:
     return text.lstrip("\ufeff")
 
 
-def _read_rows(path: Path, *, on_error: str, encoding: str) -> list[tuple[dict, str]]:
+def _read_rows(path: Path, *, on_error: Literal["raise", "skip"], encoding: str) -> list[tuple[dict, str]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl" or (suffix == ".json" and _looks_like_jsonl(path)):
         if encoding.lower().replace("-", "") not in ("utf8",):
