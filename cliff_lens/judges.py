@@ -263,8 +263,9 @@ class ClassifierJudge:
         max_new_tokens: int = 12,
     ):
         self._model_src = model
-        self._model = None if isinstance(model, str) else model
-        self._tokenizer = tokenizer
+        # any loaded causal LM (an HF PreTrainedModel in practice); None until _load for an id/path
+        self._model: Any = None if isinstance(model, str) else model
+        self._tokenizer: Any = tokenizer
         if self._model is not None and tokenizer is None:
             raise ValueError("ClassifierJudge(model=<object>) needs tokenizer=...; or pass a model id/path")
         self.device = device
@@ -287,7 +288,9 @@ class ClassifierJudge:
             kw = {}
             if self.dtype:
                 kw["dtype"] = getattr(torch, self.dtype)
-            self._model = AutoModelForCausalLM.from_pretrained(self._model_src, **kw).to(self.device).eval()
+            # Any: PreTrainedModel.to is @wraps(nn.Module.to), which mypy sees as unbound (self = the device)
+            loaded: Any = AutoModelForCausalLM.from_pretrained(self._model_src, **kw)
+            self._model = loaded.to(self.device).eval()
         except OSError as e:
             raise OSError(
                 f"could not load the classifier {self._model_src!r}: {e}. Pass a local path or an HF id you have "
@@ -333,7 +336,7 @@ class ClassifierJudge:
         return Judgement(False, 0.0, "unsafe" + (f" ({','.join(cats)})" if cats else ""))
 
     def judge_many(
-        self, answers: Sequence[str | None], prompts: Sequence[str] | None = None
+        self, answers: Sequence[str | None], prompts: Sequence[str | None] | None = None
     ) -> list[Judgement]:
         """Judge several answers (one generate call each)."""
         prompts = list(prompts) if prompts is not None else [None] * len(answers)
