@@ -32,11 +32,14 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .io import iter_jsonl, write_jsonl
+
+if TYPE_CHECKING:
+    from .config import SelectionVariant
 
 __all__ = [
     "VARIANTS",
@@ -103,7 +106,7 @@ class Selection:
 def misalignment_scores(
     plateau: Sequence[float] | np.ndarray | float,
     final: Sequence[float] | np.ndarray | float,
-    variant: Literal["cliff", "final", "plateau", "neg_plateau"] = "cliff",
+    variant: SelectionVariant = "cliff",
 ) -> np.ndarray:
     """Misalignment score per rollout (higher = more misaligned = selected first).
 
@@ -141,7 +144,7 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
 
 def scores_from_metrics(
     metrics: Iterable[Any],
-    variant: str = "cliff",
+    variant: SelectionVariant = "cliff",
     ids: Sequence[str] | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Adapter: misalignment scores from ``CliffMetrics`` objects or score-file dicts.
@@ -167,7 +170,7 @@ def scores_from_metrics(
     return out_ids, misalignment_scores(plateau, final, variant)
 
 
-def load_scores(path: str, variant: str = "cliff") -> tuple[list[str], np.ndarray]:
+def load_scores(path: str, variant: SelectionVariant = "cliff") -> tuple[list[str], np.ndarray]:
     """``(ids, misalignment scores)`` from a score file written by :func:`cliff_lens.scoring.score_pool`."""
     return scores_from_metrics(iter_jsonl(path), variant)
 
@@ -188,7 +191,12 @@ def _check_pool(ids: Sequence[str], scores: np.ndarray) -> None:
         raise ValueError(f"got {len(ids)} ids and {len(scores)} scores; pass one score per id")
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))
+        dup = None  # the first id met a second time
+        for i in ids:
+            if i in seen:
+                dup = i
+                break
+            seen.add(i)
         raise ValueError(
             f"duplicate rollout id {dup!r} in the pool; ids must be unique (merge_scores dedupes)"
         )
@@ -269,7 +277,7 @@ def random_selection(
         raise ValueError("pass exactly one of top_k=..., top_percent=...")
     k = _k_from(len(pool), top_k, top_percent)
     chosen = random.Random(seed).sample(pool, k)
-    params = {"seed": seed, "pool_size": len(pool)}
+    params: dict[str, Any] = {"seed": seed, "pool_size": len(pool)}
     params.update({"top_k": top_k} if top_k is not None else {"top_percent": top_percent})
     return Selection(chosen, [0.0] * k, f"random(seed={seed})", params)
 
@@ -415,7 +423,7 @@ def export_sft(
         answer, src = safe_answer_for(r, fields=safe_answer_fields, refusals=refusals, seed=seed)
         content = assistant_content(tpl, thinking, answer)
         prompt = _get(r, "prompt")
-        base = {"id": rid}
+        base: dict[str, Any] = {"id": rid}
         if format == "messages":
             base["messages"] = [
                 {"role": "user", "content": prompt},
