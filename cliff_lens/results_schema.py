@@ -116,6 +116,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 },
                 "n_heads_total": {"type": "integer", "minimum": 1},
                 "top_percent": {"type": "number", "minimum": 0, "maximum": 100},
+                "top_contrast": {"type": "array", "items": {"type": "object"}},
             },
         },
         "ablation": {
@@ -128,6 +129,13 @@ RESULTS_SCHEMA: dict[str, Any] = {
                     "asr": _rate,
                     "asr_ci95": _ci,
                     "over_refusal_ci95": _ci,
+                    "vs_baseline": {"type": ["object", "null"]},
+                    "vs_random": {"type": ["object", "null"]},
+                    "capability": {
+                        "type": "object",
+                        "required": ["kl", "answer_logprob_delta", "n_rollouts"],
+                        "properties": {"n_rollouts": _count, "n_tokens": _count},
+                    },
                     "refusal_score_end": _opt_num,
                     "over_refusal": _rate,
                     "n_heads": _count,
@@ -135,6 +143,20 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "data": {
+            "type": "object",
+            "properties": {
+                "n_rollouts": _count,
+                "n_harmful": _count,
+                "n_harmless": _count,
+                "harmful_refusal_rate": _rate,
+                "harmful_refusal_rate_ci95": _ci,
+                "harmless_refusal_rate": _rate,
+                "harmless_refusal_rate_ci95": _ci,
+                "unclosed_thinking": _count,
+            },
+        },
+        "ablation_random_summary": {"type": ["array", "null"], "items": {"type": "object"}},
         "selection": {
             "type": ["object", "null"],
             "required": ["summary"],
