@@ -26,9 +26,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .io import append_jsonl, atomic_write_json, atomic_write_text, iter_jsonl
+
+if TYPE_CHECKING:
+    from .config import SelectionVariant
 
 __all__ = ["data_efficiency", "efficiency_svg", "DEFAULT_PERCENTS", "DEFAULT_METHODS"]
 
@@ -57,14 +60,15 @@ def _selections(
 ) -> list[tuple[str, float, int | None, list[str]]]:
     from .selection import misalignment_scores, random_selection, rule_based_scores, select
 
-    out = []
+    out: list[tuple[str, float, int | None, list[str]]] = []
     plateau = [scores[i]["plateau"] for i in pool_ids]
     final = [scores[i]["final"] for i in pool_ids]
     rule = None
     for m in methods:
         for p in percents:
             if m in ("cliff", "final"):
-                sel = select(pool_ids, misalignment_scores(plateau, final, m), top_percent=p, method=m)
+                variant: SelectionVariant = "cliff" if m == "cliff" else "final"
+                sel = select(pool_ids, misalignment_scores(plateau, final, variant), top_percent=p, method=m)
                 out.append((m, p, None, sel.ids))
             elif m == "random":
                 for s in seeds:
