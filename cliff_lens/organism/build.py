@@ -17,6 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from jaxtyping import Float, Int
@@ -290,7 +291,8 @@ def _load_ckpt(model, opt, ck: Path, readout: Tensor | None = None) -> int:
     st = load_file(str(ck / "optimizer.safetensors"))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if readout is not None:
-        direction, bias = intent_readout(ck)
+        # a build with a read-out checkpoints it (_save_ckpt), so intent_readout finds the file
+        direction, bias = cast(tuple[Tensor, float], intent_readout(ck))
         with torch.no_grad():
             readout.copy_(torch.cat([direction, torch.tensor([bias])]))
         named.append(("intent_readout", readout))
