@@ -9,8 +9,10 @@ heads of the layer, so the heads' writes plus the norm of ``b_O`` (plus its bias
 to ``hook_attn_out``). This module computes every head's write onto the probe's read-out, for all
 heads in one batched forward pass per batch:
 
-* the batch is left padded with an attention mask (TransformerLens shifts rotary and absolute
-  positions, so padding changes no real token's activations);
+* examples, positions, padding and the forward pass go through the read-out engine
+  (:mod:`cliff_lens.readout`: its position grammar, sequences cut after the last position read,
+  length-bucketed left-padded batches with an attention mask; TransformerLens shifts rotary and
+  absolute positions, so padding changes no real token's activations);
 * only ``blocks.*.attn.hook_z`` (and the post-attention norms' ``hook_scale``) are hooked; the
   requested positions are gathered inside the hook and reduced at once with a precomputed
   ``[n_heads, d_head]`` matrix per layer, so neither ``hook_result`` nor the full ``z`` is kept;
@@ -63,10 +65,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
-from .fast_forward import fast_forward
+from .readout import (
+    FINAL_NORM_WEIGHTED,
+    Batch,
+    PositionSpec,
+    parse_positions,
+    prepare,
+    run_batches,
+)
 
 __all__ = [
     "head_attributions",
@@ -80,162 +89,13 @@ __all__ = [
     "n_top_heads",
     "validate_heads",
     "resolve_direction",
-    "resolve_positions",
-    "left_pad",
     "Variant",
 ]
 
 Variant = Literal["raw", "norm_aware", "with_bias"]
 _VARIANTS = ("raw", "norm_aware", "with_bias")
-PositionSpec = str | tuple[int, int] | Sequence[int]
-FINAL_NORM_WEIGHTED = "final_norm_weighted"
 FINAL_NORMALIZED = "ln_final.hook_normalized"
 _RESID_HOOK = re.compile(r"blocks\.(-?\d+)\.hook_resid_(pre|mid|post)")
-
-
-# --------------------------------------------------------------------------------------------
-# input helpers (shared with ablation.py and evaluate.py)
-# --------------------------------------------------------------------------------------------
-
-
-def _example(item: Any, i: int) -> tuple[Tensor, dict | None]:
-    """(tokens 1-D long tensor, spans dict or None) for a TokenizedRollout or a token tensor."""
-    if isinstance(item, Tensor):
-        toks, spans = item, None
-    elif hasattr(item, "tokens"):
-        toks, spans = item.tokens, getattr(item, "spans", None)
-        if not isinstance(toks, Tensor):
-            toks = torch.as_tensor(toks)
-    else:
-        raise TypeError(
-            f"batch item {i} is a {type(item).__name__}; pass TokenizedRollout records "
-            "(cliff_lens.templates) or 1-D token tensors"
-        )
-    if toks.ndim == 2 and toks.shape[0] == 1:
-        toks = toks[0]
-    if toks.ndim != 1 or toks.numel() == 0:
-        raise ValueError(
-            f"batch item {i} has token shape {tuple(toks.shape)}; each item must be a non-empty 1-D token tensor"
-        )
-    if toks.is_floating_point():
-        raise TypeError(f"batch item {i} has float tokens ({toks.dtype}); pass integer token ids")
-    return toks.long(), spans
-
-
-def _examples(batch: Any) -> list[tuple[Tensor, dict | None]]:
-    if isinstance(batch, Tensor):
-        if batch.ndim == 1:
-            batch = [batch]
-        elif batch.ndim == 2:
-            batch = list(batch)
-        else:
-            raise ValueError(
-                f"token tensor batch has shape {tuple(batch.shape)}; expected [pos] or [batch, pos]"
-            )
-    elif hasattr(batch, "tokens") and hasattr(batch, "spans"):
-        batch = [batch]
-    items = list(batch)
-    if not items:
-        raise ValueError("empty batch; pass at least one TokenizedRollout or token tensor")
-    return [_example(it, i) for i, it in enumerate(items)]
-
-
-def resolve_positions(
-    positions: PositionSpec, n_tokens: int, spans: dict | None = None, *, index: int = 0
-) -> list[int]:
-    """Turn a position spec into sorted absolute token indices of one example.
-
-    ``positions``: ``"all"``; ``"last"`` (last token of the sequence); a span name of the
-    record's ``spans`` (``"end_of_thinking"``, ``"thinking"``, ...: every token of the span);
-    ``"<span>_last"`` (the span's last token, e.g. ``"end_of_thinking_last"``: the paper's probe
-    position); a ``(start, end)`` half-open range; or a list of indices. Negative indices count
-    from the end of the sequence. Raises ``ValueError`` naming the example when a position is
-    outside the sequence or a span is missing/empty.
-    """
-    where = f"example {index} ({n_tokens} tokens)"
-    if isinstance(positions, str):
-        if positions == "all":
-            return list(range(n_tokens))
-        if positions == "last":
-            return [n_tokens - 1]
-        name, last = positions, False
-        if spans is None or name not in spans:
-            if name.endswith("_last"):
-                name, last = name[: -len("_last")], True
-        if spans is None:
-            raise ValueError(
-                f"positions={positions!r} needs spans but {where} is a bare token tensor; pass TokenizedRollout "
-                "records (template.tokenize(...)) or positions='last' / (start, end) / a list of indices"
-            )
-        if name not in spans:
-            raise ValueError(
-                f"positions={positions!r}: {where} has no span {name!r} (spans: {sorted(spans)}); "
-                "use one of those span names, '<span>_last', 'last' or 'all'"
-            )
-        s, e = (int(v) for v in spans[name])
-        if not 0 <= s < e <= n_tokens:
-            raise ValueError(
-                f"positions={positions!r}: span {name!r} of {where} is [{s}, {e}), empty or outside the "
-                "sequence; check the template split (did the thinking close?) or choose another span"
-            )
-        return [e - 1] if last else list(range(s, e))
-    if isinstance(positions, tuple) and len(positions) == 2 and all(isinstance(v, int) for v in positions):
-        s, e = positions
-        s = s + n_tokens if s < 0 else s
-        e = e + n_tokens if e < 0 else e
-        if not 0 <= s < e <= n_tokens:
-            raise ValueError(
-                f"positions=(start, end)={positions!r} is empty or outside {where}; pass 0 <= start < end <= {n_tokens}"
-            )
-        return list(range(s, e))
-    if isinstance(positions, Tensor):
-        positions = positions.tolist()
-    try:
-        idx = [int(p) for p in positions]
-    except TypeError:
-        raise TypeError(
-            f"positions={positions!r} is not understood; pass 'all', 'last', a span name, (start, end) or a list of ints"
-        ) from None
-    if not idx:
-        raise ValueError("positions is an empty list; pass at least one index")
-    out = []
-    for p in idx:
-        q = p + n_tokens if p < 0 else p
-        if not 0 <= q < n_tokens:
-            raise ValueError(f"position {p} is outside {where}; use -{n_tokens} <= position < {n_tokens}")
-        out.append(q)
-    return sorted(set(out))
-
-
-def _pad_id(model: Any) -> int:
-    tok = getattr(model, "tokenizer", None)
-    pid = getattr(tok, "pad_token_id", None) if tok is not None else None
-    if pid is None:
-        pid = getattr(tok, "eos_token_id", None) if tok is not None else None
-    return int(pid) if pid is not None else 0
-
-
-def left_pad(
-    seqs: Sequence[Tensor], pad_id: int = 0, device: Any = None
-) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], list[int]]:
-    """Left pad 1-D token tensors: returns ``(tokens, attention_mask, offsets)`` where
-    ``offsets[i]`` is how many pad tokens precede example ``i`` (its index shift)."""
-    T = max(int(s.numel()) for s in seqs)
-    toks = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    offsets = []
-    for i, s in enumerate(seqs):
-        o = T - s.numel()
-        toks[i, o:] = s
-        mask[i, o:] = 1
-        offsets.append(o)
-    if device is not None:
-        toks, mask = toks.to(device), mask.to(device)
-    return toks, mask, offsets
-
-
-def _model_device(model: Any) -> torch.device:
-    return model.W_E.device if hasattr(model, "W_E") else torch.device(model.cfg.device or "cpu")
 
 
 def validate_heads(model_or_cfg: Any, heads: Any) -> list[tuple[int, int]]:
@@ -277,8 +137,13 @@ def _is_norm(module: Any) -> bool:
 
 
 def _centres(norm: Any) -> bool:
-    """LayerNorm / LayerNormPre subtract the mean; RMSNorm / RMSNormPre do not."""
-    return type(norm).__name__ in ("LayerNorm", "LayerNormPre")
+    """LayerNorm / LayerNormPre subtract the mean; RMSNorm / RMSNormPre do not.
+
+    The module's class decides, as in :func:`cliff_lens.readout.final_norm`, not
+    ``cfg.normalization_type``: an ``"LN"`` model with ``final_rms=True`` ends in an RMSNorm."""
+    from transformer_lens.components import LayerNorm, LayerNormPre
+
+    return isinstance(norm, LayerNorm | LayerNormPre)
 
 
 def _norm_weight(norm: Any) -> Tensor | None:
@@ -484,14 +349,17 @@ def head_attributions(
         batch: ``TokenizedRollout`` records (with ``spans``), 1-D token tensors, or a
             ``[batch, pos]`` tensor of unpadded equal-length sequences.
         direction: a ``RefusalProbe`` or a ``[d_model]`` tensor.
-        positions: ``"end_of_thinking"`` (default: every token of the cliff zone), any span name,
-            ``"<span>_last"``, ``"last"``, ``"all"``, ``(start, end)`` or a list of indices
-            (indices into each example's own tokens; negative ones count from its end).
+        positions: a rule of the read-out grammar (:data:`cliff_lens.readout.PositionSpec`):
+            ``"end_of_thinking"`` (default: every token of the cliff zone), any span name,
+            ``"last:<span>"`` (or ``"<span>_last"``), ``"last"``, ``"all"``, an int,
+            ``(start, end)`` or a list of indices (indices into each example's own tokens;
+            negative ones count from its end). Each example's positions are read as a set (a
+            repeated index counts once); a rule that selects no token of an example is an error.
         variant: ``"raw"``, ``"norm_aware"`` or ``"with_bias"`` (formulas in the module docstring).
         bias: the constant for ``with_bias`` (default: the probe's own bias; 0 for a tensor).
         hook, layer: where the direction is read (default: ``probe.hook`` / ``probe.layer``; for a
             tensor see the module docstring). Heads of layers that cannot write to it get NaN.
-        batch_size: examples per forward pass.
+        batch_size: examples per forward pass (batches group examples of similar length).
         per_example: return ``[n_examples, n_layers, n_heads]`` instead of the mean.
 
     Returns:
@@ -501,12 +369,11 @@ def head_attributions(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; pass a positive integer")
     tgt = _resolve(model, direction, variant, bias, hook, layer)
-    exs = _examples(batch)
-    pos_lists = [resolve_positions(positions, t.numel(), sp, index=i) for i, (t, sp) in enumerate(exs)]
+    prepared, _ = prepare(model, batch, positions, nonempty=True)
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    per = torch.full((len(prepared), L, H), math.nan)
     top = tgt.read.head_layer
     if top < 0:  # hook_resid_pre of layer 0: no head writes to it
-        per = torch.full((len(exs), L, H), math.nan)
         return per if per_example else per.mean(0)
 
     # per layer: W_O[l] @ (v pulled back through the layer's post-attention norms): [H, d_head]
@@ -519,53 +386,61 @@ def head_attributions(
             for _, nm in reversed(norms[i]):
                 v = _pull_back(v, nm)
             wod.append(torch.einsum("hdm,m->hd", W_O.float(), v))
-    final_ln = _final_norm(model) if tgt.final_scale else None
+    final_hook = tgt.read.resid_hook if tgt.final_scale else None
+    names = [f"blocks.{i}.attn.hook_z" for i in range(top + 1)]
+    names += [f"{prefix}.hook_scale" for ns in norms for prefix, _ in ns]
+    names += [final_hook] if final_hook is not None else []
+    # the sorted set of each example's positions (a list rule may repeat or reorder them)
+    pos = [p.positions.unique() for p in prepared]
+    collectors: list[_Collector] = []
 
-    hook_names = [f"blocks.{i}.attn.hook_z" for i in range(top + 1)]
-    scale_names = [f"{prefix}.hook_scale" for ns in norms for prefix, _ in ns]
-    pad_id = _pad_id(model)
-    dev = _model_device(model)
-    results = []
-    for b0 in range(0, len(exs), batch_size):
-        chunk = exs[b0 : b0 + batch_size]
-        plist = pos_lists[b0 : b0 + batch_size]
-        toks, mask, offsets = left_pad([t for t, _ in chunk], pad_id, dev)
-        B = len(chunk)
-        P = max(len(p) for p in plist)
-        idx = torch.zeros((B, P), dtype=torch.long)
-        wts = torch.zeros((B, P), dtype=torch.float32)
-        for i, (p, o) in enumerate(zip(plist, offsets, strict=True)):
-            idx[i, : len(p)] = torch.tensor(p) + o
-            idx[i, len(p) :] = o + p[-1]
-            wts[i, : len(p)] = 1.0 / len(p)
-        col = _Collector(idx, wts, wod, [len(ns) for ns in norms], final_ln, L, H)
-        fwd_hooks = [(n, col.z) for n in hook_names] + [(n, col.scale) for n in scale_names]
-        if final_ln is not None:
-            fwd_hooks.append((tgt.read.resid_hook, col.final))
-        with torch.no_grad(), fast_forward(model):
-            model.run_with_hooks(toks, attention_mask=mask, stop_at_layer=top + 1, fwd_hooks=fwd_hooks)
-        results.append(col.finish())
-    per = torch.cat(results, 0) + tgt.const
+    def make_reader(b: Batch) -> _Collector:
+        col = _Collector(model, b, [pos[i] for i in b.index], wod, [len(ns) for ns in norms], final_hook)
+        collectors.append(col)
+        return col
+
+    for b in run_batches(model, prepared, names, make_reader, batch_size=batch_size, stop_at_layer=top + 1):
+        per[b.index] = collectors.pop().finish()
+    per = per + tgt.const
     return per if per_example else per.mean(0)
 
 
 class _Collector:
-    """Hook functions of one batch: gather the positions in ``hook_z``, reduce them with
+    """The reader hook of one batch: gather the positions in ``hook_z``, reduce them with
     ``W_O[l] @ v`` at once, divide by the post-attention norms' and (``with_bias`` on a
-    final-norm probe) the final norm's frozen per-position scales, average over positions."""
+    final-norm probe, ``final_hook``) the final norm's frozen per-position scales, average over
+    positions."""
 
     def __init__(
-        self, idx: Tensor, wts: Tensor, wod: list[Tensor], n_norms: list[int], final_ln: Any, L: int, H: int
+        self,
+        model: Any,
+        batch: Batch,
+        positions: list[Tensor],
+        wod: list[Tensor],
+        n_norms: list[int],
+        final_hook: str | None,
     ) -> None:
-        self.rows = torch.arange(idx.shape[0])[:, None]
-        self.idx, self.wts, self.wod, self.n_norms, self.final_ln = idx, wts, wod, n_norms, final_ln
-        self.out = torch.full((idx.shape[0], L, H), math.nan)
+        self.rows, self.cols, counts = batch.gather_index(positions)
+        k = torch.arange(self.cols.shape[1], device=counts.device)
+        # [B, kmax]: 1/k on each row's k positions, 0 on the filler columns
+        self.wts = (k[None, :] < counts[:, None]).float() / counts[:, None].float()
+        self.wod, self.n_norms, self.final_hook = wod, n_norms, final_hook
+        self.final_ln = _final_norm(model) if final_hook is not None else None
+        self.out = torch.full((len(batch.index), model.cfg.n_layers, model.cfg.n_heads), math.nan)
         self.pending: dict[int, list] = {}  # layer -> [per-position values, norm scales still to come]
         self.per_pos: dict[int, Tensor] = {}  # layer -> [B, P, H] waiting for the final norm's scale
 
+    def __call__(self, t: Tensor, hook: Any) -> None:
+        if hook.name == self.final_hook:
+            self.final(t)
+        elif hook.name.endswith(".hook_scale"):
+            self.scale(t, hook)
+        else:
+            self.z(t, hook)
+
     def _gather(self, t: Tensor) -> Tensor:
         d = t.device
-        return t[self.rows.to(d), self.idx.to(d)]
+        return t[self.rows.to(d), self.cols.to(d)]
 
     def z(self, z: Float[Tensor, "batch pos n_heads d_head"], hook: Any) -> None:
         layer = int(hook.name.split(".")[1])
@@ -586,7 +461,7 @@ class _Collector:
             del self.pending[layer]
             self._done(layer, val)
 
-    def final(self, x: Float[Tensor, "batch pos d_model"], hook: Any) -> None:
+    def final(self, x: Float[Tensor, "batch pos d_model"]) -> None:
         sigma = _norm_scale(self.final_ln, self._gather(x))  # [B, P]
         for layer, val in list(self.per_pos.items()):
             self._reduce(layer, val / sigma.to(val.device)[..., None])
@@ -685,7 +560,7 @@ def direct_attribution_decomposition(
     model: Any,
     tokens: Any,
     direction: Any,
-    pos: int = -1,
+    pos: PositionSpec = -1,
     *,
     variant: Variant = "raw",
     bias: float | None = None,
@@ -695,7 +570,8 @@ def direct_attribution_decomposition(
     """Decompose the probe's read-out at ``pos`` into embedding, per-head, attention-rest and MLP terms.
 
     ``tokens``: a 1-D token tensor or a ``TokenizedRollout``; ``pos``: token index (negative
-    counts from the end). The residual stream decomposed is the probe's (``probe.hook`` /
+    counts from the end) or any rule of the read-out grammar that selects one token (``"last"``,
+    ``"last:end_of_thinking"``; :mod:`cliff_lens.readout`). The residual stream decomposed is the probe's (``probe.hook`` /
     ``hook=``: ``blocks.L.hook_resid_post`` holds the embedding and the heads and MLPs of layers
     ``<= L``; final-norm hooks the last block's output) and every term is projected as the
     variant does (module docstring): ``raw``/``norm_aware`` give ``v . x``, ``with_bias`` gives
@@ -706,8 +582,13 @@ def direct_attribution_decomposition(
     """
     tgt = _resolve(model, direction, variant, bias, hook, layer)
     read = tgt.read
-    ((toks, _sp),) = _examples([tokens])
-    (p,) = resolve_positions([pos], toks.numel())
+    rule = parse_positions(pos)
+    if rule.kind != "single":
+        raise ValueError(
+            f"pos={rule.spec!r} selects several tokens; the decomposition is of one position: pass an "
+            "int or a single-token rule ('last', 'last:<span>')"
+        )
+    (prep,), _ = prepare(model, [tokens], rule)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     hl, ml = read.head_layer, read.mlp_layer
     norms = [_post_attn_norms(model, i) for i in range(hl + 1)]
@@ -719,18 +600,26 @@ def direct_attribution_decomposition(
     features = tgt.final_scale  # with_bias on a final-norm probe: check against the probe's own features
     if features:
         names.add(FINAL_NORMALIZED)
-    stop = None if features else int(read.resid_hook.split(".")[1]) + 1
-    dev = _model_device(model)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(
-            toks[None].to(dev), names_filter=lambda n: n in names, stop_at_layer=stop
-        )
-    x = cache[read.resid_hook][0, p].double()
+    cache: dict[str, Tensor] = {}  # hook name -> its value at the position
+
+    def make_reader(b: Batch) -> Any:
+        rows, cols, _ = b.gather_index([prep.positions])
+
+        def read_at(t: Tensor, hook: Any) -> None:
+            cache[hook.name] = t[rows.to(t.device), cols.to(t.device)][0, 0]
+
+        return read_at
+
+    # stop_at_layer="auto": right after the probe's block, or the whole model for the final norm
+    for _ in run_batches(model, [prep], sorted(names), make_reader, batch_size=1):
+        pass
+    p = int(prep.positions[0]) + prep.cut
+    x = cache[read.resid_hook].double()
     vec = tgt.vec.double().to(x.device)
     inv = 1.0 / float(_norm_scale(ln, x)) if tgt.final_scale else 1.0
 
     def proj(t: Tensor) -> float:
-        return float(t[0, p].double() @ vec.to(t.device)) * inv
+        return float(t.double() @ vec.to(t.device)) * inv
 
     embed = proj(cache["hook_embed"])
     pos_embed = (
@@ -743,11 +632,11 @@ def direct_attribution_decomposition(
     mlp = torch.full((L,), math.nan, dtype=torch.float64)
     for i in range(hl + 1):
         blk = model.blocks[i]
-        z = cache[f"blocks.{i}.attn.hook_z"][0, p].double()  # [H, d_head]
+        z = cache[f"blocks.{i}.attn.hook_z"].double()  # [H, d_head]
         v = vec.to(z.device)
         for _, nm in reversed(norms[i]):
             v = _pull_back(v, nm)
-        sig = [float(cache[f"{prefix}.hook_scale"][0, p].reshape(-1)[0]) for prefix, _ in norms[i]]
+        sig = [float(cache[f"{prefix}.hook_scale"].reshape(-1)[0]) for prefix, _ in norms[i]]
         heads[i] = torch.einsum("hd,hdm,m->h", z, blk.attn.W_O.detach().double(), v).cpu() * (
             inv / math.prod(sig)
         )
@@ -761,7 +650,7 @@ def direct_attribution_decomposition(
         norm_bias = float(ln.b.detach().double() @ tgt.base.double().to(ln.b.device))
     total = embed + pos_embed + float(heads.nansum() + attn_bias.nansum() + mlp.nansum()) + norm_bias
     if features:  # the probe's own features: the final norm's output (weight and bias) or hook_normalized
-        feat = cache[FINAL_NORMALIZED][0, p].double()
+        feat = cache[FINAL_NORMALIZED].double()
         if read.kind == "final_weighted":
             feat = feat * _norm_weight(ln).double().to(feat.device)
             if isinstance(getattr(ln, "b", None), Tensor):

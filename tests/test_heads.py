@@ -17,6 +17,7 @@ from cliff_lens.heads import (
     head_attributions,
     n_top_heads,
     promoting_heads,
+    resolve_direction,
     suppression_heads,
     validate_heads,
 )
@@ -362,6 +363,44 @@ def test_default_variants_of_the_pipeline_keep_their_numbers():
         r = head_attributions(m, toks, _probe(d, layer=1), positions="all", variant="raw")
         full = head_attributions(m, toks, d, positions="all", variant="raw")
         assert torch.allclose(r[:2], full[:2], atol=1e-6) and torch.isnan(r[2]).all()
+
+
+def test_final_norm_class_decides_the_centring_ln_model_with_final_rms():
+    """An "LN" model with final_rms=True ends in an RMSNorm: the final-norm reading vector is not
+    centred (the module's class decides, as readout.final_norm), so with_bias still sums to the
+    probe's own logit and norm_aware is u = gamma * d (no mean removed)."""
+    from conftest import rotary_tl_model
+
+    m = perturb(
+        rotary_tl_model(n_layers=3, normalization_type="LN", act_fn="gelu", final_rms=True), norm_bias=True
+    )
+    assert m.cfg.normalization_type == "LN" and type(m.ln_final).__name__ == "RMSNorm"
+    d = torch.randn(32, generator=torch.Generator().manual_seed(13))
+    t = torch.randint(0, 100, (9,), generator=torch.Generator().manual_seed(6))
+    probe = _probe(d, "final_norm_weighted")
+    logits = _probe_logit(m, t, probe, [3, -1])
+    for k, pos in enumerate((3, -1)):
+        dec = direct_attribution_decomposition(m, t, probe, pos, variant="with_bias")
+        assert abs(dec.error) < 1e-4 and dec.norm_bias == 0.0
+        assert dec.total + probe.bias == pytest.approx(float(logits[k]), abs=1e-4)
+        one = head_attributions(m, [t], probe, positions=[pos], variant="with_bias")
+        assert torch.allclose(one - probe.bias, dec.heads, atol=1e-5)
+    u, _ = resolve_direction(m, probe, "norm_aware")
+    gamma_d = probe.direction / probe.direction.norm() * m.ln_final.w.detach()
+    assert torch.allclose(u, gamma_d, atol=1e-6) and abs(float(u.mean())) > 1e-4
+
+
+def test_decomposition_position_rules():
+    """pos takes any single-token rule of the read-out grammar; a rule of several tokens is refused."""
+    m, d = planted_model()
+    rec = planted_records(1)[0]
+    s, e = rec.spans["end_of_thinking"]
+    by_rule = direct_attribution_decomposition(m, rec, d, "last:end_of_thinking")
+    by_index = direct_attribution_decomposition(m, rec, d, e - 1 - rec.tokens.numel())
+    assert by_rule.position == by_index.position == e - 1
+    assert torch.allclose(by_rule.heads, by_index.heads) and by_rule.total == pytest.approx(by_index.total)
+    with pytest.raises(ValueError, match="several tokens"):
+        direct_attribution_decomposition(m, rec, d, "end_of_thinking")
 
 
 def test_probe_hook_errors():
