@@ -11,8 +11,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
     "build_tiny_tokenizer",
@@ -126,6 +130,7 @@ def tiny_hf_model_dir(
         eos_token_id=tok.eos_token_id,
     )
     torch.manual_seed(seed)
+    model: PreTrainedModel
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**kw))
     elif arch == "qwen2":
