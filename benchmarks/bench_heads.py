@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from cliff_lens.heads import head_attributions, left_pad
+from cliff_lens.heads import head_attributions
 from cliff_lens.io import atomic_write_json
+from cliff_lens.readout import left_pad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved  # noqa: E402

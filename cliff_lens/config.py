@@ -100,6 +100,10 @@ class RunConfig:
     ablation_mode: AblationMode = _f("mean", "head ablation mode")
     n_ablation: int | None = _f(32, "prompts per group (harmful, harmless) in the ablation stage")
     ablation_max_new_tokens: int | None = _f(None, "generation budget of the ablation stage")
+    contrast_ablation: bool = _f(
+        True,
+        "also ablate the top-k% heads by contrast (complied minus refused write), paired with the paper's",
+    )
     selection_percent: float = _f(10.0, "Cliff-as-a-Judge: percent of harmful rollouts to select")
     selection_variant: SelectionVariant = _f("cliff", "Cliff-as-a-Judge misalignment score")
 
@@ -222,7 +226,18 @@ def _parser_type(tp: Any) -> Any:
         return lambda s: tuple(float(x) for x in s.split(",") if x.strip())
     if typing.get_origin(base) is Literal:
         return str
+    if base is bool:
+        return _parse_bool
     return base if base in (int, float, str, Path) else str
+
+
+def _parse_bool(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{s!r} is not a boolean; use true or false")
 
 
 def add_config_arguments(p: argparse.ArgumentParser, *, required: tuple[str, ...] = ("model", "out")) -> None:

@@ -83,9 +83,12 @@ def settings_for(
     top_percents: Sequence[float] = (1, 3, 10),
     random_seeds: Sequence[int] = (0, 1, 2, 3, 4),
     baseline: bool = True,
+    rankings: dict[str, Float[Tensor, "n_layers n_heads"]] | None = None,
 ) -> list[dict]:
     """The list of settings :func:`attack_success` runs: ``{"setting", "kind", "heads",
-    "top_percent", "seed"}``. Top-k% settings need ``scores`` (from ``head_attributions``)."""
+    "top_percent", "seed"}``. Top-k% settings need ``scores`` (from ``head_attributions``);
+    ``rankings`` adds top-k% settings of other score matrices, named ``"top-3% <name>"`` (e.g.
+    ``{"contrast": contrast_scores(...)}``), compared with the same random sets."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     out: list[dict] = []
     if baseline:
@@ -110,6 +113,14 @@ def settings_for(
         for k in top_percents:
             hs = [(lay, h) for lay, h, _ in suppression_heads(scores, k)]
             out.append({"setting": f"top-{k:g}%", "kind": "top", "heads": hs, "top_percent": k, "seed": None})
+    for name, sc in (rankings or {}).items():
+        if tuple(sc.shape) != (L, H):
+            raise ValueError(f"rankings[{name!r}] has shape {tuple(sc.shape)}; this model needs {(L, H)}")
+        for k in top_percents:
+            hs = [(lay, h) for lay, h, _ in suppression_heads(sc, k)]
+            out.append(
+                {"setting": f"top-{k:g}% {name}", "kind": "top", "heads": hs, "top_percent": k, "seed": None}
+            )
     for k in top_percents:
         n_top_heads(L * H, k)
         for s in random_seeds:
@@ -188,6 +199,7 @@ def attack_success(
     *,
     scores: Float[Tensor, "n_layers n_heads"] | None = None,
     heads_by_setting: dict[str, Sequence[tuple[int, int]]] | None = None,
+    rankings: dict[str, Float[Tensor, "n_layers n_heads"]] | None = None,
     top_percents: Sequence[float] = (1, 3, 10),
     random_seeds: Sequence[int] = (0, 1, 2, 3, 4),
     mode: AblationMode = "mean",
@@ -212,6 +224,7 @@ def attack_success(
         harmful_prompts / harmless_prompts: strings or ``Prompt`` objects; kept apart.
         scores: ``[n_layers, n_heads]`` head scores (``head_attributions``) for the top-k% settings.
         heads_by_setting: extra named head lists (``{"paper heads": [(l, h), ...]}``).
+        rankings: other score matrices whose top-k% heads are ablated too (``"top-3% <name>"``).
         top_percents / random_seeds: the k values and the random-head seeds.
         mode / means: the ablation (``"mean"`` needs ``means=compute_head_means(...)``).
         judge: a :class:`cliff_lens.judges.Judge` (default ``KeywordJudge()``; the pipeline passes
@@ -247,6 +260,7 @@ def attack_success(
         top_percents=top_percents,
         random_seeds=random_seeds,
         baseline=baseline,
+        rankings=rankings,
     )
     if mode == "mean" and any(s["heads"] for s in settings) and means is None:
         raise ValueError(
@@ -332,6 +346,7 @@ def attack_success(
     for r in rows:
         if r["kind"] == "top":
             sm = next((x for x in summary if x["top_percent"] == r["top_percent"]), None)
+            null = [x["asr"] for x in rows if x["kind"] == "random" and x["top_percent"] == r["top_percent"]]
             r["vs_random"] = (
                 None
                 if sm is None
@@ -340,7 +355,7 @@ def attack_success(
                     "asr_mean": sm["asr_mean"],
                     "asr_min": sm["asr_min"],
                     "asr_max": sm["asr_max"],
-                    "asr_empirical_p": sm["top_asr_empirical_p"],
+                    "asr_empirical_p": empirical_p_value(r["asr"], null, alternative="less"),
                 }
             )
     return rows + summary

@@ -525,6 +525,8 @@ def _stage_ablation(run: _Run) -> None:
     # budget, its rollouts are the baseline and the stage only generates the ablated settings.
     reuse = not cfg.rollouts and max_new_tokens == cfg.max_new_tokens
     means = load_head_means(run.path("head_means.safetensors"), model=model)
+    contrast = heads.get("scores_contrast") if cfg.contrast_ablation else None
+    rankings = {"contrast": torch.tensor(contrast, dtype=torch.float32)} if contrast else None
     rows = attack_success(
         model,
         [r.prompt for r in harmful],
@@ -542,7 +544,9 @@ def _stage_ablation(run: _Run) -> None:
         progress=True,
         template=cfg.template,
         judge=_judge(run),
+        rankings=rankings,
     )
+    _compare_rankings(rows)
     _add_capability_cost(run, rows, harmless, means)
     save_ablation_results(
         run.path("ablation.json"),
@@ -555,6 +559,28 @@ def _stage_ablation(run: _Run) -> None:
             "baseline_source": "rollouts stage" if reuse else "generated",
         },
     )
+
+
+def _compare_rankings(rows: list[dict]) -> None:
+    """``vs_paper_ranking`` on each other ranking's top-k% row: exact McNemar of its attack
+    successes against the paper's top-k% row on the same prompts."""
+    from .stats import mcnemar_exact
+
+    paper = {r["top_percent"]: r for r in rows if r.get("kind") == "top" and r["setting"].endswith("%")}
+    for r in rows:
+        base = paper.get(r.get("top_percent"))
+        if r.get("kind") != "top" or base is None or r is base:
+            continue
+        m = mcnemar_exact(
+            [o == "complied" for o in base["harmful_outcomes"]],
+            [o == "complied" for o in r["harmful_outcomes"]],
+        )
+        r["vs_paper_ranking"] = {
+            "paper_setting": base["setting"],
+            "paper_only": m["a_only"],
+            "this_only": m["b_only"],
+            "p_value": m["p_value"],
+        }
 
 
 def _add_capability_cost(run: _Run, rows: list[dict], harmless: list, means: Any) -> None:
@@ -861,7 +887,7 @@ STAGES: tuple[Stage, ...] = (
         "ablation", "ablate", "ASR and over-refusal with the top-k% heads and random heads ablated",
         ("heads",),
         ("asr_prompts", "top_percents", "random_seeds", "ablation_mode", "n_ablation",
-         "ablation_max_new_tokens", "judge_mode"),
+         "ablation_max_new_tokens", "judge_mode", "contrast_ablation"),
         ("ablation.json",), _stage_ablation, _results_ablation,
     ),
     Stage(

@@ -173,6 +173,9 @@ def markdown_table(results: dict) -> str:
                 f"; random sets ({vr['n_sets']}): mean {vr['asr_mean']:.2f} "
                 f"({vr['asr_min']:.2f}-{vr['asr_max']:.2f}), empirical p = {vr['asr_empirical_p']:.2f}"
             )
+        vp = a.get("vs_paper_ranking")
+        if vp:
+            test += f"; vs {vp['paper_setting']}: McNemar p = {vp['p_value']:.3g}"
         cap = (a.get("capability") or {}).get("kl")
         kl = f"; KL {cap['value']:.3f} [{_num(cap['ci95'], 0)}, {_num(cap['ci95'], 1)}]" if cap else ""
         rows.append(

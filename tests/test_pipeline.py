@@ -257,3 +257,13 @@ def test_markdown_table_shows_every_headline_with_its_interval(run_dir):
     assert table.startswith("| | value [95% CI] |")
     assert "ASR / over-refusal, baseline" in table and "McNemar p = " in table
     assert table.count("[") >= 6  # refusal rates, probe, cliff blocks, ASR rows carry intervals
+
+
+def test_contrast_ranking_is_ablated_and_tested_against_the_paper_ranking(run_dir):
+    cfg, results = run_dir
+    rows = {a["setting"]: a for a in results["ablation"]}
+    assert "top-25% contrast" in rows and results["heads"]["top_contrast"]
+    row = rows["top-25% contrast"]
+    assert row["vs_paper_ranking"]["paper_setting"] == "top-25%"
+    assert 0 <= row["vs_paper_ranking"]["p_value"] <= 1
+    assert row["vs_random"]["n_sets"] == cfg.random_seeds and "capability" in row
