@@ -31,9 +31,14 @@ import types
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+
+from .model_types import CliffModel
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 __all__ = [
     "ModelLoadError",
@@ -141,6 +146,7 @@ def _zoo_info(name: str) -> dict[str, Any]:
     if "entry_point" in info:
         info = dict(info["entry_point"].load())
     return info
+
 
 #: Reasoning models the paper studies (and close relatives), with architecture and template.
 KNOWN_MODELS: list[dict[str, str]] = [
@@ -744,7 +750,7 @@ def hooked_from_hf(
     default_prepend_bos: bool | None = None,
     default_padding_side: str | None = None,
     n_ctx: int | None = None,
-):
+) -> HookedTransformer:
     """Convert an in-memory HF causal LM of a supported architecture into a ``HookedTransformer``.
 
     The HF model is read, not modified. ``dtype`` defaults to the HF model's dtype.
@@ -795,7 +801,7 @@ def hooked_from_hf(
     model.move_model_modules_to_device()
     model.eval()
     _attach_tokenizer(model, tokenizer, default_padding_side)
-    model.cliff_template = template or detect_template(str(name), tokenizer, arch)
+    cast(CliffModel, model).cliff_template = template or detect_template(str(name), tokenizer, arch)
     return model
 
 
@@ -888,7 +894,7 @@ def _load_weights(
         if _quant_method(hf_config) == "mxfp4" and "quantization_config" not in kw:
             # gpt-oss ships its experts packed in MXFP4; the TL converter (and weight edits) need
             # plain tensors, so let transformers unpack them at load time
-            from transformers import Mxfp4Config
+            from transformers.utils.quantization_config import Mxfp4Config
 
             kw["quantization_config"] = Mxfp4Config(dequantize=True)
     try:
@@ -1054,7 +1060,7 @@ def load_model(
     trust_remote_code: bool = False,
     template: str | None = None,
     **kwargs: Any,
-):
+) -> HookedTransformer:
     """Load a model as a TransformerLens ``HookedTransformer`` with its tokenizer attached.
 
     Args:
@@ -1086,7 +1092,7 @@ def load_model(
     tl_kw = {k: kwargs[k] for k in _TL_LOAD_KEYS if k in kwargs}
     if n_devices > 1 and str(device) == "cpu":
         raise ModelLoadError(f"n_devices={n_devices} needs GPUs; pass device='cuda'")
-    processing = dict(  # TL's weight processing and the layer split, the same on both routes
+    processing: dict[str, Any] = dict(  # TL's weight processing and the layer split, the same on both routes
         fold_ln=fold_ln,
         center_writing_weights=center_writing_weights,
         center_unembed=center_unembed,
@@ -1152,7 +1158,7 @@ def _load_tl_official(official: str, *, tokenizer, trust_remote_code, template, 
     # TL re-loads the tokenizer by name to force add_bos_token (a network call, and a KeyError for
     # tokenizers built in code); keep the tokenizer as given, TL prepends BOS itself where needed.
     original = tl_utils.get_tokenizer_with_bos
-    tl_utils.get_tokenizer_with_bos = lambda t: t
+    tl_utils.get_tokenizer_with_bos = lambda tokenizer: tokenizer
     try:
         with _quiet():
             model = HookedTransformer.from_pretrained_no_processing(
@@ -1163,7 +1169,7 @@ def _load_tl_official(official: str, *, tokenizer, trust_remote_code, template, 
     finally:
         tl_utils.get_tokenizer_with_bos = original
     model.eval()
-    model.cliff_template = template or detect_template(
+    cast(CliffModel, model).cliff_template = template or detect_template(
         official, model.tokenizer, model.cfg.original_architecture
     )
     return model
