@@ -72,3 +72,16 @@ def test_core_library_does_not_import_the_organism():
                 offenders.append(f"{f.relative_to(root)}:{node.lineno}")
     assert not offenders, offenders
     assert "cliff-organism" in zoo_models()
+
+
+def test_readme_lists_every_stage_command_and_file():
+    """The README's command and run-directory tables cover the stage registry (no drift)."""
+    from pathlib import Path
+
+    from cliff_lens.pipeline import STAGES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for stage in STAGES:
+        assert stage.command in readme, stage.command
+        for name in stage.outputs:
+            assert f"`{name}`" in readme, name
