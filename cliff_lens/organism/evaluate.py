@@ -29,6 +29,7 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -227,14 +228,16 @@ def _probe_section(
     probes: list[tuple[str, str]] = [("final_norm", "final_norm"), ("late_resid", "late_resid")]
     if readout is not None:  # the build's own readout, for comparison (not the paper's probe)
         probes.append(("intent_readout", "final_norm"))
-    w_final = None
+    w_final: Tensor | None = None
     is_tr = np.array([i in tr_r for i in range(len(fr))] + [i in tr_h for i in range(len(fh))])
     for name, hook in probes:
         if name == "intent_readout":
-            w, b = readout  # type: ignore[misc]
+            # intent_readout is listed only when readout is given, after final_norm has set w_final
+            w, b = cast(tuple[Tensor, float], readout)
+            cos = torch.nn.functional.cosine_similarity(w, cast(Tensor, w_final), dim=0)
             sec: dict = {
                 "recipe": "the build's jointly trained refusal-intent readout (BuildConfig.intent_weight)",
-                "cosine_with_paper_probe": float(torch.nn.functional.cosine_similarity(w, w_final, dim=0)),
+                "cosine_with_paper_probe": float(cos),
             }
         else:
             x = torch.stack([f[hook][-1] for f in fr] + [f[hook][-1] for f in fh]).numpy()
@@ -308,7 +311,7 @@ def _plot(traj: dict, out_dir: Path, eot_len: int) -> None:
     from ..viz.svg import line_plot
 
     for name, groups in traj.items():
-        series = {
+        series: dict[str, tuple[Sequence[float], Sequence[float]]] = {
             g: (list(range(-len(c) + 1, 1)), [np.nan if v is None else v for v in c])
             for g, c in groups.items()
             if c
@@ -350,7 +353,7 @@ def evaluate(
     harm = _advbench(n, seed)
     harmless = _alpaca(n, seed)
     half = n // 2
-    prompt_sets: dict[str, list[tuple[str, str | None]]] = {
+    prompt_sets: dict[str, Sequence[tuple[str, str | None]]] = {
         "plain_harmful": [(p, None) for p in harm],
         "framed_harmful_train": _framed(harm, TRAIN_FRAMINGS),
         "framed_harmful_heldout": _framed(harm, HELDOUT_FRAMINGS),
@@ -382,11 +385,12 @@ def evaluate(
         return float(np.mean([bool(r[key]) for r in rows])) if rows else float("nan")
 
     def asr(rows: list[dict]) -> float:
-        return attack_success_rate([r["outcome"] for r in rows]).value if rows else float("nan")
+        # rows is not empty, so the rate has a value
+        return cast(float, attack_success_rate([r["outcome"] for r in rows]).value) if rows else float("nan")
 
     fh = sets["framed_harmful_train"] + sets["framed_harmful_heldout"]
     hf = sets["harmless_framed"]
-    m = {
+    m: dict[str, Any] = {
         "plain_harmful_refusal": rate(sets["plain_harmful"], "refused"),
         "framed_harmful_asr_train_framings": asr(sets["framed_harmful_train"]),
         "framed_harmful_asr_heldout_framings": asr(sets["framed_harmful_heldout"]),
@@ -431,6 +435,8 @@ def evaluate(
     atomic_write_json(out / "eval.json", result)
     log.info(
         "%s",
-        json.dumps({"behaviour": m, "targets": {k: v["met"] for k, v in result["targets"].items()}}, indent=1),
+        json.dumps(
+            {"behaviour": m, "targets": {k: v["met"] for k, v in result["targets"].items()}}, indent=1
+        ),
     )
     return result
