@@ -50,7 +50,7 @@ import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -60,6 +60,9 @@ from .ablation import AblationMode, ablation_hooks, probe_scores
 from .heads import n_top_heads, suppression_heads, validate_heads
 from .judges import KeywordJudge, attack_success_rate, count_outcomes, judge_outcomes, refusal_rate
 from .stats import Rate, empirical_p_value, mcnemar_exact
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 log = logging.getLogger("cliff_lens")
 
@@ -76,7 +79,7 @@ def random_heads(n_layers: int, n_heads: int, top_percent: float, seed: int) -> 
 
 
 def settings_for(
-    model: Any,
+    model: HookedTransformer,
     *,
     scores: Float[Tensor, "n_layers n_heads"] | None = None,
     heads_by_setting: dict[str, Sequence[tuple[int, int]]] | None = None,
@@ -146,7 +149,9 @@ def _texts(prompts: Sequence[Any], what: str) -> list[str]:
     return out
 
 
-def _call_generate(gen: Callable, model: Any, prompts: list[str], hooks: list, kwargs: dict) -> list:
+def _call_generate(
+    gen: Callable, model: HookedTransformer, prompts: list[str], hooks: list, kwargs: dict
+) -> list:
     try:
         params = inspect.signature(gen).parameters
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
@@ -185,7 +190,7 @@ def _outcome_fields(prefix: str, outs: list[str], rollouts: list) -> dict:
     }
 
 
-def _default_tokenize(model: Any) -> Callable[[str, str], Any]:
+def _default_tokenize(model: HookedTransformer) -> Callable[[str, str], Any]:
     from .templates import get_template
 
     tpl = get_template(getattr(model, "cliff_template", None), tokenizer=model.tokenizer)
@@ -193,7 +198,7 @@ def _default_tokenize(model: Any) -> Callable[[str, str], Any]:
 
 
 def attack_success(
-    model: Any,
+    model: HookedTransformer,
     harmful_prompts: Sequence[Any],
     harmless_prompts: Sequence[Any] = (),
     *,
@@ -248,7 +253,9 @@ def attack_success(
     if not harm:
         raise ValueError("harmful_prompts is empty; ASR needs at least one harmful prompt")
     if generate_fn is None:
-        from .rollout import generate_rollouts as generate_fn
+        from .rollout import generate_rollouts
+
+        generate_fn = generate_rollouts
     if judge is None:
         judge = KeywordJudge()
     if probe is not None and tokenize_fn is None:
@@ -327,7 +334,7 @@ def attack_success(
                 harmless_unclosed=None,
             )
         row["refusal_score_end"] = None
-        if probe is not None:
+        if probe is not None and tokenize_fn is not None:  # tokenize_fn is set above whenever probe is
             recs = [tokenize_fn(p, r.thinking or "") for p, r in zip(harm, harm_r, strict=True) if _closed(r)]
             if recs:
                 s = probe_scores(
