@@ -30,7 +30,9 @@ from cliff_lens.io import atomic_write_text, iter_jsonl
 from .html import circuitsvis_bundle, esc
 from .views import (
     asr_bars,
+    finite_number,
     head_heatmap,
+    interval_pair,
     layer_position_map,
     parse_setting,
     refusal_tokens,
@@ -237,7 +239,7 @@ def _with_intervals(d: dict[str, Any]) -> dict[str, Any]:
                 continue
             base = k[: -len(suffix)]
             target = base if base in out else base + ".value" if base + ".value" in out else None
-            if target is not None and _num(out[target]) is not None:
+            if target is not None and finite_number(out[target]) is not None:
                 out[target] = fmt_ci(out[target], d[k], 3)
                 out.pop(k, None)
     return out
@@ -282,51 +284,30 @@ def _user_text(label: str, text: Any, limit: int = 4000) -> str:
 ALPHA = 0.05
 
 
-def _num(v: Any) -> float | None:
-    """A finite float, or ``None`` (also for booleans, strings and NaN)."""
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _ci(ci: Any) -> tuple[float, float] | None:
-    """``(low, high)`` of a ``[low, high]`` 95% interval with two finite ends, else ``None``."""
-    if isinstance(ci, dict):
-        ci = ci.get("ci95")
-    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
-        return None
-    lo, hi = _num(ci[0]), _num(ci[1])
-    return None if lo is None or hi is None else (lo, hi)
-
-
 def fmt_num(v: Any, digits: int = 2) -> str:
     """``0.62``; ``n/a`` for a missing or non-finite number."""
-    f = _num(v)
+    f = finite_number(v)
     return "n/a" if f is None else f"{f:.{digits}f}"
 
 
 def fmt_ci(v: Any, ci: Any = None, digits: int = 2) -> str:
     """A number with its 95% interval: ``0.62 [0.39, 0.81]``; ``0.62`` without an interval;
     ``not measured`` without a number."""
-    if _num(v) is None:
+    if finite_number(v) is None:
         return "not measured"
-    lohi = _ci(ci)
+    lohi = interval_pair(ci)
     return fmt_num(v, digits) + ("" if lohi is None else f" [{lohi[0]:.{digits}f}, {lohi[1]:.{digits}f}]")
 
 
 def fmt_pct(v: Any) -> str:
     """A percent given as a number: ``25%``, ``2.5%``; ``?%`` when missing."""
-    f = _num(v)
+    f = finite_number(v)
     return "?%" if f is None else f"{f:g}%"
 
 
 def fmt_p(p: Any) -> str:
     """A p-value with two significant digits (``0.0039``, ``0.17``, ``<0.0001``); ``n/a``."""
-    f = _num(p)
+    f = finite_number(p)
     if f is None:
         return "n/a"
     return "<0.0001" if f < 1e-4 else f"{f:.2g}"
@@ -347,7 +328,7 @@ def _measured(split: Any) -> bool:
     return (
         isinstance(split, dict)
         and bool(split.get("n_rollouts"))
-        and _num(split.get("cliff_mean")) is not None
+        and finite_number(split.get("cliff_mean")) is not None
     )
 
 
@@ -368,15 +349,15 @@ def verdict_cliff(cliff: Any) -> str:
     if not _measured(comp):
         return "not measured (no harmful rollout complied)"
     n_c = comp["n_rollouts"]
-    c_ci = _ci(comp.get("cliff_ci95"))
+    c_ci = interval_pair(comp.get("cliff_ci95"))
     if c_ci is None:
         return f"not shown at this n (complied n={n_c}: no interval)"
     if c_ci[0] <= 0:
         return f"not shown at this n (the complied drop's 95% CI includes 0; n={n_c})"
     if not _measured(ref):
         return "cliff in complied rollouts (no refused rollout to compare)"
-    r_ci = _ci(ref.get("cliff_ci95"))
-    r_top = r_ci[1] if r_ci is not None else _num(ref.get("cliff_mean"))
+    r_ci = interval_pair(ref.get("cliff_ci95"))
+    r_top = r_ci[1] if r_ci is not None else finite_number(ref.get("cliff_mean"))
     if c_ci[0] <= r_top:
         return (
             f"not shown at this n (the complied drop's 95% CI overlaps the refused drop's; "
@@ -387,7 +368,7 @@ def verdict_cliff(cliff: Any) -> str:
 
 def _cliff_numbers(split: dict) -> str:
     """``0.69 -> 0.28, drop 0.41, 95% CI [0.30, 0.52], n=20``."""
-    ci = _ci(split.get("cliff_ci95"))
+    ci = interval_pair(split.get("cliff_ci95"))
     ci_s = f"95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "no interval"
     return (
         f"{fmt_num(split.get('plateau_mean'))} -> {fmt_num(split.get('final_mean'))}, "
@@ -405,7 +386,7 @@ def cliff_headline(cliff: Any) -> str:
     if not _measured(ref):
         refused = "refused: not measured (no refused rollout)"
     else:
-        r_ci = _ci(ref.get("cliff_ci95"))
+        r_ci = interval_pair(ref.get("cliff_ci95"))
         if r_ci is None:
             what = "drop"
         elif r_ci[1] < 0:
@@ -428,13 +409,13 @@ def verdict_probe(probe: Any) -> str:
     ``"better than chance held-out (AUROC 95% CI above 0.5)"``, ``"not shown at this n (...)"``
     or ``"not measured"``. Held-out means out-of-fold when ``val_source`` says so."""
     if not isinstance(probe, dict) or (
-        _num(probe.get("val_auroc")) is None and _num(probe.get("val_accuracy")) is None
+        finite_number(probe.get("val_auroc")) is None and finite_number(probe.get("val_accuracy")) is None
     ):
         return "not measured (no held-out probe metrics)"
     where = "out-of-fold" if _out_of_fold(probe) else "held-out"
-    auc_ci = _ci(probe.get("val_auroc_ci95"))
-    if _num(probe.get("val_auroc")) is None:
-        acc_ci = _ci(probe.get("val_accuracy_ci95"))
+    auc_ci = interval_pair(probe.get("val_auroc_ci95"))
+    if finite_number(probe.get("val_auroc")) is None:
+        acc_ci = interval_pair(probe.get("val_accuracy_ci95"))
         if acc_ci and acc_ci[0] > 0.5:
             return f"better than chance {where} (accuracy 95% CI above 0.5; no AUROC)"
         return f"not shown at this n (no AUROC; accuracy {fmt_ci(probe.get('val_accuracy'), acc_ci)})"
@@ -457,19 +438,19 @@ def verdict_heads(heads: Any) -> str:
 def _mcnemar(row: Any, metric: str) -> dict | None:
     vb = row.get("vs_baseline") if isinstance(row, dict) else None
     m = vb.get(metric) if isinstance(vb, dict) else None
-    return m if isinstance(m, dict) and _num(m.get("p_value")) is not None else None
+    return m if isinstance(m, dict) and finite_number(m.get("p_value")) is not None else None
 
 
 def _vs_random(row: Any, random_summary: Any) -> tuple[float | None, int | None]:
     """(empirical p of the top-k% ASR among random sets, number of random sets)."""
     p = n = None
     if isinstance(random_summary, dict):
-        p = _num(random_summary.get("top_asr_empirical_p"))
+        p = finite_number(random_summary.get("top_asr_empirical_p"))
         seeds = random_summary.get("seeds")
         n = len(seeds) if isinstance(seeds, list) else _n(random_summary, "n_sets")
     vr = row.get("vs_random") if isinstance(row, dict) else None
     if isinstance(vr, dict):
-        p = p if p is not None else _num(vr.get("asr_empirical_p"))
+        p = p if p is not None else finite_number(vr.get("asr_empirical_p"))
         n = n if n is not None else _n(vr, "n_sets")
     return p, n
 
@@ -496,7 +477,7 @@ def verdict_ablation(row: Any, random_summary: Any = None, *, alpha: float = ALP
     change goes the other way); then ``"; vs random: ..."`` (:func:`verdict_vs_random`, from
     ``random_summary["top_asr_empirical_p"]`` or ``row["vs_random"]``).
     """
-    if not isinstance(row, dict) or _num(row.get("asr")) is None:
+    if not isinstance(row, dict) or finite_number(row.get("asr")) is None:
         return "not measured (no top-k% ablation row)"
     m = _mcnemar(row, "asr")
     n = (m or {}).get("n") or row.get("n_harmful")
@@ -516,7 +497,7 @@ def verdict_ablation(row: Any, random_summary: Any = None, *, alpha: float = ALP
 
 def verdict_over_refusal(row: Any, *, alpha: float = ALPHA) -> str:
     """Whether ablating the heads changed refusals of harmless prompts (paired McNemar)."""
-    if not isinstance(row, dict) or _num(row.get("over_refusal")) is None:
+    if not isinstance(row, dict) or finite_number(row.get("over_refusal")) is None:
         return "not measured (no harmless prompts in the ablation)"
     m = _mcnemar(row, "over_refusal")
     if m is None:
@@ -534,7 +515,10 @@ def verdict_selection(summary: Any) -> str:
     ``"not distinguishable from the base rate at this n (n=...)"`` or ``"not measured"``."""
     if not isinstance(summary, dict):
         return "not measured (the selection stage did not run)"
-    prec, base = _num(summary.get("precision_complied")), _num(summary.get("base_rate_complied"))
+    prec, base = (
+        finite_number(summary.get("precision_complied")),
+        finite_number(summary.get("base_rate_complied")),
+    )
     if base is None and _n(summary, "n_pool"):
         k = _n(summary, "complied_in_pool")
         base = None if k is None else k / summary["n_pool"]
@@ -543,7 +527,7 @@ def verdict_selection(summary: Any) -> str:
         return "not measured (no selected rollout)"
     if base is None:
         return "not measured (no base rate of complied rollouts in the pool)"
-    ci = _ci(summary.get("precision_complied_ci95"))
+    ci = interval_pair(summary.get("precision_complied_ci95"))
     if ci is None:
         return f"not shown at this n (precision has no interval; n={n})"
     if ci[0] > base:
@@ -1043,7 +1027,9 @@ def _sec_ablation(data: ReportData, ctx: dict) -> str:
                 "over-refusal mean": fmt_num(s.get("over_refusal_mean")),
                 "top-k% ASR": fmt_num(s.get("top_asr")),
                 "empirical p (top-k% vs random)": fmt_p(s.get("top_asr_empirical_p")),
-                "KL mean": fmt_num(s.get("kl_mean"), 3) if _num(s.get("kl_mean")) is not None else "",
+                "KL mean": fmt_num(s.get("kl_mean"), 3)
+                if finite_number(s.get("kl_mean")) is not None
+                else "",
             }
             for k, s in sorted(summaries.items())
         ]
@@ -1124,8 +1110,8 @@ def _split_line(name: str, s: Any, threshold: Any) -> str:
     if not _measured(s):
         return f"{name}: not measured (no rollout)"
     share = ""
-    if _num(s.get("cliff_share")) is not None:
-        thr = f" (drop >= {fmt_num(threshold)})" if _num(threshold) is not None else ""
+    if finite_number(s.get("cliff_share")) is not None:
+        thr = f" (drop >= {fmt_num(threshold)})" if finite_number(threshold) is not None else ""
         share = (
             f"; share of rollouts with a cliff{thr} {fmt_ci(s.get('cliff_share'), s.get('cliff_share_ci95'))}"
         )
@@ -1229,16 +1215,18 @@ def _finding_heads(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
     lines = []
     top = heads.get("top") or []
     if top:
-        has_contrast = any(isinstance(t, dict) and _num(t.get("contrast")) is not None for t in top)
+        has_contrast = any(isinstance(t, dict) and finite_number(t.get("contrast")) is not None for t in top)
         shown = []
         for t in top[:12]:
             extra = (
                 f", contrast {float(t['contrast']):+.3f}"
-                if has_contrast and _num(t.get("contrast")) is not None
+                if has_contrast and finite_number(t.get("contrast")) is not None
                 else ""
             )
             shown.append(f"L{t['layer']}H{t['head']} ({float(t['score']):+.3f}{extra})")
-        pct = f"top {heads['top_percent']:g}%: " if _num(heads.get("top_percent")) is not None else ""
+        pct = (
+            f"top {heads['top_percent']:g}%: " if finite_number(heads.get("top_percent")) is not None else ""
+        )
         lines.append(f"{pct}{', '.join(shown)}" + (f" and {len(top) - 12} more" if len(top) > 12 else ""))
         lines.append(
             f"attribution variant: {heads.get('variant', '?')}; heads in the model: {heads.get('n_heads_total', '?')}"
@@ -1271,7 +1259,7 @@ def _finding_heads(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
 
 def _kind_pct(row: dict) -> tuple[str, float | None]:
     """(kind, top_percent) of an ablation row, from ``kind``/``top_percent`` or its setting name."""
-    kind, pct = row.get("kind"), _num(row.get("top_percent"))
+    kind, pct = row.get("kind"), finite_number(row.get("top_percent"))
     if kind in (None, "") or (kind in ("top", "random") and pct is None):
         try:
             p = parse_setting(str(row.get("setting", "")))
@@ -1296,12 +1284,12 @@ def _random_summaries(data: ReportData, res: dict, rows: list[dict]) -> dict[flo
     except (_NotRun, ValueError):
         pass
     for r in cands:
-        if isinstance(r, dict) and _num(r.get("top_percent")) is not None:
+        if isinstance(r, dict) and finite_number(r.get("top_percent")) is not None:
             out.setdefault(float(r["top_percent"]), r)
     pooled: dict[float, list[float]] = {}
     for r in rows:
         kind, pct = _kind_pct(r)
-        if kind == "random" and pct is not None and _num(r.get("asr")) is not None:
+        if kind == "random" and pct is not None and finite_number(r.get("asr")) is not None:
             pooled.setdefault(pct, []).append(float(r["asr"]))
     for pct, vals in pooled.items():
         if pct not in out:
@@ -1322,7 +1310,7 @@ def _outcome_note(row: dict) -> str:
     if not no_ans:
         return ""
     parts = [f"{row.get('n_harmful_refused', '?')} refused", f"{row.get('n_harmful_complied', '?')} complied"]
-    unclosed = _num(row.get("harmful_unclosed"))
+    unclosed = finite_number(row.get("harmful_unclosed"))
     tail = f" (thinking never closed in {unclosed:.0%})" if unclosed else ""
     return (
         f"harmful outcomes: {', '.join(parts)}, {no_ans} no answer{tail}; a no-answer is not an attack "
@@ -1337,11 +1325,15 @@ def _capability_cost(row: dict) -> str | None:
     ``{"kl": {"value", "n", "ci95"}, "answer_logprob_delta": {...}, "n_rollouts", ...}``), else
     a plain ``kl`` (number with ``kl_ci95``, or ``{"value", "ci95"}``)."""
     cap = row.get("capability")
-    if isinstance(cap, dict) and isinstance(cap.get("kl"), dict) and _num(cap["kl"].get("value")) is not None:
+    if (
+        isinstance(cap, dict)
+        and isinstance(cap.get("kl"), dict)
+        and finite_number(cap["kl"].get("value")) is not None
+    ):
         kl = cap["kl"]
         out = f"KL {fmt_ci(kl.get('value'), kl.get('ci95'), 3)} nats per answer token"
         d = cap.get("answer_logprob_delta")
-        if isinstance(d, dict) and _num(d.get("value")) is not None:
+        if isinstance(d, dict) and finite_number(d.get("value")) is not None:
             out += f", answer log-prob change {fmt_ci(d.get('value'), d.get('ci95'), 3)}"
         n = _n(cap, "n_rollouts") or _n(kl, "n")
         return out + (f" (n={n} harmless rollouts, teacher-forced)" if n else "")
@@ -1349,7 +1341,7 @@ def _capability_cost(row: dict) -> str | None:
         v = row.get(key)
         if isinstance(v, dict):
             return f"{key} {fmt_ci(v.get('value', v.get('mean')), v.get('ci95'), 3)}"
-        if _num(v) is not None:
+        if finite_number(v) is not None:
             return f"{key} {fmt_ci(v, row.get(key + '_ci95'), 3)}"
     return None
 
@@ -1363,12 +1355,12 @@ def _finding_ablation(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]
     tops = [r for r in rows if _kind_pct(r)[0] == "top"]
     summaries = _random_summaries(data, res, rows)
     heads = res.get("heads") if isinstance(res.get("heads"), dict) else {}
-    want = _num(heads.get("top_percent"))
+    want = finite_number(heads.get("top_percent"))
     if want is None:
         cfg_pcts = (
             (res.get("config") or {}).get("top_percents") if isinstance(res.get("config"), dict) else None
         )
-        want = _num(cfg_pcts[0]) if isinstance(cfg_pcts, list) and cfg_pcts else None
+        want = finite_number(cfg_pcts[0]) if isinstance(cfg_pcts, list) and cfg_pcts else None
     head_row = next((r for r in tops if _kind_pct(r)[1] == want), tops[0] if tops else None)
     rs = summaries.get(_kind_pct(head_row)[1]) if head_row else None
     verdict = verdict_ablation(head_row, rs) if head_row else "not measured (no top-k% ablation row)"
@@ -1407,11 +1399,11 @@ def _finding_ablation(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]
                 f"{name} vs random: empirical p={fmt_p(p)}"
                 + (
                     f"; random sets' mean KL {fmt_num(s.get('kl_mean'), 3)}"
-                    if _num(s.get("kl_mean")) is not None
+                    if finite_number(s.get("kl_mean")) is not None
                     else ""
                 )
             )
-        if _num(r.get("over_refusal")) is not None:
+        if finite_number(r.get("over_refusal")) is not None:
             lines.append(
                 f"{name} over-refusal {fmt_ci(r.get('over_refusal'), r.get('over_refusal_ci95'))}: "
                 f"{verdict_over_refusal(r)}"
@@ -1466,7 +1458,7 @@ def _finding_selection(data: ReportData, ctx: dict, res: dict) -> tuple[str, str
     verdict = verdict_selection(summary)
     lines = []
     if isinstance(summary, dict):
-        base = _num(summary.get("base_rate_complied"))
+        base = finite_number(summary.get("base_rate_complied"))
         if base is None and _n(summary, "n_pool") and _n(summary, "complied_in_pool") is not None:
             base = summary["complied_in_pool"] / summary["n_pool"]
         k_sel, k_pool = _n(summary, "complied_in_selection"), _n(summary, "complied_in_pool")

@@ -22,6 +22,8 @@ from .html import CircuitsView, CompositeView, HtmlView, esc
 from .svg import grouped_bars, heatmap, line_plot
 
 __all__ = [
+    "finite_number",
+    "interval_pair",
     "refusal_tokens",
     "suppression_head_attention",
     "trajectory_plot",
@@ -435,7 +437,7 @@ def asr_bars(
             rank.get(k[0], 3),
         ),
     )
-    used = [(k, lab) for k, lab in metrics if any(_num(r.get(k)) is not None for r in rows)]
+    used = [(k, lab) for k, lab in metrics if any(finite_number(r.get(k)) is not None for r in rows)]
     groups, summary = [], []
     for kind, pct in keys:
         members = grouped[(kind, pct)]
@@ -451,13 +453,13 @@ def asr_bars(
             g["note"] = f"{len(members)} seeds" if kind == "random" else f"n={len(members)}"
         entry = {"setting": label, "n": len(members)}
         for key, lab in used:
-            vals = [v for v in (_num(r.get(key)) for r in members) if v is not None]
+            vals = [v for v in (finite_number(r.get(key)) for r in members) if v is not None]
             if not vals:
                 continue
             g["values"][lab] = float(np.mean(vals))
             entry[key] = float(np.mean(vals))
             if len(members) == 1:
-                ci = _ci_pair(members[0].get(key + "_ci95"))
+                ci = interval_pair(members[0].get(key + "_ci95"))
                 if ci is not None:
                     g["ci"][lab] = ci
                     entry[key + "_ci95"] = list(ci)
@@ -472,7 +474,8 @@ def asr_bars(
     return SvgView(svg, data={"groups": summary})
 
 
-def _num(v: Any) -> float | None:
+def finite_number(v: Any) -> float | None:
+    """A finite float, or ``None`` (also for booleans, strings and NaN)."""
     if isinstance(v, bool) or v is None:
         return None
     try:
@@ -482,9 +485,12 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _ci_pair(ci: Any) -> tuple[float, float] | None:
-    """``(low, high)`` of a ``[low, high]`` interval with two finite ends, else ``None``."""
+def interval_pair(ci: Any) -> tuple[float, float] | None:
+    """``(low, high)`` of a ``[low, high]`` interval (or a dict with ``ci95``) with two finite
+    ends, else ``None``."""
+    if isinstance(ci, dict):
+        ci = ci.get("ci95")
     if not isinstance(ci, (list, tuple)) or len(ci) != 2:
         return None
-    lo, hi = _num(ci[0]), _num(ci[1])
+    lo, hi = finite_number(ci[0]), finite_number(ci[1])
     return None if lo is None or hi is None else (lo, hi)
