@@ -29,7 +29,7 @@ from cliff_lens.io import iter_jsonl_numbered
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-__all__ = ["generate_rollouts", "import_rollouts", "rollout_id", "sample_next_token"]
+__all__ = ["generate_rollouts", "import_rollouts", "rollout_id", "sample_next_token", "stop_token_set"]
 
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
 
@@ -49,6 +49,17 @@ def _kv_cache_cls():
             HookedTransformerKeyValueCache as C,
         )
     return C
+
+
+def stop_token_set(tokenizer: Any, template: Any, extra: Sequence[int] | None = None) -> set[int]:
+    """Token ids that end a rollout: ``extra``, the tokenizer's eos, and the template's
+    ``stop_tokens`` that the tokenizer knows (e.g. gpt-oss's ``<|return|>`` and ``<|call|>``)."""
+    ids = {int(t) for t in (extra or ())}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    ids.update(int(vocab[t]) for t in getattr(template, "stop_tokens", ()) if t in vocab)
+    return ids
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
@@ -233,9 +244,7 @@ def generate_rollouts(
                 done[r.id] = r
     todo = [i for i, rid in enumerate(ids) if rid not in done]
 
-    stop_ids = set(int(t) for t in (stop_token_ids or ()))
-    if tokenizer.eos_token_id is not None:
-        stop_ids.add(int(tokenizer.eos_token_id))
+    stop_ids = stop_token_set(tokenizer, tmpl, stop_token_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     encoded = {i: _encode(tokenizer, tmpl.generation_prompt(items[i].text, tokenizer)) for i in todo}

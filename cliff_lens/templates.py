@@ -110,6 +110,8 @@ class ReasoningTemplate:
     use_tokenizer_chat_template: bool = True
     system_prompt: str | None = None
     open_suffix: str = "\n"
+    #: special tokens besides the tokenizer's eos that end the assistant's turn in generation
+    stop_tokens: tuple[str, ...] = ()
 
     # -- rendering ------------------------------------------------------------------------
     def _prefix_parts(self, tokenizer: Any | None) -> tuple[str, str]:
@@ -251,6 +253,8 @@ class HarmonyTemplate(ReasoningTemplate):
     think_close: str = "<|end|>"
     use_tokenizer_chat_template: bool = False
     open_suffix: str = ""
+    # <|end|> only closes a channel (the analysis one ends the thinking); the turn ends here
+    stop_tokens: tuple[str, ...] = ("<|return|>", "<|call|>")
     model_identity: str = "You are ChatGPT, a large language model trained by OpenAI."
     knowledge_cutoff: str = "2024-06"
     current_date: str | None = "2025-08-05"

@@ -228,3 +228,21 @@ def test_import_rollouts(tmp_path):
     q.write_text(json.dumps({"question": "q", "gen": "x</think>y"}) + "\n")
     (r,) = import_rollouts(q, prompt_key="question", output_key="gen")
     assert r.answer == "y" and r.prompt == "q"
+
+
+def test_gpt_oss_turn_ends_at_return_or_call_not_at_end_of_channel():
+    """gpt-oss ends its turn with <|return|> or <|call|>; <|end|> only closes the analysis channel."""
+    from cliff_lens.rollout import stop_token_set
+    from cliff_lens.templates import get_template
+    from cliff_lens.testing import word_level_tokenizer
+
+    specials = ["<|return|>", "<|call|>", "<|end|>"]
+    tok = word_level_tokenizer(
+        ["<unk>", "<pad>", "<s>", "</s>", *specials, "a", "b"], 20, additional_special_tokens=specials
+    )
+    tok.eos_token = "<|return|>"
+    vocab = tok.get_vocab()
+    ids = stop_token_set(tok, get_template("gpt-oss"))
+    assert ids == {vocab["<|return|>"], vocab["<|call|>"]}
+    assert vocab["<|end|>"] not in ids
+    assert stop_token_set(tok, get_template("generic"), [7]) == {vocab["<|return|>"], 7}
