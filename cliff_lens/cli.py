@@ -108,8 +108,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         model = load_model(args.model, device=args.device, dtype=args.dtype)
         probe = RefusalProbe.load(args.probe, model=model)
-        n = score_pool(model, probe, args.rollouts, args.out, shard=args.shard, batch_size=args.batch_size)
-        print(f"scored {n} rollouts into {args.out}")
+        stats = score_pool(
+            model, probe, args.rollouts, args.out, shard=args.shard, batch_size=args.batch_size
+        )
+        print(f"scored {stats['scored']} rollouts into {args.out} ({stats})")
         return 0
 
     from cliff_lens import pipeline

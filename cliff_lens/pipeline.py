@@ -28,11 +28,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .config import RunConfig, demo_config
 from .io import atomic_write_json, hash_obj, iter_jsonl, sha256_file, write_jsonl
 from .summary import summary
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .config import HeadVariant
+    from .data import Prompt
 
 __all__ = [
     "RunConfig",
@@ -341,6 +347,7 @@ def _stage_probe(run: _Run) -> None:
         positions="last",
         batch_size=run.cfg.batch_size,
     )
+    acts = cast("Tensor", acts)  # one position per rollout: a single [n, d_model] tensor
     labels = [1] * len(pos) + [0] * len(neg)
     train = pos + neg
     # k-fold cross-fitting: every training rollout is later scored by a fold probe that did not
@@ -398,7 +405,9 @@ def _stage_trajectories(run: _Run) -> None:
     rs = [r for r in _labelled(run) if r.thinking_closed]
     n = model.cfg.n_layers
     layers = sorted({*range(0, n, max(1, run.cfg.layer_stride)), n - 1})
-    layer_input = "final_norm" if probe.hook == "final_norm_weighted" else "resid"
+    layer_input: Literal["resid", "final_norm"] = (
+        "final_norm" if probe.hook == "final_norm_weighted" else "resid"
+    )
     probe_row = n - 1 if probe.layer is None else probe.layer
     if probe_row not in layers:
         raise RunDirError(f"probe layer {probe_row} not in the scored layers {layers}")
@@ -446,7 +455,7 @@ def _stage_trajectories(run: _Run) -> None:
     )
 
 
-def _head_variant(run: _Run, probe: Any) -> str:
+def _head_variant(run: _Run, probe: Any) -> HeadVariant:
     return run.cfg.head_variant or ("norm_aware" if probe.hook == "final_norm_weighted" else "raw")
 
 
@@ -913,7 +922,7 @@ def get_stage(name: str) -> Stage:
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for pkg in ("cliff_lens", "torch", "transformer_lens", "transformers", "circuitsvis", "scikit-learn"):
         try:
             out[pkg] = version(pkg)
