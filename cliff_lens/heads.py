@@ -652,7 +652,9 @@ def direct_attribution_decomposition(
     if features:  # the probe's own features: the final norm's output (weight and bias) or hook_normalized
         feat = cache[FINAL_NORMALIZED].double()
         if read.kind == "final_weighted":
-            feat = feat * _norm_weight(ln).double().to(feat.device)
+            w = _norm_weight(ln)
+            assert w is not None  # _resolve rejects a final_norm_weighted probe on a norm without weight
+            feat = feat * w.double().to(feat.device)
             if isinstance(getattr(ln, "b", None), Tensor):
                 feat = feat + ln.b.detach().double().to(feat.device)
         target = float(feat @ tgt.base.double().to(feat.device))
@@ -706,7 +708,8 @@ def contrast_scores(
         raise ValueError(
             f"refused has {len(labels)} labels but per_example has {n} rollouts; pass one per rollout"
         )
-    ref, comp = [], []
+    ref: list[int] = []
+    comp: list[int] = []
     for i, v in enumerate(labels):
         if v is None:
             continue

@@ -21,7 +21,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -323,7 +323,7 @@ def _n(d: Any, *keys: str) -> int | None:
     return None
 
 
-def _measured(split: Any) -> bool:
+def _measured(split: Any) -> TypeGuard[dict[str, Any]]:
     """A cliff split with at least one rollout and a mean drop."""
     return (
         isinstance(split, dict)
@@ -358,6 +358,7 @@ def verdict_cliff(cliff: Any) -> str:
         return "cliff in complied rollouts (no refused rollout to compare)"
     r_ci = interval_pair(ref.get("cliff_ci95"))
     r_top = r_ci[1] if r_ci is not None else finite_number(ref.get("cliff_mean"))
+    assert r_top is not None  # _measured(ref) checked that its cliff_mean is a finite number
     if c_ci[0] <= r_top:
         return (
             f"not shown at this n (the complied drop's 95% CI overlaps the refused drop's; "
@@ -668,7 +669,7 @@ def _trajectories(data: ReportData) -> tuple[list, dict]:
             groups = [None] * n
         layer = meta.get("probe_layer")
         if trajs[0].scores.ndim == 2 and layer is None:
-            layer = (trajs[0].layers or [None])[-1]
+            layer = trajs[0].layers[-1] if trajs[0].layers else None
         eots = Counter(
             tr.spans.get("end_of_thinking", (0, 0))[1] - tr.spans.get("end_of_thinking", (0, 0))[0]
             for tr in trajs
@@ -928,7 +929,8 @@ def _sec_heads(data: ReportData, ctx: dict) -> str:
 
 
 def _pick_attention_rollouts(data: ReportData, n: int) -> list[dict]:
-    first, jailbroken = [], []
+    first: list[dict] = []
+    jailbroken: list[dict] = []
     for rec in data.labelled_rollouts():
         if rec.get("harmful") and rec.get("thinking") is not None and rec.get("thinking_closed", True):
             (jailbroken if rec.get("refused") is False else first).append(rec)
@@ -1106,6 +1108,12 @@ def _finding(
     )
 
 
+def _section(res: dict, key: str) -> dict:
+    """``res[key]`` when it is a dict, else ``{}`` (a results.json section that may be missing)."""
+    v = res.get(key)
+    return v if isinstance(v, dict) else {}
+
+
 def _split_line(name: str, s: Any, threshold: Any) -> str:
     if not _measured(s):
         return f"{name}: not measured (no rollout)"
@@ -1123,7 +1131,7 @@ def _split_line(name: str, s: Any, threshold: Any) -> str:
 
 
 def _finding_cliff(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
-    cliff = res.get("cliff") if isinstance(res.get("cliff"), dict) else {}
+    cliff = _section(res, "cliff")
     verdict = verdict_cliff(cliff)
     thr = cliff.get("cliff_threshold")
     lines = [
@@ -1176,7 +1184,7 @@ def _finding_cliff(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
 
 
 def _finding_probe(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
-    probe = res.get("probe") if isinstance(res.get("probe"), dict) else {}
+    probe = _section(res, "probe")
     verdict = verdict_probe(probe)
     lines = []
     if probe:
@@ -1354,15 +1362,14 @@ def _finding_ablation(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]
     base = next((r for r in rows if _kind_pct(r)[0] == "baseline"), None)
     tops = [r for r in rows if _kind_pct(r)[0] == "top"]
     summaries = _random_summaries(data, res, rows)
-    heads = res.get("heads") if isinstance(res.get("heads"), dict) else {}
+    heads = _section(res, "heads")
     want = finite_number(heads.get("top_percent"))
     if want is None:
-        cfg_pcts = (
-            (res.get("config") or {}).get("top_percents") if isinstance(res.get("config"), dict) else None
-        )
+        cfg_pcts = _section(res, "config").get("top_percents")
         want = finite_number(cfg_pcts[0]) if isinstance(cfg_pcts, list) and cfg_pcts else None
     head_row = next((r for r in tops if _kind_pct(r)[1] == want), tops[0] if tops else None)
-    rs = summaries.get(_kind_pct(head_row)[1]) if head_row else None
+    head_pct = _kind_pct(head_row)[1] if head_row else None
+    rs = summaries.get(head_pct) if head_pct is not None else None
     verdict = verdict_ablation(head_row, rs) if head_row else "not measured (no top-k% ablation row)"
     lines: list[str] = []
     headline = ""
@@ -1491,8 +1498,8 @@ def _finding_selection(data: ReportData, ctx: dict, res: dict) -> tuple[str, str
 
 
 def _run_context(res: dict) -> str:
-    d = res.get("data") if isinstance(res.get("data"), dict) else {}
-    model = res.get("model") if isinstance(res.get("model"), dict) else {}
+    d = _section(res, "data")
+    model = _section(res, "model")
     bits = []
     if model.get("source"):
         bits.append(f"model {model['source']}")
@@ -1515,7 +1522,10 @@ def _sec_findings(data: ReportData, ctx: dict) -> str:
     for fn in _FINDINGS:
         try:
             block, verdict = fn(data, ctx, res)
-            title = re.search(r"<h3>(.*?)</h3>", block).group(1)
+            m = re.search(r"<h3>(.*?)</h3>", block)
+            if m is None:
+                raise ValueError("the finding has no <h3> title")
+            title = m.group(1)
         except Exception as e:  # noqa: BLE001 - one finding must not sink the others
             name = fn.__name__.removeprefix("_finding_")
             verdict = f"not measured (could not evaluate: {type(e).__name__}: {e})"

@@ -7,7 +7,7 @@ Every label and tooltip goes through :func:`~cliff_lens.viz.html.esc`; the outpu
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -148,9 +148,9 @@ def _svg_open(width: int, height: int, title: str | None, klass: str) -> list[st
 
 
 def line_plot(
-    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    series: Mapping[str, tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]],
     *,
-    bands: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    bands: Mapping[str, tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]] | None = None,
     vlines: Sequence[tuple[float, str]] = (),
     xlabel: str = "",
     ylabel: str = "",
@@ -202,9 +202,9 @@ def line_plot(
         f'<text x="12" y="{mt + ph / 2:.1f}" text-anchor="middle" {_FONT} '
         f'transform="rotate(-90 12 {mt + ph / 2:.1f})">{esc(ylabel)}</text>'
     )
-    for i, (name, (x, y)) in enumerate(series.items()):
+    for i, (name, (xs, ys)) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
-        x = np.asarray(x, float)
+        x = np.asarray(xs, float)
         if bands and name in bands:
             lo, hi = (np.asarray(b, float) for b in bands[name])
             ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(x)
@@ -216,8 +216,9 @@ def line_plot(
                 out.append(
                     f'<polygon points="{" ".join(pts)}" fill="{color}" fill-opacity="0.15" stroke="none"/>'
                 )
-        y = np.asarray(y, float)
-        segs, cur = [], []
+        y = np.asarray(ys, float)
+        segs: list[list[str]] = []
+        cur: list[str] = []
         for a, b in zip(x, y):
             if math.isfinite(a) and math.isfinite(b):
                 cur.append(f"{sx(a):.1f},{sy(b):.1f}")

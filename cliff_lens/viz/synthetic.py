@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from cliff_lens.io import atomic_write_json, write_jsonl
+from cliff_lens.model_types import CliffModel
 
 __all__ = [
     "PLANTED_SCRIPT",
@@ -72,7 +73,7 @@ def tiny_model_with_tokenizer(seed: int = 0):
     model.tokenizer = _tiny_tokenizer()  # attached directly: TL would try to re-load it by name
     model.cfg.tokenizer_prepends_bos = False
     model.eval()
-    model.cliff_template = "generic"
+    cast(CliffModel, model).cliff_template = "generic"
     return model
 
 

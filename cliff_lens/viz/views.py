@@ -421,12 +421,12 @@ def asr_bars(
             )
         try:
             p = parse_setting(r["setting"])
-            key = (p["kind"], p["percent"])
+            gkey = (p["kind"], p["percent"])
         except ValueError:  # a custom head set: its own bar, after the standard ones
-            key = ("custom:" + str(r["setting"]), None)
-            if key[0] not in custom:
-                custom.append(key[0])
-        grouped.setdefault(key, []).append(r)
+            gkey = ("custom:" + str(r["setting"]), None)
+            if gkey[0] not in custom:
+                custom.append(gkey[0])
+        grouped.setdefault(gkey, []).append(r)
     rank = {"baseline": 0, "top": 1, "random": 2}
     keys = sorted(
         grouped,
