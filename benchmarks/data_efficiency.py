@@ -76,11 +76,11 @@ def main() -> None:
 
     from cliff_lens.data import load_prompts
     from cliff_lens.efficiency import data_efficiency
+    from cliff_lens.framings import HELDOUT_FRAMINGS, TRAIN_FRAMINGS, apply_framing
     from cliff_lens.io import iter_jsonl, write_jsonl
     from cliff_lens.judges import KeywordJudge
     from cliff_lens.models import load_model
     from cliff_lens.organism import organism_hf_model
-    from cliff_lens.framings import HELDOUT_FRAMINGS, TRAIN_FRAMINGS, apply_framing
     from cliff_lens.organism.synth import load_package_prompts
     from cliff_lens.repair import RepairConfig
     from cliff_lens.scoring import score_pool
