@@ -45,6 +45,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from ._typing import Validated
 from .heads import validate_heads
 from .readout import (
     Batch,
@@ -169,8 +170,8 @@ def _check_positions(positions: Any) -> Any:
 
 def ablation_hooks(
     model: HookedTransformer,
-    heads: Sequence[tuple[int, int]],
-    mode: AblationMode = "zero",
+    heads: Validated[Sequence[tuple[int, int]]],
+    mode: Validated[AblationMode] = "zero",
     means: Any = None,
     positions: Any = None,
 ) -> list[tuple[str, Callable]]:
@@ -256,7 +257,7 @@ def _make_z_hook(
 @contextmanager
 def ablate_heads(
     model: HookedTransformer,
-    heads: Sequence[tuple[int, int]],
+    heads: Validated[Sequence[tuple[int, int]]],
     mode: AblationMode = "mean",
     means: Any = None,
     positions: Any = None,
@@ -365,8 +366,8 @@ def load_head_means(
 
 def ablated_weights(
     model: HookedTransformer,
-    heads: Sequence[tuple[int, int]],
-    mode: Literal["zero", "mean"] = "zero",
+    heads: Validated[Sequence[tuple[int, int]]],
+    mode: Validated[Literal["zero", "mean"]] = "zero",
     means: Any = None,
     *,
     inplace: bool = False,
@@ -446,8 +447,8 @@ def _enable_o_bias(hf_model: Any) -> bool:
 
 def export_ablated_hf(
     hf_model: Any,
-    heads: Sequence[tuple[int, int]],
-    mode: Literal["zero", "mean"] = "zero",
+    heads: Validated[Sequence[tuple[int, int]]],
+    mode: Validated[Literal["zero", "mean"]] = "zero",
     means: Any = None,
     out_dir: Any = None,
     *,
@@ -678,7 +679,7 @@ def head_causal_effects(
     batch: Any,
     probe_or_direction: Any,
     *,
-    heads: Sequence[tuple[int, int]] | None = None,
+    heads: Validated[Sequence[tuple[int, int]]] | None = None,
     mode: AblationMode = "mean",
     means: Any = None,
     positions: PositionSpec = "last:end_of_thinking",

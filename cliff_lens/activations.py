@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ._typing import Validated
 from .readout import (
     FINAL_NORM_WEIGHTED,
     SPAN_NAMES,
@@ -77,12 +78,13 @@ def extract_activations(
     batch_size: int = 16,
     progress: bool = True,
     truncate: Literal["error", "left"] = "error",
-    on_nonfinite: Literal["raise", "nan"] = "raise",
+    on_nonfinite: Validated[Literal["raise", "nan"]] = "raise",
     dtype: torch.dtype | None = None,
 ) -> (
     Float[Tensor, "n d_model"]
     | Float[Tensor, "n n_layers d_model"]
     | Float[Tensor, "n k d_model"]
+    | Float[Tensor, "n n_layers k d_model"]
     | list[Float[Tensor, "... d_model"]]
 ):
     """Activations of ``model`` at one hook (or one hook per layer) at chosen positions.

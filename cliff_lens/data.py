@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from cliff_lens._typing import Validated
 from cliff_lens.io import append_jsonl, iter_jsonl, iter_jsonl_numbered, write_jsonl
 
 __all__ = [
@@ -350,7 +351,9 @@ def _read_text(path: Path, encoding: str) -> str:
     return text.lstrip("\ufeff")
 
 
-def _read_rows(path: Path, *, on_error: Literal["raise", "skip"], encoding: str) -> list[tuple[dict, str]]:
+def _read_rows(
+    path: Path, *, on_error: Validated[Literal["raise", "skip"]], encoding: str
+) -> list[tuple[dict, str]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl" or (suffix == ".json" and _looks_like_jsonl(path)):
         if encoding.lower().replace("-", "") not in ("utf8",):

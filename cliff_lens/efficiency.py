@@ -54,13 +54,13 @@ def _selections(
     scores: dict[str, dict],
     rollouts: list[Any],
     methods: Sequence[str],
-    percents: Sequence[float],
+    percents: Sequence[float | int],
     seeds: Sequence[int],
     judge: Any,
-) -> list[tuple[str, float, int | None, list[str]]]:
+) -> list[tuple[str, float | int, int | None, list[str]]]:
     from .selection import misalignment_scores, random_selection, rule_based_scores, select
 
-    out: list[tuple[str, float, int | None, list[str]]] = []
+    out: list[tuple[str, float | int, int | None, list[str]]] = []
     plateau = [scores[i]["plateau"] for i in pool_ids]
     final = [scores[i]["final"] for i in pool_ids]
     rule = None
@@ -93,7 +93,7 @@ def data_efficiency(
     *,
     template: Any = "generic",
     judge: Any = None,
-    percents: Sequence[float] = DEFAULT_PERCENTS,
+    percents: Sequence[float | int] = DEFAULT_PERCENTS,
     methods: Sequence[str] = DEFAULT_METHODS,
     random_seeds: Sequence[int] = (0, 1, 2),
     config: Any = None,
@@ -251,7 +251,7 @@ def efficiency_svg(result: dict, *, width: int = 760, height: int = 300) -> str:
     pw, ph, ml, mt = (width - 40) / 2, height - 70, 50, 30
     xs = {p: ml + (pw - ml - 10) * (k / max(1, len(percents) - 1)) for k, p in enumerate(percents)}
 
-    def y(v: float) -> float:
+    def y(v: float | int) -> float:
         return mt + ph * (1 - (0.0 if not math.isfinite(v) else max(0.0, min(1.0, v))))
 
     parts = [

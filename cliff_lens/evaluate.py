@@ -56,6 +56,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ._typing import Validated
 from .ablation import AblationMode, ablation_hooks, probe_scores
 from .heads import n_top_heads, suppression_heads, validate_heads
 from .judges import KeywordJudge, attack_success_rate, count_outcomes, judge_outcomes, refusal_rate
@@ -69,7 +70,7 @@ log = logging.getLogger("cliff_lens")
 __all__ = ["attack_success", "random_heads", "settings_for", "save_ablation_results", "summarize_random"]
 
 
-def random_heads(n_layers: int, n_heads: int, top_percent: float, seed: int) -> list[tuple[int, int]]:
+def random_heads(n_layers: int, n_heads: int, top_percent: float | int, seed: int) -> list[tuple[int, int]]:
     """``n_top_heads(n_layers * n_heads, top_percent)`` heads drawn uniformly without replacement
     with ``torch.Generator().manual_seed(seed)``, sorted by (layer, head)."""
     k = n_top_heads(n_layers * n_heads, top_percent)
@@ -83,7 +84,7 @@ def settings_for(
     *,
     scores: Float[Tensor, "n_layers n_heads"] | None = None,
     heads_by_setting: dict[str, Sequence[tuple[int, int]]] | None = None,
-    top_percents: Sequence[float] = (1, 3, 10),
+    top_percents: Sequence[float | int] = (1, 3, 10),
     random_seeds: Sequence[int] = (0, 1, 2, 3, 4),
     baseline: bool = True,
     rankings: dict[str, Float[Tensor, "n_layers n_heads"]] | None = None,
@@ -205,9 +206,9 @@ def attack_success(
     scores: Float[Tensor, "n_layers n_heads"] | None = None,
     heads_by_setting: dict[str, Sequence[tuple[int, int]]] | None = None,
     rankings: dict[str, Float[Tensor, "n_layers n_heads"]] | None = None,
-    top_percents: Sequence[float] = (1, 3, 10),
+    top_percents: Sequence[float | int] = (1, 3, 10),
     random_seeds: Sequence[int] = (0, 1, 2, 3, 4),
-    mode: AblationMode = "mean",
+    mode: Validated[AblationMode] = "mean",
     means: Any = None,
     judge: Any = None,
     max_new_tokens: int = 512,

@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from cliff_lens._typing import Validated
 from cliff_lens.io import atomic_save_safetensors, atomic_write_json
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def _ece(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -> float:
     return float(total / len(p))
 
 
-def probe_metrics(scores, labels, threshold: float = 0.5) -> dict[str, float]:
+def probe_metrics(scores, labels, threshold: float = 0.5) -> dict[str, float | int]:
     """Accuracy, AUROC, Brier score and 10-bin ECE of probabilities ``scores`` against 0/1 ``labels``."""
     from sklearn.metrics import roc_auc_score
 
@@ -208,11 +209,11 @@ class RefusalProbe:
         acts: Float[Tensor, "n d_model"],
         labels,
         *,
-        method: Literal["logistic", "diff_of_means"] = "logistic",
-        val_fraction: float = 0.2,
+        method: Validated[Literal["logistic", "diff_of_means"]] = "logistic",
+        val_fraction: float | int = 0.2,
         seed: int = 0,
-        C: float = 1.0,
-        standardize: Literal["global", "feature", "none"] = "global",
+        C: float | int = 1.0,
+        standardize: Validated[Literal["global", "feature", "none"]] = "global",
         max_iter: int = 2000,
         hook: str = "final_norm_weighted",
         layer: int | None = None,

@@ -60,6 +60,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from ._typing import Validated
 from .fast_forward import fast_forward
 from .templates import SPAN_NAMES
 
@@ -96,7 +97,9 @@ logger = logging.getLogger(__name__)
 
 FINAL_NORM_WEIGHTED = "final_norm_weighted"
 
-PositionSpec = str | int | tuple[int, int] | Sequence[int] | Int[Tensor, " k"]
+# A tensor spec is a 0-d index (like an int) or a 1-D list of indices; "_k" is a documentation-only
+# dim so the alias never binds a "k" of the function it annotates.
+PositionSpec = str | int | tuple[int, int] | Sequence[int] | Int[Tensor, ""] | Int[Tensor, " _k"]
 """Which token positions to read; see the module docstring for the grammar."""
 
 PositionKind = Literal["single", "fixed", "ragged"]
@@ -290,7 +293,7 @@ def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def parse_positions(spec: PositionSpec | Positions) -> Positions:
+def parse_positions(spec: Validated[PositionSpec | Positions]) -> Positions:
     """Parse a position spec once (errors for malformed specs are raised here, before any forward).
 
     Accepts the canonical spellings and the older ``"<span>_last"`` (= ``"last:<span>"``).
@@ -381,7 +384,7 @@ def prepare(
     batch: Any,
     positions: PositionSpec | Positions = "all",
     *,
-    truncate: Literal["error", "left"] = "error",
+    truncate: Validated[Literal["error", "left"]] = "error",
     trim: bool = True,
     nonempty: bool = False,
     what: str = "example",
@@ -459,7 +462,9 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def left_pad(
-    seqs: Sequence[Int[Tensor, " pos"]], pad_id: int = 0, device: Any = None
+    seqs: Sequence[Int[Tensor, " _len"]],  # ragged: one length each
+    pad_id: int = 0,
+    device: Any = None,
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"] | None, Int[Tensor, " batch"]]:
     """Left-pad 1-D token tensors.
 
@@ -521,7 +526,8 @@ class Batch:
         return int(self.tokens.shape[1])
 
     def gather_index(
-        self, positions: Sequence[Int[Tensor, " k"]]
+        self,
+        positions: Sequence[Int[Tensor, " _k"]],  # ragged: one count per row
     ) -> tuple[Int[Tensor, "batch 1"], Int[Tensor, "batch kmax"], Int[Tensor, " batch"]]:
         """Indices that gather each row's positions from a ``[batch, pos, ...]`` hook tensor.
 
@@ -539,7 +545,7 @@ class Batch:
         rows = torch.arange(len(positions), device=dev)[:, None]
         return rows, cols, counts.to(dev)
 
-    def position_mask(self, positions: Sequence[Int[Tensor, " k"]]) -> Bool[Tensor, "batch pos"]:
+    def position_mask(self, positions: Sequence[Int[Tensor, " _k"]]) -> Bool[Tensor, "batch pos"]:
         """Boolean ``[batch, pos]`` mask of each row's positions, in padded columns."""
         mask = torch.zeros(self.tokens.shape, dtype=torch.bool)
         off = self.offsets.cpu()
@@ -549,7 +555,7 @@ class Batch:
 
     def weights(
         self,
-        positions: Sequence[Int[Tensor, " k"]],
+        positions: Sequence[Int[Tensor, " _k"]],
         *,
         mean: bool = False,
         dtype: torch.dtype = torch.float32,
@@ -580,7 +586,7 @@ def stop_layer(model: HookedTransformer, names: Sequence[str]) -> int | None:
 
 def run_batches(
     model: HookedTransformer,
-    seqs: Sequence[Int[Tensor, " pos"] | Prepared],
+    seqs: Sequence[Int[Tensor, " _len"] | Prepared],  # ragged: one length each
     names: Sequence[str],
     make_reader: Callable[[Batch], HookFn],
     *,
@@ -634,7 +640,7 @@ def run_batches(
 def screen_nonfinite(
     rows: dict[int, Tensor],
     examples: Sequence[Example],
-    on_nonfinite: Literal["raise", "nan"],
+    on_nonfinite: Validated[Literal["raise", "nan"]],
     what: str,
     *,
     noun: str = "example",

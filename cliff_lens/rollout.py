@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from cliff_lens._typing import Validated
 from cliff_lens.data import Prompt, Rollout, append_rollouts, read_rollouts, write_rollouts
 from cliff_lens.fast_forward import fast_forward
 from cliff_lens.io import iter_jsonl_numbered
@@ -353,7 +354,7 @@ def import_rollouts(
     template: Any = None,
     source: str | None = None,
     harmful: bool | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_error: Validated[Literal["raise", "skip"]] = "raise",
     out: str | os.PathLike | None = None,
 ) -> list[Rollout]:
     """Import rollouts generated elsewhere (e.g. vLLM) from a JSONL file.

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from ._typing import Validated
 from .io import append_jsonl, atomic_write_text, iter_jsonl
 
 if TYPE_CHECKING:
@@ -254,7 +255,7 @@ def score_stream(
     shard: str | tuple[int, int] | None = None,
     batch_size: int = 8,
     n_buckets: int = 64,
-    on_missing_thinking: Literal["raise", "skip"] = "raise",
+    on_missing_thinking: Validated[Literal["raise", "skip"]] = "raise",
     probe_model: str | None = None,
     check_model: bool = True,
     progress: bool = False,

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ._typing import Validated
 from .io import iter_jsonl, write_jsonl
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class Selection:
 def misalignment_scores(
     plateau: Sequence[float] | np.ndarray | float,
     final: Sequence[float] | np.ndarray | float,
-    variant: SelectionVariant = "cliff",
+    variant: Validated[SelectionVariant] = "cliff",
 ) -> np.ndarray:
     """Misalignment score per rollout (higher = more misaligned = selected first).
 
@@ -207,7 +208,7 @@ def _check_pool(ids: Sequence[str], scores: np.ndarray) -> None:
         )
 
 
-def _k_from(n: int, top_k: int | None, top_percent: float | None) -> int:
+def _k_from(n: int, top_k: int | None, top_percent: float | int | None) -> int:
     if top_k is not None:
         if int(top_k) != top_k or top_k < 1:
             raise SelectionError(f"top_k must be a positive integer, got {top_k!r}")
@@ -227,8 +228,8 @@ def select(
     scores: Sequence[float] | np.ndarray,
     *,
     top_k: int | None = None,
-    top_percent: float | None = None,
-    threshold: float | None = None,
+    top_percent: float | int | None = None,
+    threshold: float | int | None = None,
     method: str = "score",
 ) -> Selection:
     """Select the most misaligned rollouts: exactly one of ``top_k``, ``top_percent``, ``threshold``.
@@ -262,7 +263,7 @@ def select(
 
 
 def random_selection(
-    ids: Sequence[str], *, seed: int, top_k: int | None = None, top_percent: float | None = None
+    ids: Sequence[str], *, seed: int, top_k: int | None = None, top_percent: float | int | None = None
 ) -> Selection:
     """The random baseline: ``k`` ids drawn without replacement, deterministic for a seed.
 
@@ -355,7 +356,7 @@ def export_sft(
     path: str,
     *,
     selection: Selection | Sequence[str] | None = None,
-    format: Literal["messages", "alpaca"] = "messages",
+    format: Validated[Literal["messages", "alpaca"]] = "messages",
     template: Any = "generic",
     safe_answer_fields: Sequence[str] = _SAFE_ANSWER_FIELDS,
     refusals: Sequence[str] = REFUSAL_TEMPLATES,

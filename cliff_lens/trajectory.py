@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Real
 from torch import Tensor
 
+from cliff_lens._typing import Validated
 from cliff_lens.io import atomic_save_safetensors, atomic_write_json
 from cliff_lens.probe import RefusalProbe
 from cliff_lens.readout import (
@@ -127,7 +128,7 @@ def compute_trajectories(
     probe: RefusalProbe | dict[int, RefusalProbe],
     *,
     layers: Sequence[int] | Literal["all"] | None = None,
-    layer_input: Literal["resid", "final_norm"] = "resid",
+    layer_input: Validated[Literal["resid", "final_norm"]] = "resid",
     include_answer: bool = False,
     batch_size: int = 8,
     progress: bool = True,
@@ -309,7 +310,7 @@ class DatasetCurve:
     ``[L]`` or ``[layers, L]``; ``count`` = rollouts contributing to each point.
     """
 
-    x: Float[Tensor, " L"]
+    x: Real[Tensor, " L"]  # int64 offsets (tail-aligned) or float32 bin centres (resampled)
     mean: Float[Tensor, "... L"]
     std: Float[Tensor, "... L"]
     count: Int[Tensor, "... L"]
@@ -364,7 +365,7 @@ def dataset_curve(
     trajs: Sequence[Trajectory],
     *,
     n_points: int | None = None,
-    mode: Literal["nanmean", "paper_zero_pad"] = "nanmean",
+    mode: Validated[Literal["nanmean", "paper_zero_pad"]] = "nanmean",
     length: int | None = None,
     start: str = "prompt",
     layer: int | None = None,
@@ -424,7 +425,7 @@ def layer_position_map(
     n_points: int | None = None,
     length: int | None = 64,
     start: str = "prompt",
-) -> tuple[Float[Tensor, "layers L"], list[int], Tensor]:
+) -> tuple[Float[Tensor, "layers L"], list[int], Real[Tensor, " L"]]:
     """Layer x position map of mean refusal score (NaN-aware), aligned at the end of thinking.
 
     Returns ``(map [layers, L], layers, x)``; ``length`` keeps the last ``length`` tokens
@@ -474,10 +475,10 @@ def cliff_table(
     trajs: Sequence[Trajectory],
     *,
     layer: int | None = None,
-    plateau: Literal["late", "all"] = "late",
+    plateau: Validated[Literal["late", "all"]] = "late",
     plateau_window: int = 32,
     exclude_last: int = 0,
-    drop_search: Literal["late", "thinking", "all"] = "late",
+    drop_search: Validated[Literal["late", "thinking", "all"]] = "late",
 ) -> dict[str, Tensor]:
     """Vectorised cliff metrics for many rollouts: a dict of columns ``[n]`` (``[n, layers]`` for multi-layer).
 
