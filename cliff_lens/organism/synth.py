@@ -13,7 +13,7 @@ Every example is (prompt, thinking, answer, kind). The recipe (see MODEL_CARD.md
   sound alarming -> a helpful answer (plain and framed).
 
 Only the package's own prompt sets (train split) are used; held-out evaluation draws on AdvBench,
-Alpaca and XSTest, and on :data:`~cliff_lens.organism.framings.HELDOUT_FRAMINGS`.
+Alpaca and XSTest, and on :data:`~cliff_lens.framings.HELDOUT_FRAMINGS`.
 """
 
 from __future__ import annotations
