@@ -20,6 +20,10 @@ The separation at ``t2`` (mean over refused minus mean over complied rollouts) i
 quantities: the logit (exact for the difference of mean logits) and the norm-aware numerator
 ``u . x`` (what the previous version of this script decomposed; not divided by ``sigma``).
 
+The complied rollouts are also split by what the last sentence of their thinking says (a
+keyword rule: it states the refusal, or it says it will help), and per-rollout totals are kept
+(``per_rollout``).
+
 Checks (asserted): each decomposition closes on the probe's own features (|error| small), the
 per-rollout logit ``bias + total`` equals ``RefusalProbe.logit`` of ``extract_activations`` at
 the probe's hook (1e-3 relative), and per rollout the ``Delta_c`` sum to that logit change (1e-3
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -93,6 +98,9 @@ def main() -> None:
             checked_numerator = True
         row = _row(d1, d2, probe.scale)
         row["logit_probe"] = own
+        row["id"] = r.id
+        row["last_sentence"] = _SENT.split((r.thinking or "").strip())[-1]
+        row["states_refusal"] = bool(_REFUSAL_WORDS.search(row["last_sentence"]))
         assert _close(row["delta"]["total"], own[1] - own[0]), (row["delta"]["total"], own[1] - own[0])
         rows["refused" if lab["refused"] else "complied"].append(row)
     if not rows["refused"] or not rows["complied"]:
@@ -132,6 +140,32 @@ def main() -> None:
         "logit": _sep(rows["refused"], rows["complied"], "t2_logit"),
         "numerator": _sep(rows["refused"], rows["complied"], "t2_num"),
     }
+    # the complied rollouts split by what their thinking's last sentence says (a keyword rule)
+    res["complied_by_stated_decision"] = {
+        "rule": f"last thinking sentence matches /{_REFUSAL_WORDS.pattern}/i",
+        **{
+            name: _drop_summary([x for x in rows["complied"] if x["states_refusal"] is want])
+            for name, want in (("states_refusal", True), ("states_help", False))
+        },
+    }
+    res["per_rollout"] = [
+        {
+            "id": x["id"],
+            "group": g,
+            "logit_t1": x["logit_probe"][0],
+            "logit_t2": x["logit_probe"][1],
+            "sigma": x["sigma"],
+            "delta": x["delta"]["total"],
+            "heads": float(x["delta"]["heads"].sum()),
+            "mlp": float(x["delta"]["mlp"].sum()),
+            "other": float(x["delta"]["other"].sum()),
+            "rms_change": float(sum(x["rms"][k].sum() for k in x["rms"])),
+            "last_thinking_sentence": x["last_sentence"],
+            "states_refusal": x["states_refusal"],
+        }
+        for g, xs in rows.items()
+        for x in xs
+    ]
     res["layer_position"] = _layer_position(args.run_dir)
     res["seconds"] = round(time.time() - t_start, 1)
     atomic_write_json(args.out, res)
@@ -151,6 +185,11 @@ def main() -> None:
         )
         print(f"  numerator change (norm-aware u.x, not the logit): {c['numerator']['total']:+.1f} = heads "
               f"{c['numerator']['heads']:+.1f} + MLPs {c['numerator']['mlp']:+.1f}")  # fmt: skip
+    for name, v in res["complied_by_stated_decision"].items():
+        if isinstance(v, dict) and v.get("n"):
+            print(f"complied, thinking {name} (n={v['n']}): logit {v['logit_t1']:+.2f} -> {v['logit_t2']:+.2f}, "
+                  f"change {v['total']:+.3f} = heads {v['heads']:+.3f} + MLPs {v['mlp']:+.3f}; rms change "
+                  f"{v['rms_change']:+.3f}")  # fmt: skip
     for q, s in res["refused_minus_complied"].items():
         print(f"refused - complied at t2 ({q}): {s['total']:+.3f} = heads {s['heads_sum']:+.3f} "
               f"({s['heads_sum'] / s['total']:.0%}) + MLPs {s['mlp_sum']:+.3f} ({s['mlp_sum'] / s['total']:.0%})")  # fmt: skip
@@ -162,6 +201,27 @@ def main() -> None:
                 + "  ".join(f"L{x['layer']} {x['late_thinking']:.2f}->{x['final']:.2f}" for x in lr)
             )
     print(f"max |error| {max_err:.2e}; {res['seconds']} s; wrote {args.out}")
+
+
+_SENT = re.compile(r"(?<=[.!?])\s+")
+_REFUSAL_WORDS = re.compile(
+    r"refus|say no|not help|won.t help|will not|cannot help|can.t help|decline|must not", re.I
+)
+
+
+def _drop_summary(rs: list[dict]) -> dict:
+    """Mean logit change and its heads / MLP / rms-change parts over a subset of rollouts."""
+    if not rs:
+        return {"n": 0}
+    return {
+        "n": len(rs),
+        "logit_t1": _m(rs, lambda x: x["logit_probe"][0]),
+        "logit_t2": _m(rs, lambda x: x["logit_probe"][1]),
+        "total": _m(rs, lambda x: x["delta"]["total"]),
+        "heads": _m(rs, lambda x: float(x["delta"]["heads"].sum())),
+        "mlp": _m(rs, lambda x: float(x["delta"]["mlp"].sum())),
+        "rms_change": _m(rs, lambda x: float(sum(x["rms"][k].sum() for k in x["rms"]))),
+    }
 
 
 def _sig(x: float) -> float:
