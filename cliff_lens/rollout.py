@@ -204,59 +204,22 @@ def generate_rollouts(
     """
     from cliff_lens.templates import get_template
 
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise ValueError(
-            "model.tokenizer is None; load the model with cliff_lens.load_model or set model.tokenizer"
-        )
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens}: both must be >= 1")
-    if temperature < 0 or not (0 < top_p <= 1):
-        raise ValueError(f"temperature={temperature} must be >= 0 and top_p={top_p} in (0, 1]")
+    tokenizer = _checked_tokenizer(model, batch_size, max_new_tokens, temperature, top_p)
     tmpl = get_template(
         template if template is not None else getattr(model, "cliff_template", None), tokenizer
     )
     items = [p if isinstance(p, Prompt) else Prompt(text=str(p), source=source or "") for p in prompts]
     if not items:
         raise ValueError("prompts is empty; pass at least one prompt")
-    hook_names = sorted(
-        h if isinstance(h, str) else getattr(h, "__name__", "filter") for h, _ in (hooks or [])
-    )
-    settings = {
-        "max_new_tokens": max_new_tokens,
-        "temperature": float(temperature),
-        "top_p": float(top_p),
-        "seed": seed if temperature > 0 else None,
-        "hooks": hook_names,
-        "tag": tag,
-    }
-    seen: dict[str, int] = {}
-    ids = []
-    for p in items:
-        k = seen.get(p.text, 0)
-        seen[p.text] = k + 1
-        ids.append(rollout_id(p.text, tmpl.name, settings, k))
-
-    done: dict[str, Rollout] = {}
-    if out is not None and Path(out).exists():
-        wanted = set(ids)
-        for r in read_rollouts(out, on_error="skip"):
-            if r.id in wanted:
-                done[r.id] = r
+    settings = _sampling_settings(max_new_tokens, temperature, top_p, seed, hooks, tag)
+    ids = _rollout_ids(items, tmpl.name, settings)
+    done = _finished_rollouts(out, ids)
     todo = [i for i, rid in enumerate(ids) if rid not in done]
 
     stop_ids = stop_token_set(tokenizer, tmpl, stop_token_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-
-    encoded = {i: _encode(tokenizer, tmpl.generation_prompt(items[i].text, tokenizer)) for i in todo}
     n_ctx = model.cfg.n_ctx
-    too_long = [i for i in todo if len(encoded[i]) >= n_ctx]
-    if too_long:
-        i = too_long[0]
-        raise ValueError(
-            f"{len(too_long)} prompt(s) do not fit the model's context (n_ctx={n_ctx}), e.g. prompt {i} "
-            f"({len(encoded[i])} tokens: {items[i].text[:60]!r}); shorten or drop them (nothing was generated)"
-        )
+    encoded = _encode_todo(tokenizer, tmpl, items, todo, n_ctx)
     order = sorted(todo, key=lambda i: len(encoded[i]))  # length buckets: little padding
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     model_name = getattr(model.cfg, "model_name", "")
@@ -270,20 +233,13 @@ def generate_rollouts(
     try:
         with ctx, fast_forward(model):
             for batch in batches:
-                gens = None
-                if temperature > 0:
-                    gens = []
-                    for i in batch:
-                        g = torch.Generator()
-                        g.manual_seed(int(hashlib.sha256(f"{seed}:{ids[i]}".encode()).hexdigest()[:15], 16))
-                        gens.append(g)
                 new, reasons = _generate_batch(
                     model,
                     [encoded[i] for i in batch],
                     max_new_tokens=max_new_tokens,
                     temperature=temperature,
                     top_p=top_p,
-                    generators=gens,
+                    generators=_row_generators([ids[i] for i in batch], seed, temperature),
                     stop_ids=stop_ids,
                     pad_id=pad_id,
                 )
@@ -294,33 +250,12 @@ def generate_rollouts(
                         stacklevel=2,
                     )
                     warned = True
-                fresh = []
-                for i, toks, why in zip(batch, new, reasons):
-                    completion = tokenizer.decode(toks, skip_special_tokens=False)
-                    thinking, answer, closed = tmpl.split(completion)
-                    p = items[i]
-                    meta = {
-                        **({"category": p.category} if p.category else {}),
-                        **p.meta,
-                        "template": tmpl.name,
-                        "model": model_name,
-                        "sampling": settings,
-                        "n_prompt_tokens": len(encoded[i]),
-                        "n_new_tokens": len(toks),
-                        "stop_reason": why,
-                    }
-                    fresh.append(
-                        Rollout(
-                            id=ids[i],
-                            prompt=p.text,
-                            thinking=thinking,
-                            answer=answer if closed else None,
-                            source=p.source,
-                            harmful=p.harmful,
-                            thinking_closed=closed,
-                            meta=meta,
-                        )
+                fresh = [
+                    _to_rollout(
+                        tokenizer, tmpl, items[i], ids[i], toks, why, model_name, settings, len(encoded[i])
                     )
+                    for i, toks, why in zip(batch, new, reasons)
+                ]
                 if out is not None:
                     append_rollouts(out, fresh)
                 for r in fresh:
@@ -331,6 +266,129 @@ def generate_rollouts(
         if bar is not None:
             bar.close()
     return [done[rid] for rid in ids]
+
+
+def _checked_tokenizer(
+    model: HookedTransformer, batch_size: int, max_new_tokens: int, temperature: float, top_p: float
+) -> Any:
+    """The model's tokenizer, after checking it is set and the generation settings are valid."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError(
+            "model.tokenizer is None; load the model with cliff_lens.load_model or set model.tokenizer"
+        )
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens}: both must be >= 1")
+    if temperature < 0 or not (0 < top_p <= 1):
+        raise ValueError(f"temperature={temperature} must be >= 0 and top_p={top_p} in (0, 1]")
+    return tokenizer
+
+
+def _sampling_settings(
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    hooks: HookList | None,
+    tag: str | None,
+) -> dict[str, Any]:
+    """The settings that enter every rollout id and ``meta["sampling"]``."""
+    hook_names = sorted(
+        h if isinstance(h, str) else getattr(h, "__name__", "filter") for h, _ in (hooks or [])
+    )
+    return {
+        "max_new_tokens": max_new_tokens,
+        "temperature": float(temperature),
+        "top_p": float(top_p),
+        "seed": seed if temperature > 0 else None,
+        "hooks": hook_names,
+        "tag": tag,
+    }
+
+
+def _rollout_ids(items: Sequence[Prompt], template_name: str, settings: dict[str, Any]) -> list[str]:
+    """Rollout id per prompt, numbering repeated prompt texts 0, 1, ... in order."""
+    seen: dict[str, int] = {}
+    ids = []
+    for p in items:
+        k = seen.get(p.text, 0)
+        seen[p.text] = k + 1
+        ids.append(rollout_id(p.text, template_name, settings, k))
+    return ids
+
+
+def _finished_rollouts(out: str | os.PathLike | None, ids: Sequence[str]) -> dict[str, Rollout]:
+    """Rollouts with one of ``ids`` already in the JSONL file ``out`` (resume), by id."""
+    done: dict[str, Rollout] = {}
+    if out is not None and Path(out).exists():
+        wanted = set(ids)
+        for r in read_rollouts(out, on_error="skip"):
+            if r.id in wanted:
+                done[r.id] = r
+    return done
+
+
+def _encode_todo(
+    tokenizer: Any, tmpl: Any, items: Sequence[Prompt], todo: Sequence[int], n_ctx: int
+) -> dict[int, list[int]]:
+    """Generation-prompt token ids of the prompts to generate; raises if any does not fit ``n_ctx``."""
+    encoded = {i: _encode(tokenizer, tmpl.generation_prompt(items[i].text, tokenizer)) for i in todo}
+    too_long = [i for i in todo if len(encoded[i]) >= n_ctx]
+    if too_long:
+        i = too_long[0]
+        raise ValueError(
+            f"{len(too_long)} prompt(s) do not fit the model's context (n_ctx={n_ctx}), e.g. prompt {i} "
+            f"({len(encoded[i])} tokens: {items[i].text[:60]!r}); shorten or drop them (nothing was generated)"
+        )
+    return encoded
+
+
+def _row_generators(batch_ids: Sequence[str], seed: int, temperature: float) -> list[torch.Generator] | None:
+    """One generator per rollout, seeded from ``seed`` and its id; ``None`` for greedy decoding."""
+    if temperature <= 0:
+        return None
+    gens = []
+    for rid in batch_ids:
+        g = torch.Generator()
+        g.manual_seed(int(hashlib.sha256(f"{seed}:{rid}".encode()).hexdigest()[:15], 16))
+        gens.append(g)
+    return gens
+
+
+def _to_rollout(
+    tokenizer: Any,
+    tmpl: Any,
+    p: Prompt,
+    rid: str,
+    toks: list[int],
+    why: str,
+    model_name: str,
+    settings: dict[str, Any],
+    n_prompt_tokens: int,
+) -> Rollout:
+    """Decode one generated completion and split it into a :class:`Rollout` with its ``meta``."""
+    completion = tokenizer.decode(toks, skip_special_tokens=False)
+    thinking, answer, closed = tmpl.split(completion)
+    meta = {
+        **({"category": p.category} if p.category else {}),
+        **p.meta,
+        "template": tmpl.name,
+        "model": model_name,
+        "sampling": settings,
+        "n_prompt_tokens": n_prompt_tokens,
+        "n_new_tokens": len(toks),
+        "stop_reason": why,
+    }
+    return Rollout(
+        id=rid,
+        prompt=p.text,
+        thinking=thinking,
+        answer=answer if closed else None,
+        source=p.source,
+        harmful=p.harmful,
+        thinking_closed=closed,
+        meta=meta,
+    )
 
 
 class _nullcontext:
