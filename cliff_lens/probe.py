@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from cliff_lens._typing import Validated
@@ -235,68 +235,14 @@ class RefusalProbe:
         the direction and fits only ``scale`` and ``bias``. Pass ``model`` to record its
         name / d_model / template (checked again at load time).
         """
-        from sklearn.linear_model import LogisticRegression
-
         x, y = _check_xy(acts, labels)
-        n = x.shape[0]
-        counts = torch.bincount(y, minlength=2)
-        if int(counts.min()) == 0:
-            raise ValueError(
-                f"labels contain only one class ({int(counts[0])} non-refusal, {int(counts[1])} refusal); "
-                "a probe needs examples of both"
-            )
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if val_fraction > 0 and int(counts.min()) < 2:
-            raise ValueError(
-                f"a class has a single example ({int(counts[0])} non-refusal, {int(counts[1])} refusal): "
-                "cannot hold one out for validation; add examples or pass val_fraction=0"
-            )
-        if standardize not in ("global", "feature", "none"):
-            raise ValueError(f"standardize must be 'global', 'feature' or 'none', got {standardize!r}")
-        if method not in ("logistic", "diff_of_means"):
-            raise ValueError(f"method must be 'logistic' or 'diff_of_means', got {method!r}")
-
-        # stratified split, vectorised, seeded
-        g = torch.Generator().manual_seed(seed)
-        val_mask = torch.zeros(n, dtype=torch.bool)
-        if val_fraction > 0:
-            for c in (0, 1):
-                idx = (y == c).nonzero().flatten()
-                idx = idx[torch.randperm(idx.numel(), generator=g)]
-                k = min(max(1, round(val_fraction * idx.numel())), idx.numel() - 1)
-                val_mask[idx[:k]] = True
+        _check_fit_args(y, val_fraction, standardize, method)
+        val_mask = _stratified_val_mask(y, val_fraction, seed)
         xt, yt = x[~val_mask], y[~val_mask]
-
         if method == "logistic":
-            mu = xt.mean(0)
-            if standardize == "global":  # rotation-invariant: one scale for every coordinate
-                sd = (xt - mu).pow(2).sum(1).mean().sqrt().clamp_min(1e-12).expand_as(mu)
-            elif standardize == "feature":
-                sd = xt.std(0, unbiased=False)
-                sd = torch.where(sd > 1e-8 * max(float(sd.max()), 1e-30), sd, torch.ones_like(sd))
-            else:
-                mu, sd = torch.zeros_like(mu), torch.ones_like(mu)
-            z = ((xt - mu) / sd).double().numpy()
-            clf = LogisticRegression(C=C, max_iter=max_iter)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", category=UserWarning)
-                clf.fit(z, yt.numpy())
-            coef = torch.from_numpy(clf.coef_[0]).float()
-            w = coef / sd
-            b = float(clf.intercept_[0]) - float((w.double() * mu.double()).sum())
+            w, b = _fit_logistic(xt, yt, C=C, standardize=standardize, max_iter=max_iter)
         else:
-            diff = xt[yt == 1].mean(0) - xt[yt == 0].mean(0)
-            if float(diff.norm()) == 0:
-                raise ValueError("the class means are identical: no difference-of-means direction exists")
-            d = diff / diff.norm()
-            proj = (xt @ d).double()
-            pm, ps = proj.mean(), proj.std().clamp_min(1e-12)
-            clf = LogisticRegression(C=1e6, max_iter=max_iter)
-            clf.fit(((proj - pm) / ps).numpy()[:, None], yt.numpy())
-            a = float(clf.coef_[0, 0]) / float(ps)
-            b = float(clf.intercept_[0]) - a * float(pm)
-            w = a * d
+            w, b = _fit_diff_of_means(xt, yt, max_iter=max_iter)
         scale = float(w.norm())
         if scale == 0 or not math.isfinite(scale):
             raise ValueError("training produced a zero/non-finite weight; check the activations and labels")
@@ -437,90 +383,15 @@ class RefusalProbe:
             )
         x, y = _check_xy(acts, labels)
         n = x.shape[0]
-        if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 2:
-            raise ValueError(f"k must be an integer >= 2 (the number of folds), got {k!r}")
-        k_req = int(k)
-        gkeys = None
-        if groups is not None:
-            gkeys = [str(g) for g in groups]
-            if len(gkeys) != n:
-                raise ValueError(f"got {n} activations but {len(gkeys)} groups; they must match one to one")
-        if ids is not None:
-            ids = [str(i) for i in ids]
-            if len(ids) != n:
-                raise ValueError(f"got {n} activations but {len(ids)} ids; they must match one to one")
-            if len(set(ids)) != n:
-                dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-                raise ValueError(f"ids must be unique (one per example); repeated: {dup}")
-
+        k_req, gkeys, ids = _check_cross_fit_args(n, k, groups, ids)
         fold, k, note = _make_folds(y, gkeys, k_req, seed)
-        for i in range(k):
-            tr = y[fold != i]
-            if int(tr.sum()) in (0, tr.numel()):
-                raise ValueError(
-                    f"fold {i}: the other folds hold only one class, so its probe cannot be trained "
-                    f"(groups too unbalanced for k={k}); pass a smaller k or groups=None"
-                )
-
-        probes: list[RefusalProbe] = []
-        oof = torch.empty(n, dtype=torch.float32)
-        per_fold = []
-        for i in range(k):
-            te = fold == i
-            p = cls.fit(x[~te], y[~te], val_fraction=0, seed=seed, **fit_kwargs)
-            p.meta.update({"fold": i, "n_folds": k, "n_heldout": int(te.sum())})
-            p.meta["data_hashes"]["heldout_acts"] = _tensor_hash(x[te])
-            lg = p.logit(x[te]).float()
-            oof[te] = lg
-            hm = probe_metrics(torch.sigmoid(lg), y[te])
-            p.meta["metrics"]["heldout"] = hm
-            per_fold.append({"fold": i, "n": hm["n"], "accuracy": hm["accuracy"], "auroc": _num(hm["auroc"])})
-            probes.append(p)
-
-        from cliff_lens.stats import auroc_interval, rate
-
-        prob = torch.sigmoid(oof)
-        pm = probe_metrics(prob, y)
-        acc = rate(((prob >= 0.5).long() == y).tolist())
-        auc, lo, hi = auroc_interval(y.tolist(), prob.double().tolist(), seed=seed)
-        cv: dict[str, Any] = {
-            "kind": (
-                f"out-of-fold, {k}-fold cross-fitting: each example scored by the fold probe that did not "
-                "see it" + (" (groups kept within one fold)" if gkeys is not None else "")
-            ),
-            "k": k,
-            "k_requested": k_req,
-            "grouped": gkeys is not None,
-            "seed": seed,
-            "n": n,
-            "n_refusal": int(y.sum()),
-            "accuracy": acc.to_dict(),
-            "auroc": {
-                "value": _num(auc),
-                "n": n,
-                "ci95": [_num(lo), _num(hi)],
-                "interval": "stratified bootstrap",
-            },
-            "brier": pm["brier"],
-            "ece": pm["ece"],
-            "folds": per_fold,
-        }
-        if note:
-            cv["note"] = note
+        _check_folds_trainable(y, fold, k)
+        probes, oof, per_fold = _fit_fold_probes(cls, x, y, fold, k, seed, fit_kwargs)
+        cv, val = _cross_fit_metrics(y, oof, k, k_req, gkeys is not None, seed, per_fold, note)
 
         final = cls.fit(x, y, val_fraction=0, seed=seed, **fit_kwargs)
         final.meta["metrics"]["cv"] = cv
-        final.meta["metrics"]["val"] = {
-            "accuracy": acc.value,
-            "auroc": _num(auc),
-            "brier": pm["brier"],
-            "ece": pm["ece"],
-            "n": n,
-            "n_refusal": int(y.sum()),
-            "accuracy_ci95": [_num(acc.low), _num(acc.high)],
-            "auroc_ci95": [_num(lo), _num(hi)],
-            "source": cv["kind"],
-        }
+        final.meta["metrics"]["val"] = val
         final.meta["cross_fit"] = {"k": k, "seed": seed, "grouped": gkeys is not None}
         settings = {key: v for key, v in fit_kwargs.items() if key not in ("model", "meta")}
         return CrossFit(
@@ -544,6 +415,205 @@ class RefusalProbe:
             f"RefusalProbe(d_model={self.d_model}, hook={self.hook!r}, layer={self.layer}, "
             f"scale={self.scale:.4g}, bias={self.bias:.4g}{acc})"
         )
+
+
+def _check_fit_args(y: Int[Tensor, " n"], val_fraction: float | int, standardize: str, method: str) -> None:
+    """Raise ``ValueError`` if the labels or the settings of :meth:`RefusalProbe.fit` cannot train a probe."""
+    counts = torch.bincount(y, minlength=2)
+    if int(counts.min()) == 0:
+        raise ValueError(
+            f"labels contain only one class ({int(counts[0])} non-refusal, {int(counts[1])} refusal); "
+            "a probe needs examples of both"
+        )
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction > 0 and int(counts.min()) < 2:
+        raise ValueError(
+            f"a class has a single example ({int(counts[0])} non-refusal, {int(counts[1])} refusal): "
+            "cannot hold one out for validation; add examples or pass val_fraction=0"
+        )
+    if standardize not in ("global", "feature", "none"):
+        raise ValueError(f"standardize must be 'global', 'feature' or 'none', got {standardize!r}")
+    if method not in ("logistic", "diff_of_means"):
+        raise ValueError(f"method must be 'logistic' or 'diff_of_means', got {method!r}")
+
+
+def _stratified_val_mask(y: Int[Tensor, " n"], val_fraction: float | int, seed: int) -> Bool[Tensor, " n"]:
+    """Seeded stratified validation split: a ``val_fraction`` share of each class (at least one, never all)."""
+    g = torch.Generator().manual_seed(seed)
+    val_mask = torch.zeros(y.shape[0], dtype=torch.bool)
+    if val_fraction > 0:
+        for c in (0, 1):
+            idx = (y == c).nonzero().flatten()
+            idx = idx[torch.randperm(idx.numel(), generator=g)]
+            k = min(max(1, round(val_fraction * idx.numel())), idx.numel() - 1)
+            val_mask[idx[:k]] = True
+    return val_mask
+
+
+def _fit_logistic(
+    xt: Float[Tensor, "n d_model"],
+    yt: Int[Tensor, " n"],
+    *,
+    C: float | int,
+    standardize: str,
+    max_iter: int,
+) -> tuple[Float[Tensor, " d_model"], float]:
+    """L2 logistic regression on standardised features, folded back to a raw-activation weight and bias."""
+    from sklearn.linear_model import LogisticRegression
+
+    mu = xt.mean(0)
+    if standardize == "global":  # rotation-invariant: one scale for every coordinate
+        sd = (xt - mu).pow(2).sum(1).mean().sqrt().clamp_min(1e-12).expand_as(mu)
+    elif standardize == "feature":
+        sd = xt.std(0, unbiased=False)
+        sd = torch.where(sd > 1e-8 * max(float(sd.max()), 1e-30), sd, torch.ones_like(sd))
+    else:
+        mu, sd = torch.zeros_like(mu), torch.ones_like(mu)
+    z = ((xt - mu) / sd).double().numpy()
+    clf = LogisticRegression(C=C, max_iter=max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        clf.fit(z, yt.numpy())
+    coef = torch.from_numpy(clf.coef_[0]).float()
+    w = coef / sd
+    b = float(clf.intercept_[0]) - float((w.double() * mu.double()).sum())
+    return w, b
+
+
+def _fit_diff_of_means(
+    xt: Float[Tensor, "n d_model"], yt: Int[Tensor, " n"], *, max_iter: int
+) -> tuple[Float[Tensor, " d_model"], float]:
+    """Class-mean-difference direction with a 1-D logistic calibration of its scale and bias."""
+    from sklearn.linear_model import LogisticRegression
+
+    diff = xt[yt == 1].mean(0) - xt[yt == 0].mean(0)
+    if float(diff.norm()) == 0:
+        raise ValueError("the class means are identical: no difference-of-means direction exists")
+    d = diff / diff.norm()
+    proj = (xt @ d).double()
+    pm, ps = proj.mean(), proj.std().clamp_min(1e-12)
+    clf = LogisticRegression(C=1e6, max_iter=max_iter)
+    clf.fit(((proj - pm) / ps).numpy()[:, None], yt.numpy())
+    a = float(clf.coef_[0, 0]) / float(ps)
+    b = float(clf.intercept_[0]) - a * float(pm)
+    return a * d, b
+
+
+def _check_cross_fit_args(
+    n: int, k: int, groups: Sequence[Hashable] | None, ids: Sequence[str] | None
+) -> tuple[int, list[str] | None, list[str] | None]:
+    """Check ``k``, ``groups`` and ``ids`` of :meth:`RefusalProbe.cross_fit`; returns them normalised."""
+    if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 2:
+        raise ValueError(f"k must be an integer >= 2 (the number of folds), got {k!r}")
+    gkeys = None
+    if groups is not None:
+        gkeys = [str(g) for g in groups]
+        if len(gkeys) != n:
+            raise ValueError(f"got {n} activations but {len(gkeys)} groups; they must match one to one")
+    id_list = None
+    if ids is not None:
+        id_list = [str(i) for i in ids]
+        if len(id_list) != n:
+            raise ValueError(f"got {n} activations but {len(id_list)} ids; they must match one to one")
+        if len(set(id_list)) != n:
+            dup = sorted({i for i in id_list if id_list.count(i) > 1})[:5]
+            raise ValueError(f"ids must be unique (one per example); repeated: {dup}")
+    return int(k), gkeys, id_list
+
+
+def _check_folds_trainable(y: Int[Tensor, " n"], fold: Int[Tensor, " n"], k: int) -> None:
+    """Raise ``ValueError`` if the folds outside some fold hold only one class."""
+    for i in range(k):
+        tr = y[fold != i]
+        if int(tr.sum()) in (0, tr.numel()):
+            raise ValueError(
+                f"fold {i}: the other folds hold only one class, so its probe cannot be trained "
+                f"(groups too unbalanced for k={k}); pass a smaller k or groups=None"
+            )
+
+
+def _fit_fold_probes(
+    cls: type[RefusalProbe],
+    x: Float[Tensor, "n d_model"],
+    y: Int[Tensor, " n"],
+    fold: Int[Tensor, " n"],
+    k: int,
+    seed: int,
+    fit_kwargs: dict[str, Any],
+) -> tuple[list[RefusalProbe], Float[Tensor, " n"], list[dict[str, Any]]]:
+    """Fit one probe per fold on the other folds; returns the probes, out-of-fold logits and fold metrics."""
+    probes: list[RefusalProbe] = []
+    oof = torch.empty(x.shape[0], dtype=torch.float32)
+    per_fold = []
+    for i in range(k):
+        te = fold == i
+        p = cls.fit(x[~te], y[~te], val_fraction=0, seed=seed, **fit_kwargs)
+        p.meta.update({"fold": i, "n_folds": k, "n_heldout": int(te.sum())})
+        p.meta["data_hashes"]["heldout_acts"] = _tensor_hash(x[te])
+        lg = p.logit(x[te]).float()
+        oof[te] = lg
+        hm = probe_metrics(torch.sigmoid(lg), y[te])
+        p.meta["metrics"]["heldout"] = hm
+        per_fold.append({"fold": i, "n": hm["n"], "accuracy": hm["accuracy"], "auroc": _num(hm["auroc"])})
+        probes.append(p)
+    return probes, oof, per_fold
+
+
+def _cross_fit_metrics(
+    y: Int[Tensor, " n"],
+    oof: Float[Tensor, " n"],
+    k: int,
+    k_req: int,
+    grouped: bool,
+    seed: int,
+    per_fold: list[dict[str, Any]],
+    note: str | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Held-out metrics over all out-of-fold scores: the ``cv`` record and its ``val``-style summary."""
+    from cliff_lens.stats import auroc_interval, rate
+
+    n = y.shape[0]
+    prob = torch.sigmoid(oof)
+    pm = probe_metrics(prob, y)
+    acc = rate(((prob >= 0.5).long() == y).tolist())
+    auc, lo, hi = auroc_interval(y.tolist(), prob.double().tolist(), seed=seed)
+    cv: dict[str, Any] = {
+        "kind": (
+            f"out-of-fold, {k}-fold cross-fitting: each example scored by the fold probe that did not "
+            "see it" + (" (groups kept within one fold)" if grouped else "")
+        ),
+        "k": k,
+        "k_requested": k_req,
+        "grouped": grouped,
+        "seed": seed,
+        "n": n,
+        "n_refusal": int(y.sum()),
+        "accuracy": acc.to_dict(),
+        "auroc": {
+            "value": _num(auc),
+            "n": n,
+            "ci95": [_num(lo), _num(hi)],
+            "interval": "stratified bootstrap",
+        },
+        "brier": pm["brier"],
+        "ece": pm["ece"],
+        "folds": per_fold,
+    }
+    if note:
+        cv["note"] = note
+    val = {
+        "accuracy": acc.value,
+        "auroc": _num(auc),
+        "brier": pm["brier"],
+        "ece": pm["ece"],
+        "n": n,
+        "n_refusal": int(y.sum()),
+        "accuracy_ci95": [_num(acc.low), _num(acc.high)],
+        "auroc_ci95": [_num(lo), _num(hi)],
+        "source": cv["kind"],
+    }
+    return cv, val
 
 
 def _jsonable(obj):
