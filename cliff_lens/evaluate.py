@@ -50,6 +50,7 @@ import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -67,7 +68,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cliff_lens")
 
-__all__ = ["attack_success", "random_heads", "settings_for", "save_ablation_results", "summarize_random"]
+__all__ = [
+    "AblationResults",
+    "AblationSetting",
+    "attack_success",
+    "random_heads",
+    "settings_for",
+    "setting_hooks",
+    "save_ablation_results",
+    "summarize_random",
+]
 
 
 def random_heads(n_layers: int, n_heads: int, top_percent: float | int, seed: int) -> list[tuple[int, int]]:
@@ -257,8 +267,6 @@ def attack_success(
         from .rollout import generate_rollouts
 
         generate_fn = generate_rollouts
-    if judge is None:
-        judge = KeywordJudge()
     if probe is not None and tokenize_fn is None:
         tokenize_fn = _default_tokenize(model)
     settings = settings_for(
@@ -274,99 +282,168 @@ def attack_success(
         raise ValueError(
             "mode='mean' needs means=compute_head_means(model, reference_batch); or use mode='zero'"
         )
-    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, **generate_kwargs)
-    if baseline_rollouts is not None:
-        baseline_rollouts = list(baseline_rollouts)
-        got = [getattr(r, "prompt", None) for r in baseline_rollouts]
-        if got != harm + benign:
-            raise ValueError(
-                "baseline_rollouts must be one rollout per prompt of harmful_prompts + harmless_prompts, "
-                f"in that order (got {len(got)} rollouts for {len(harm) + len(benign)} prompts, or other "
-                "prompts); pass baseline_rollouts=None to generate the baseline"
-            )
+    base = _check_baseline_rollouts(baseline_rollouts, harm + benign)
+    run = _SettingRun(
+        model=model,
+        harm=harm,
+        benign=benign,
+        mode=mode,
+        means=means,
+        judge=judge if judge is not None else KeywordJudge(),
+        generate=lambda hooks: _call_generate(
+            generate_fn, model, harm + benign, hooks,
+            dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, **generate_kwargs),
+        ),
+        probe=probe,
+        tokenize_fn=tokenize_fn,
+        batch_size=batch_size,
+    )  # fmt: skip
     rows = []
     for i, st in enumerate(settings):
         if progress:
             log.info(
                 "attack_success %d/%d %s (%d heads)", i + 1, len(settings), st["setting"], len(st["heads"])
             )
-        hooks = ablation_hooks(model, st["heads"], mode, means) if st["heads"] else []
+        rows.append(run.row(st, base if st["kind"] == "baseline" else None))
+    _compare_to_baseline(rows)
+    summary = summarize_random(rows)
+    _add_vs_random(rows, summary)
+    return rows + summary
+
+
+def setting_hooks(
+    model: HookedTransformer, heads: Sequence[Sequence[int]], mode: AblationMode, means: Any = None
+) -> list:
+    """The forward hooks of one ablation setting: :func:`cliff_lens.ablation.ablation_hooks` of its
+    heads, or none for a setting without heads (the baseline). :func:`attack_success` generates
+    with these, and the pipeline measures each setting's capability cost with the same hooks."""
+    pairs = [(int(h[0]), int(h[1])) for h in heads]
+    return ablation_hooks(model, pairs, mode, means) if pairs else []
+
+
+def _check_baseline_rollouts(baseline_rollouts: Sequence[Any] | None, prompts: list[str]) -> list | None:
+    """``baseline_rollouts`` as a list, checked to be one rollout per prompt, in order."""
+    if baseline_rollouts is None:
+        return None
+    out = list(baseline_rollouts)
+    got = [getattr(r, "prompt", None) for r in out]
+    if got != prompts:
+        raise ValueError(
+            "baseline_rollouts must be one rollout per prompt of harmful_prompts + harmless_prompts, "
+            f"in that order (got {len(got)} rollouts for {len(prompts)} prompts, or other "
+            "prompts); pass baseline_rollouts=None to generate the baseline"
+        )
+    return out
+
+
+@dataclass
+class _SettingRun:
+    """What every setting of one :func:`attack_success` call shares; :meth:`row` runs one."""
+
+    model: Any
+    harm: list[str]
+    benign: list[str]
+    mode: AblationMode
+    means: Any
+    judge: Any
+    generate: Callable[[list], list]
+    probe: Any
+    tokenize_fn: Callable[[str, str], Any] | None
+    batch_size: int
+
+    def row(self, st: dict, rollouts: list | None) -> dict:
+        """Generate (unless ``rollouts`` are given), judge and summarise one setting."""
+        hooks = setting_hooks(self.model, st["heads"], self.mode, self.means)
         row = dict(
             st,
             heads=[list(h) for h in st["heads"]],
             n_heads=len(st["heads"]),
-            mode=mode if st["heads"] else None,
+            mode=self.mode if st["heads"] else None,
         )
-        if baseline_rollouts is not None and st["kind"] == "baseline":
-            both = baseline_rollouts
-        else:
-            both = _call_generate(generate_fn, model, harm + benign, hooks, kw)
+        both = rollouts if rollouts is not None else self.generate(hooks)
+        harm, benign = self.harm, self.benign
         harm_r, ben_r = both[: len(harm)], both[len(harm) :]
         # one judge call per setting, every answer with its prompt (cliff_lens.judges.outcome rule)
-        outs = [o for o, _ in judge_outcomes(both, judge, prompts=harm + benign)]
-        h_out, b_out = outs[: len(harm)], outs[len(harm) :]
-        a = attack_success_rate(h_out)
-        row.update(
-            n_harmful=len(harm),
-            n_attack_success=a.k,
-            asr=a.value,
-            asr_ci95=_ci(a),
-            asr_rate=a.to_dict(),
-            **_outcome_fields("harmful", h_out, harm_r),
+        outs = [o for o, _ in judge_outcomes(both, self.judge, prompts=harm + benign)]
+        row.update(_harmful_fields(outs[: len(harm)], harm_r))
+        row.update(_harmless_fields(outs[len(harm) :], ben_r))
+        row["refusal_score_end"] = self._refusal_score_end(harm_r, hooks)
+        return row
+
+    def _refusal_score_end(self, harm_r: list, hooks: list) -> float | None:
+        """Mean probe probability at the last end-of-thinking token of the closed harmful rollouts."""
+        if self.probe is None or self.tokenize_fn is None:  # tokenize_fn is set whenever probe is
+            return None
+        tok = self.tokenize_fn
+        recs = [tok(p, r.thinking or "") for p, r in zip(self.harm, harm_r, strict=True) if _closed(r)]
+        if not recs:
+            return None
+        s = probe_scores(
+            self.model,
+            recs,
+            self.probe,
+            positions="end_of_thinking_last",
+            score="probability",
+            fwd_hooks=hooks,
+            batch_size=self.batch_size,
         )
-        if benign:
-            o = refusal_rate(b_out)
-            row.update(
-                n_harmless=len(benign),
-                n_over_refusal=o.k,
-                over_refusal=o.value,
-                over_refusal_ci95=_ci(o),
-                over_refusal_rate=o.to_dict(),
-                **_outcome_fields("harmless", b_out, ben_r),
-            )
-        else:
-            row.update(
-                n_harmless=0,
-                n_over_refusal=None,
-                over_refusal=None,
-                over_refusal_ci95=None,
-                over_refusal_rate=None,
-                harmless_outcomes=[],
-                harmless_unclosed=None,
-            )
-        row["refusal_score_end"] = None
-        if probe is not None and tokenize_fn is not None:  # tokenize_fn is set above whenever probe is
-            recs = [tokenize_fn(p, r.thinking or "") for p, r in zip(harm, harm_r, strict=True) if _closed(r)]
-            if recs:
-                s = probe_scores(
-                    model,
-                    recs,
-                    probe,
-                    positions="end_of_thinking_last",
-                    score="probability",
-                    fwd_hooks=hooks,
-                    batch_size=batch_size,
-                )
-                row["refusal_score_end"] = float(s.mean())
-        rows.append(row)
-    _compare_to_baseline(rows)
-    summary = summarize_random(rows)
+        return float(s.mean())
+
+
+def _harmful_fields(h_out: list[str], harm_r: list) -> dict:
+    """ASR fields of one setting from its harmful outcomes."""
+    a = attack_success_rate(h_out)
+    return dict(
+        n_harmful=len(h_out),
+        n_attack_success=a.k,
+        asr=a.value,
+        asr_ci95=_ci(a),
+        asr_rate=a.to_dict(),
+        **_outcome_fields("harmful", h_out, harm_r),
+    )
+
+
+def _harmless_fields(b_out: list[str], ben_r: list) -> dict:
+    """Over-refusal fields of one setting from its harmless outcomes (``None`` without prompts)."""
+    if not b_out:
+        return dict(
+            n_harmless=0,
+            n_over_refusal=None,
+            over_refusal=None,
+            over_refusal_ci95=None,
+            over_refusal_rate=None,
+            harmless_outcomes=[],
+            harmless_unclosed=None,
+        )
+    o = refusal_rate(b_out)
+    return dict(
+        n_harmless=len(b_out),
+        n_over_refusal=o.k,
+        over_refusal=o.value,
+        over_refusal_ci95=_ci(o),
+        over_refusal_rate=o.to_dict(),
+        **_outcome_fields("harmless", b_out, ben_r),
+    )
+
+
+def _add_vs_random(rows: list[dict], summary: list[dict]) -> None:
+    """``vs_random`` on every top-k% row: its ASR among the random sets of the same k."""
     for r in rows:
-        if r["kind"] == "top":
-            sm = next((x for x in summary if x["top_percent"] == r["top_percent"]), None)
-            null = [x["asr"] for x in rows if x["kind"] == "random" and x["top_percent"] == r["top_percent"]]
-            r["vs_random"] = (
-                None
-                if sm is None
-                else {
-                    "n_sets": len(sm["seeds"]),
-                    "asr_mean": sm["asr_mean"],
-                    "asr_min": sm["asr_min"],
-                    "asr_max": sm["asr_max"],
-                    "asr_empirical_p": empirical_p_value(r["asr"], null, alternative="less"),
-                }
-            )
-    return rows + summary
+        if r["kind"] != "top":
+            continue
+        sm = next((x for x in summary if x["top_percent"] == r["top_percent"]), None)
+        null = [x["asr"] for x in rows if x["kind"] == "random" and x["top_percent"] == r["top_percent"]]
+        r["vs_random"] = (
+            None
+            if sm is None
+            else {
+                "n_sets": len(sm["seeds"]),
+                "asr_mean": sm["asr_mean"],
+                "asr_min": sm["asr_min"],
+                "asr_max": sm["asr_max"],
+                "asr_empirical_p": empirical_p_value(r["asr"], null, alternative="less"),
+            }
+        )
 
 
 def _compare_to_baseline(rows: list[dict]) -> None:
@@ -430,8 +507,87 @@ def summarize_random(rows: list[dict]) -> list[dict]:
     return out
 
 
+@dataclass
+class AblationSetting:
+    """One row of ``ablation.json``: a setting as :func:`attack_success` returns it, or the
+    ``random_summary`` row of one k (:func:`summarize_random`).
+
+    ``row`` holds every key as written (the module docstring lists them, in the order written);
+    the properties read the ones that stages and the report use."""
+
+    row: dict[str, Any]
+
+    @property
+    def setting(self) -> str:
+        """The setting's name: ``baseline``, ``top-3%``, ``top-3% contrast``, ``random-3% seed 0``."""
+        return str(self.row["setting"])
+
+    @property
+    def kind(self) -> str | None:
+        """``baseline``, ``custom``, ``top``, ``random`` or ``random_summary``."""
+        return self.row.get("kind")
+
+    @property
+    def top_percent(self) -> float | None:
+        """The k of a top-k% / random-k% setting (``None`` otherwise)."""
+        return self.row.get("top_percent")
+
+    @property
+    def heads(self) -> list[tuple[int, int]]:
+        """The ablated ``(layer, head)`` pairs (none for the baseline and the summaries)."""
+        return [(int(h[0]), int(h[1])) for h in self.row.get("heads") or []]
+
+    @property
+    def is_summary(self) -> bool:
+        """A ``random_summary`` row (not a setting that ran)."""
+        return self.kind == "random_summary"
+
+
+@dataclass
+class AblationResults:
+    """The run directory's ``ablation.json``: ``{"meta": ..., "settings": [row, ...]}``, every
+    setting's row followed by the ``random_summary`` rows, as :func:`attack_success` returns them."""
+
+    settings: list[AblationSetting]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict], meta: dict | None = None) -> AblationResults:
+        """Wrap :func:`attack_success`'s rows (kept as they are, not copied)."""
+        return cls([AblationSetting(r) for r in rows], dict(meta or {}))
+
+    @property
+    def measured(self) -> list[AblationSetting]:
+        """The settings that ran (every row but the random summaries)."""
+        return [s for s in self.settings if not s.is_summary]
+
+    @property
+    def random_summaries(self) -> list[AblationSetting]:
+        """The ``random_summary`` rows, one per random k."""
+        return [s for s in self.settings if s.is_summary]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``ablation.json``."""
+        return {"meta": self.meta, "settings": [s.row for s in self.settings]}
+
+    def save(self, path: Any) -> Any:
+        """Write ``ablation.json`` atomically; returns the path."""
+        from .io import atomic_write_json
+
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: Any) -> AblationResults:
+        """Read an ``ablation.json`` written by :meth:`save` (or :func:`save_ablation_results`)."""
+        import json
+        from pathlib import Path
+
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(d, dict) or not isinstance(d.get("settings"), list):
+            raise ValueError(f"{path} has no 'settings' list; write it with AblationResults.save")
+        return cls.from_rows(d["settings"], d.get("meta"))
+
+
 def save_ablation_results(path: Any, rows: list[dict], meta: dict | None = None) -> Any:
     """Write the run directory's ``ablation.json`` (``{"meta": ..., "settings": rows}``) atomically."""
-    from .io import atomic_write_json
-
-    return atomic_write_json(path, {"meta": meta or {}, "settings": rows})
+    return AblationResults.from_rows(rows, meta).save(path)

@@ -2,9 +2,10 @@
 
 Each stage is declared once, as a :class:`Stage` in :data:`STAGES`: its name, its CLI
 subcommand, the stages it reads, the :class:`~cliff_lens.config.RunConfig` fields its
-fingerprint covers, the files it writes, the function that runs it and the function that turns
-its files into its section of ``results.json``. The CLI subcommands, ``run.json`` fingerprints,
-``results.json`` and the report all derive from this table::
+fingerprint covers, the files it writes and the function that runs it. The CLI subcommands and
+``run.json`` fingerprints derive from this table; ``results.json`` is assembled section by section
+from :data:`cliff_lens.results_schema.SECTIONS` (each section's schema, stage and files, declared
+once), one builder per section reading the stage files through their typed loaders::
 
     rollouts -> labels -> probe -> trajectories -> selection
                               \-> heads -> ablation          -> report (reads all)
@@ -15,8 +16,9 @@ fingerprint and outputs are unchanged is skipped, so re-running the same command
 killed run, and ``run_stage(dir, "heads")`` re-runs one stage alone.
 
 To add a stage: write ``_stage_x(run)`` (reads its inputs through their typed loaders, writes
-its files atomically) and ``_results_x(run) -> dict``, and add one :class:`Stage` line to
-:data:`STAGES`; the CLI gets the subcommand ``cliff-lens x DIR``.
+its files atomically) and add one :class:`Stage` line to :data:`STAGES`; the CLI gets the
+subcommand ``cliff-lens x DIR``. Its ``results.json`` section is one :class:`~cliff_lens.results_schema.Section` in
+``results_schema.SECTIONS`` plus its builder in :func:`_section_builders`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ __all__ = [
     "demo_config",
     "summary",
     "RunDirError",
+    "write_results",
+    "CliffRow",
+    "read_cliff_rows",
+    "HeadsFile",
 ]
 
 log = logging.getLogger("cliff_lens")
@@ -155,6 +161,8 @@ def _run_one(run: _Run, stage: Stage, *, force: bool = False) -> None:
     log.info("%s ...", stage.name)
     run.state["stages"][stage.name] = {"fingerprint": fp, "finished": False}
     run.save_state()
+    for name in stage.outputs:  # what typed loaders read before is rewritten now
+        run.cache.pop(name, None)
     t0 = time.perf_counter()
     stage.run(run)
     run.state["stages"][stage.name] = {
@@ -514,16 +522,13 @@ def _in_asr_sets(cfg: RunConfig, r: Any) -> bool:
 
 
 def _stage_ablation(run: _Run) -> None:
-    import torch
-
     from .ablation import load_head_means
-    from .evaluate import attack_success, save_ablation_results
+    from .evaluate import AblationResults, attack_success
 
     cfg = run.cfg
     model = run.get_model()
     probe = _load_probe(run)
-    heads = _read_json(run.path("heads.json"))
-    scores = torch.tensor(heads["scores"], dtype=torch.float32)
+    heads = _load_heads(run)
     rs = _labelled(run)
     n = cfg.n_ablation
     harmful = [r for r in rs if r.harmful and _in_asr_sets(cfg, r)]
@@ -534,14 +539,13 @@ def _stage_ablation(run: _Run) -> None:
     # budget, its rollouts are the baseline and the stage only generates the ablated settings.
     reuse = not cfg.rollouts and max_new_tokens == cfg.max_new_tokens
     means = load_head_means(run.path("head_means.safetensors"), model=model)
-    contrast = heads.get("scores_contrast") if cfg.contrast_ablation else None
-    rankings = {"contrast": torch.tensor(contrast, dtype=torch.float32)} if contrast else None
+    contrast = heads.contrast_scores if cfg.contrast_ablation else None
     rows = attack_success(
         model,
         [r.prompt for r in harmful],
         [r.prompt for r in harmless],
         baseline_rollouts=harmful + harmless if reuse else None,
-        scores=scores,
+        scores=heads.ranking.scores,
         top_percents=cfg.top_percents,
         random_seeds=tuple(range(cfg.random_seeds)),
         mode=cfg.ablation_mode,
@@ -553,12 +557,9 @@ def _stage_ablation(run: _Run) -> None:
         progress=True,
         template=cfg.template,
         judge=_judge(run),
-        rankings=rankings,
+        rankings={"contrast": contrast} if contrast is not None else None,
     )
-    _compare_rankings(rows)
-    _add_capability_cost(run, rows, harmless, means)
-    save_ablation_results(
-        run.path("ablation.json"),
+    results = AblationResults.from_rows(
         rows,
         meta={
             "mode": cfg.ablation_mode,
@@ -568,23 +569,26 @@ def _stage_ablation(run: _Run) -> None:
             "baseline_source": "rollouts stage" if reuse else "generated",
         },
     )
+    _compare_rankings(results)
+    _add_capability_cost(run, results, harmless, means)
+    results.save(run.path("ablation.json"))
 
 
-def _compare_rankings(rows: list[dict]) -> None:
+def _compare_rankings(results: Any) -> None:
     """``vs_paper_ranking`` on each other ranking's top-k% row: exact McNemar of its attack
     successes against the paper's top-k% row on the same prompts."""
     from .stats import mcnemar_exact
 
-    paper = {r["top_percent"]: r for r in rows if r.get("kind") == "top" and r["setting"].endswith("%")}
-    for r in rows:
-        base = paper.get(r.get("top_percent"))
-        if r.get("kind") != "top" or base is None or r is base:
+    paper = {s.top_percent: s.row for s in results.measured if s.kind == "top" and s.setting.endswith("%")}
+    for s in results.measured:
+        base = paper.get(s.top_percent)
+        if s.kind != "top" or base is None or s.row is base:
             continue
         m = mcnemar_exact(
             [o == "complied" for o in base["harmful_outcomes"]],
-            [o == "complied" for o in r["harmful_outcomes"]],
+            [o == "complied" for o in s.row["harmful_outcomes"]],
         )
-        r["vs_paper_ranking"] = {
+        s.row["vs_paper_ranking"] = {
             "paper_setting": base["setting"],
             "paper_only": m["a_only"],
             "this_only": m["b_only"],
@@ -592,47 +596,81 @@ def _compare_rankings(rows: list[dict]) -> None:
         }
 
 
-def _add_capability_cost(run: _Run, rows: list[dict], harmless: list, means: Any) -> None:
+def _add_capability_cost(run: _Run, results: Any, harmless: list, means: Any) -> None:
     """``capability`` on every ablated setting: KL and answer log-likelihood change on the model's
-    own unablated harmless rollouts, teacher-forced (:func:`cliff_lens.capability.intervention_cost`)."""
-    from .ablation import ablation_hooks
+    own unablated harmless rollouts, teacher-forced (:func:`cliff_lens.capability.intervention_cost`),
+    under the hooks that :func:`cliff_lens.evaluate.attack_success` generated the setting with."""
     from .capability import intervention_cost
+    from .evaluate import setting_hooks
 
     ref = [r for r in harmless if r.thinking_closed and (r.answer or "").strip()]
     if not ref:
         return
-    tok, tpl = run.get_model().tokenizer, _template(run)
+    model = run.get_model()
+    tok, tpl = model.tokenizer, _template(run)
     toks = [tpl.tokenize(tok, r.prompt, r.thinking or "", r.answer) for r in ref]
-    for row in rows:
-        if row.get("kind") not in ("top", "random") or not row.get("heads"):
+    for s in results.measured:
+        if s.kind not in ("top", "random") or not s.heads:
             continue
-        hooks = ablation_hooks(run.get_model(), row["heads"], mode=run.cfg.ablation_mode, means=means)
-        cost = intervention_cost(
-            run.get_model(), toks, hooks, batch_size=run.cfg.batch_size, seed=run.cfg.seed
+        hooks = setting_hooks(model, s.heads, run.cfg.ablation_mode, means)
+        cost = intervention_cost(model, toks, hooks, batch_size=run.cfg.batch_size, seed=run.cfg.seed)
+        s.row["capability"] = cost.to_dict()
+    for summ in results.random_summaries:  # the random sets' mean cost beside their ASR summary
+        kls = [
+            s.row["capability"]["kl"]["value"]
+            for s in results.measured
+            if s.kind == "random" and s.top_percent == summ.top_percent and "capability" in s.row
+        ]
+        summ.row["kl_mean"] = sum(kls) / len(kls) if kls else None
+
+
+@dataclass(frozen=True)
+class CliffRow:
+    """One line of ``cliff.jsonl``: a rollout's cliff metrics (out-of-sample) with its labels.
+
+    ``plateau``, ``final``, ``cliff`` (= plateau - final) are NaN for a rollout without thinking;
+    ``group`` is ``harmful_refused`` / ``harmful_complied`` / ``harmless_helped`` / ...
+    """
+
+    id: str
+    plateau: float
+    final: float
+    cliff: float
+    group: str
+    harmful: bool | None
+    refused: bool | None
+
+    @property
+    def scored(self) -> bool:
+        """Has a plateau score (not NaN): the rollout had thinking to score."""
+        return self.plateau is not None and self.plateau == self.plateau
+
+
+def read_cliff_rows(path: str | Path) -> list[CliffRow]:
+    """The rows of a run directory's ``cliff.jsonl`` (written by the trajectories stage)."""
+    return [
+        CliffRow(
+            id=d["id"],
+            plateau=d["plateau"],
+            final=d["final"],
+            cliff=d["cliff"],
+            group=d.get("group", ""),
+            harmful=d.get("harmful"),
+            refused=d.get("refused"),
         )
-        row["capability"] = cost.to_dict()
-    for row in rows:  # the random sets' mean cost beside their ASR summary
-        if row.get("kind") == "random_summary":
-            kls = [
-                r["capability"]["kl"]["value"]
-                for r in rows
-                if r.get("kind") == "random"
-                and r.get("top_percent") == row["top_percent"]
-                and "capability" in r
-            ]
-            row["kl_mean"] = sum(kls) / len(kls) if kls else None
+        for d in iter_jsonl(path)
+    ]
 
 
 def _stage_selection(run: _Run) -> None:
-    from .selection import export_sft, misalignment_scores, select
+    from .selection import SelectionSummary, export_sft, misalignment_scores, select
 
-    rows = [d for d in iter_jsonl(run.path("cliff.jsonl")) if d.get("harmful")]
-    rows = [d for d in rows if d.get("plateau") is not None and d["plateau"] == d["plateau"]]
+    rows = [d for d in _load(run, "cliff.jsonl", read_cliff_rows) if d.harmful and d.scored]
     if not rows:
         raise RunDirError("no harmful rollouts with thinking to rank; the selection stage needs some")
-    ids = [d["id"] for d in rows]
+    ids = [d.id for d in rows]
     scores = misalignment_scores(
-        [d["plateau"] for d in rows], [d["final"] for d in rows], variant=run.cfg.selection_variant
+        [d.plateau for d in rows], [d.final for d in rows], variant=run.cfg.selection_variant
     )
     sel = select(ids, scores, top_percent=run.cfg.selection_percent)
     chosen = set(sel.ids)
@@ -640,24 +678,21 @@ def _stage_selection(run: _Run) -> None:
     n_exported = export_sft(
         [by_id[i] for i in sel.ids], str(run.path("selection.jsonl")), selection=sel, template=_template(run)
     )
-    complied = [d for d in rows if d.get("refused") is False]
-    sel_complied = [d for d in rows if d["id"] in chosen and d.get("refused") is False]
-    atomic_write_json(
-        run.path("selection.json"),
-        {
-            "variant": run.cfg.selection_variant,
-            "top_percent": run.cfg.selection_percent,
-            "n_pool": len(rows),
-            "n_selected": len(chosen),
-            "n_exported": n_exported,
-            "selected_ids": list(sel.ids),
-            "selected_score_mean": float(sum(scores[ids.index(i)] for i in sel.ids) / max(1, len(sel.ids))),
-            "pool_score_mean": float(scores.mean()),
-            "complied_in_pool": len(complied),
-            "complied_in_selection": len(sel_complied),
-            "precision_complied": len(sel_complied) / max(1, len(chosen)),
-        },
-    )
+    complied = [d for d in rows if d.refused is False]
+    sel_complied = [d for d in complied if d.id in chosen]
+    SelectionSummary(
+        variant=run.cfg.selection_variant,
+        top_percent=run.cfg.selection_percent,
+        n_pool=len(rows),
+        n_selected=len(chosen),
+        n_exported=n_exported,
+        selected_ids=list(sel.ids),
+        selected_score_mean=float(sum(scores[ids.index(i)] for i in sel.ids) / max(1, len(sel.ids))),
+        pool_score_mean=float(scores.mean()),
+        complied_in_pool=len(complied),
+        complied_in_selection=len(sel_complied),
+        precision_complied=len(sel_complied) / max(1, len(chosen)),
+    ).save(run.path("selection.json"))
 
 
 def _stage_report(run: _Run) -> None:
@@ -667,7 +702,52 @@ def _stage_report(run: _Run) -> None:
     build_report(run.out, model=run.get_model())
 
 
-# -- results.json: each stage's section -----------------------------------------------------
+# -- typed readers of the stage files ---------------------------------------------------------
+def _load(run: _Run, name: str, loader: Callable[[Path], Any]) -> Any:
+    """``loader(run.path(name))``, once per run; a corrupt file raises :class:`RunDirError` naming it."""
+    if name not in run.cache:
+        path = run.path(name)
+        try:
+            run.cache[name] = loader(path)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError) as e:
+            raise RunDirError(
+                f"{path} is corrupt ({e}); re-run the stage that writes it (`cliff-lens <stage> DIR "
+                "--force`) or delete the run directory"
+            ) from None
+    return run.cache[name]
+
+
+@dataclass(frozen=True)
+class HeadsFile:
+    """The heads stage's ``heads.json``: the :class:`~cliff_lens.heads.HeadRanking` plus what the
+    stage adds beside it: the complied-minus-refused contrast scores and their top heads (when the
+    run has both complied and refused harmful rollouts)."""
+
+    ranking: Any
+    contrast_scores: Any = None
+    contrast_heads: tuple[tuple[int, int, float], ...] = ()
+
+    @classmethod
+    def load(cls, path: str | Path) -> HeadsFile:
+        """Read ``heads.json`` (written by the heads stage)."""
+        import torch
+
+        from .heads import HeadRanking
+
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        contrast = d.get("scores_contrast")
+        return cls(
+            HeadRanking.from_dict(d),
+            None if contrast is None else torch.tensor(contrast, dtype=torch.float32),
+            tuple((int(t[0]), int(t[1]), float(t[2])) for t in d.get("contrast_heads", [])),
+        )
+
+
+def _load_heads(run: _Run) -> HeadsFile:
+    return _load(run, "heads.json", HeadsFile.load)
+
+
+# -- results.json: one builder per section of results_schema.SECTIONS ------------------------
 def _mean(xs: list[float]) -> float | None:
     xs = [x for x in xs if x is not None and x == x]
     return sum(xs) / len(xs) if xs else None
@@ -678,25 +758,40 @@ def _ci(x: Any) -> list:
     return x.to_dict()["ci95"]
 
 
-def _results_labels(run: _Run) -> dict:
+def _results_model(run: _Run) -> dict:
+    model = {"source": run.cfg.model, **run.state.get("model", {})}
+    if "n_layers" not in model and run.path("heads.json").exists():
+        n_layers, n_heads = _load_heads(run).ranking.scores.shape
+        model.update(n_layers=int(n_layers), n_heads=int(n_heads))
+    return model
+
+
+def _results_data(run: _Run) -> dict:
+    """The prompt sources; with the labels stage, the label counts and refusal rates too."""
     from .stats import rate
 
+    cfg = run.cfg
+    data: dict[str, Any] = {
+        "harmful": cfg.harmful,
+        "harmless": cfg.harmless,
+        "imported_rollouts": cfg.rollouts,
+    }
+    if not run.path("labels.jsonl").exists():
+        return data
     labels = list(iter_jsonl(run.path("labels.jsonl")))
     harm = [d for d in labels if d["harmful"]]
     ben = [d for d in labels if d["harmful"] is False]
     hr, br = rate([bool(d["refused"]) for d in harm]), rate([bool(d["refused"]) for d in ben])
-    return {
-        "data": dict(
-            n_rollouts=len(labels),
-            n_harmful=len(harm),
-            n_harmless=len(ben),
-            harmful_refusal_rate=hr.value,
-            harmful_refusal_rate_ci95=_ci(hr),
-            harmless_refusal_rate=br.value,
-            harmless_refusal_rate_ci95=_ci(br),
-            unclosed_thinking=sum(1 for d in labels if not d["thinking_closed"]),
-        )
-    }
+    return data | dict(
+        n_rollouts=len(labels),
+        n_harmful=len(harm),
+        n_harmless=len(ben),
+        harmful_refusal_rate=hr.value,
+        harmful_refusal_rate_ci95=_ci(hr),
+        harmless_refusal_rate=br.value,
+        harmless_refusal_rate_ci95=_ci(br),
+        unclosed_thinking=sum(1 for d in labels if not d["thinking_closed"]),
+    )
 
 
 def _results_probe(run: _Run) -> dict:
@@ -708,33 +803,31 @@ def _results_probe(run: _Run) -> dict:
     if layer is None and n_layers:
         layer = n_layers - 1  # the final norm reads the last block's output
     return {
-        "probe": {
-            "hook": pj.get("hook"),
-            "layer": layer,
-            "val_accuracy": val.get("accuracy"),
-            "val_accuracy_ci95": val.get("accuracy_ci95"),
-            "val_auroc": val.get("auroc"),
-            "val_auroc_ci95": val.get("auroc_ci95"),
-            "val_source": val.get("source", "held-out split"),
-            "n_train": pj.get("meta", {}).get("n_train"),
-            "metrics": m,
-        }
+        "hook": pj.get("hook"),
+        "layer": layer,
+        "val_accuracy": val.get("accuracy"),
+        "val_accuracy_ci95": val.get("accuracy_ci95"),
+        "val_auroc": val.get("auroc"),
+        "val_auroc_ci95": val.get("auroc_ci95"),
+        "val_source": val.get("source", "held-out split"),
+        "n_train": pj.get("meta", {}).get("n_train"),
+        "metrics": m,
     }
 
 
-def _results_trajectories(run: _Run) -> dict:
+def _results_cliff(run: _Run) -> dict:
     """Cliff metrics per group with bootstrap intervals, and the share of rollouts with a cliff."""
     from .stats import bootstrap_mean, rate
 
-    rows = list(iter_jsonl(run.path("cliff.jsonl")))
+    rows = _load(run, "cliff.jsonl", read_cliff_rows)
     threshold = run.cfg.cliff_threshold
 
-    def block(sub: list[dict]) -> dict:
+    def block(sub: list[CliffRow]) -> dict:
         out: dict[str, Any] = {"n_rollouts": len(sub)}
         for key in ("plateau", "final", "cliff"):
-            m = bootstrap_mean([d[key] for d in sub], seed=run.cfg.seed)
+            m = bootstrap_mean([getattr(d, key) for d in sub], seed=run.cfg.seed)
             out[f"{key}_mean"], out[f"{key}_ci95"] = m.mean, _ci(m)
-        cliffs = [d["cliff"] for d in sub if d["cliff"] is not None and d["cliff"] == d["cliff"]]
+        cliffs = [d.cliff for d in sub if d.cliff is not None and d.cliff == d.cliff]
         share = rate([c >= threshold for c in cliffs])
         out["cliff_share"], out["cliff_share_ci95"] = share.value, _ci(share)
         return out
@@ -742,103 +835,114 @@ def _results_trajectories(run: _Run) -> dict:
     cliff: dict[str, Any] = {
         "scored_by": "out-of-sample (cross-fitted probe)",
         "cliff_threshold": threshold,
-        "harmful": block([d for d in rows if d.get("harmful")]),
-        "harmless": block([d for d in rows if d.get("harmful") is False]),
+        "harmful": block([d for d in rows if d.harmful]),
+        "harmless": block([d for d in rows if d.harmful is False]),
     }
     for g in ("harmful_refused", "harmful_complied", "harmless_helped", "harmless_refused"):
-        cliff[g] = block([d for d in rows if d.get("group") == g])
-    return {"cliff": cliff}
+        cliff[g] = block([d for d in rows if d.group == g])
+    return cliff
 
 
 def _results_heads(run: _Run) -> dict:
-    from .heads import HeadRanking
-
-    ranking = HeadRanking.load(run.path("heads.json"))
+    heads = _load_heads(run)
+    ranking = heads.ranking
     n_layers, n_heads = ranking.scores.shape
     return {
-        "heads": {
-            "variant": ranking.meta.get("variant"),
-            "top_percent": ranking.top_percent,
-            "top": [{"layer": li, "head": hi, "score": s} for li, hi, s in ranking.suppression],
-            "promoting": [{"layer": li, "head": hi, "score": s} for li, hi, s in ranking.promoting],
-            "n_heads_total": n_layers * n_heads,
-            "top_contrast": [
-                {"layer": li, "head": hi, "score": s}
-                for li, hi, s in _read_json(run.path("heads.json")).get("contrast_heads", [])
-            ],
+        "variant": ranking.meta.get("variant"),
+        "top_percent": ranking.top_percent,
+        "top": [{"layer": li, "head": hi, "score": s} for li, hi, s in ranking.suppression],
+        "promoting": [{"layer": li, "head": hi, "score": s} for li, hi, s in ranking.promoting],
+        "n_heads_total": n_layers * n_heads,
+        "top_contrast": [{"layer": li, "head": hi, "score": s} for li, hi, s in heads.contrast_heads],
+    }
+
+
+def _load_ablation(run: _Run) -> Any:
+    from .evaluate import AblationResults
+
+    return _load(run, "ablation.json", AblationResults.load)
+
+
+def _results_ablation(run: _Run) -> list[dict]:
+    """One row per setting that ran: ``attack_success``'s row without heads and per-prompt outcomes."""
+    drop = ("setting", "heads", "harmful_outcomes", "harmless_outcomes")
+    return [
+        {
+            "setting": s.setting,
+            "asr": s.row.get("asr"),
+            "refusal_score_end": s.row.get("refusal_score_end"),
+            "over_refusal": s.row.get("over_refusal"),
+            **{k: v for k, v in s.row.items() if k not in drop},
         }
-    }
+        for s in _load_ablation(run).measured
+    ]
 
 
-def _results_ablation(run: _Run) -> dict:
-    aj = _read_json(run.path("ablation.json"))
-    return {
-        "ablation": [
-            {
-                "setting": r["setting"],
-                "asr": r.get("asr"),
-                "refusal_score_end": r.get("refusal_score_end"),
-                "over_refusal": r.get("over_refusal"),
-                **{
-                    k: v
-                    for k, v in r.items()
-                    if k not in ("setting", "heads", "harmful_outcomes", "harmless_outcomes")
-                },
-            }
-            for r in aj["settings"]
-            if r.get("kind") != "random_summary"
-        ],
-        "ablation_random_summary": [r for r in aj["settings"] if r.get("kind") == "random_summary"],
-    }
+def _results_random_summary(run: _Run) -> list[dict]:
+    return [s.row for s in _load_ablation(run).random_summaries]
 
 
 def _results_selection(run: _Run) -> dict:
+    from .selection import SelectionSummary
     from .stats import wilson_interval
 
-    sj = _read_json(run.path("selection.json"))
-    summary = {k: v for k, v in sj.items() if k != "selected_ids"}
+    sel = _load(run, "selection.json", SelectionSummary.load)
+    summary = {k: v for k, v in sel.to_dict().items() if k != "selected_ids"}
     summary["precision_complied_ci95"] = [
-        None if x != x else x for x in wilson_interval(sj["complied_in_selection"], sj["n_selected"])
+        None if x != x else x for x in wilson_interval(sel.complied_in_selection, sel.n_selected)
     ]
-    summary["base_rate_complied"] = sj["complied_in_pool"] / max(1, sj["n_pool"])
-    return {"selection": {"summary": summary}}
+    summary["base_rate_complied"] = sel.base_rate_complied
+    return {"summary": summary}
+
+
+def _results_timings(run: _Run) -> dict:
+    return {s: v.get("seconds") for s, v in run.state.get("stages", {}).items() if v.get("finished")}
+
+
+def _section_builders() -> dict[str, Callable[[_Run], Any]]:
+    """The builder of every section declared in :data:`cliff_lens.results_schema.SECTIONS`."""
+    from .results_schema import SCHEMA_VERSION
+
+    return {
+        "format": lambda run: "cliff_lens.results",
+        "version": lambda run: SCHEMA_VERSION,
+        "schema_version": lambda run: SCHEMA_VERSION,
+        "run_dir": lambda run: str(run.cfg.out),
+        "model": _results_model,
+        "data": _results_data,
+        "probe": _results_probe,
+        "cliff": _results_cliff,
+        "heads": _results_heads,
+        "ablation": _results_ablation,
+        "ablation_random_summary": _results_random_summary,
+        "selection": _results_selection,
+        "timings": _results_timings,
+        "versions": lambda run: _versions(),
+        "config": lambda run: run.cfg.to_json(),
+    }
 
 
 def _write_results(run: _Run) -> dict:
-    """Assemble ``results.json`` from the sections of the stages whose files exist."""
-    cfg = run.cfg
+    """Assemble ``results.json``: every section of ``results_schema.SECTIONS`` whose files exist."""
+    from .results_schema import SECTIONS, assemble_results
+
     if run.model is not None:  # remember the shape so that later, model-free resumes report it too
         c = run.model.cfg
         run.state["model"] = {"n_layers": c.n_layers, "n_heads": c.n_heads, "d_model": c.d_model}
         run.save_state()
-    from .results_schema import SCHEMA_VERSION
-
-    res: dict[str, Any] = {
-        "format": "cliff_lens.results",
-        "version": SCHEMA_VERSION,
-        "schema_version": SCHEMA_VERSION,
-        "run_dir": str(cfg.out),
-    }
-    res["model"] = {"source": cfg.model, **run.state.get("model", {})}
-    res["data"] = {"harmful": cfg.harmful, "harmless": cfg.harmless, "imported_rollouts": cfg.rollouts}
-    for stage in STAGES:
-        if stage.results is None or not _outputs_exist(run, stage):
-            continue
-        for key, section in stage.results(run).items():
-            if isinstance(res.get(key), dict) and isinstance(section, dict):
-                res[key].update(section)
-            else:
-                res[key] = section
-    if "heads" in res and "n_layers" not in res["model"]:
-        ranking_shape = _read_json(run.path("heads.json"))["scores"]
-        res["model"].update(n_layers=len(ranking_shape), n_heads=len(ranking_shape[0]))
-    res["timings"] = {
-        s: v.get("seconds") for s, v in run.state.get("stages", {}).items() if v.get("finished")
-    }
-    res["versions"] = _versions()
-    res["config"] = cfg.to_json()
+    builders = _section_builders()
+    res = assemble_results(
+        {s.key: builders[s.key](run) for s in SECTIONS if all(run.path(f).exists() for f in s.files)}
+    )
     atomic_write_json(run.path("results.json"), res)
     return res
+
+
+def write_results(out: str | Path) -> dict:
+    """(Re)write ``results.json`` of an existing run directory from its stage files (no model is
+    loaded; the model's shape comes from ``run.json`` or ``heads.json``); returns it."""
+    cfg = open_run_dir(out)
+    return _write_results(_Run(cfg, _load_state(cfg)))
 
 
 # -- the stage registry -----------------------------------------------------------------------
@@ -849,8 +953,8 @@ class Stage:
     ``name``: its name in ``run.json`` and ``results.json`` timings; ``command``: its
     ``cliff-lens`` subcommand; ``reads``: the stages whose outputs it needs (their fingerprints
     enter its own); ``config``: the :class:`RunConfig` fields its fingerprint covers;
-    ``outputs``: the files it writes in the run directory; ``run``: the function that runs it;
-    ``results``: its sections of ``results.json`` (``None``: it contributes none).
+    ``outputs``: the files it writes in the run directory; ``run``: the function that runs it.
+    Its sections of ``results.json`` are declared in :data:`cliff_lens.results_schema.SECTIONS`.
     """
 
     name: str
@@ -860,7 +964,6 @@ class Stage:
     config: tuple[str, ...]
     outputs: tuple[str, ...]
     run: Callable[[_Run], None]
-    results: Callable[[_Run], dict] | None = None
 
 
 STAGES: tuple[Stage, ...] = (
@@ -873,36 +976,36 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "labels", "labels", "judge every answer: refused, complied or no answer",
-        ("rollouts",), ("judge_mode",), ("labels.jsonl",), _stage_labels, _results_labels,
+        ("rollouts",), ("judge_mode",), ("labels.jsonl",), _stage_labels,
     ),
     Stage(
         "probe", "probe", "fit the refusal probe (refused harmful vs helped harmless)",
         ("labels",), ("probe_layer", "probe_method", "seed", "cv_folds"),
         ("probe.safetensors", "probe.json", "probe_folds.safetensors", "probe_folds.json"),
-        _stage_probe, _results_probe,
+        _stage_probe,
     ),
     Stage(
         "trajectories", "trace", "per-token refusal scores and cliff metrics of every rollout",
         ("probe",), ("plateau_window", "layer_stride"),
         ("trajectories.safetensors", "trajectories.json", "cliff.jsonl"),
-        _stage_trajectories, _results_trajectories,
+        _stage_trajectories,
     ),
     Stage(
         "heads", "heads", "attribute the refusal direction to heads at the end of thinking",
         ("probe",), ("top_percents", "head_variant"), ("heads.json", "head_means.safetensors"),
-        _stage_heads, _results_heads,
+        _stage_heads,
     ),
     Stage(
         "ablation", "ablate", "ASR and over-refusal with the top-k% heads and random heads ablated",
         ("heads",),
         ("asr_prompts", "top_percents", "random_seeds", "ablation_mode", "n_ablation",
          "ablation_max_new_tokens", "judge_mode", "contrast_ablation"),
-        ("ablation.json",), _stage_ablation, _results_ablation,
+        ("ablation.json",), _stage_ablation,
     ),
     Stage(
         "selection", "select", "Cliff-as-a-Judge: select the top rollouts by misalignment score",
         ("trajectories",), ("selection_percent", "selection_variant"),
-        ("selection.jsonl", "selection.json"), _stage_selection, _results_selection,
+        ("selection.jsonl", "selection.json"), _stage_selection,
     ),
     Stage(
         "report", "report", "(re)build report.html",

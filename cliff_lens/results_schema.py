@@ -1,6 +1,8 @@
 """The schema of ``DIR/results.json``, the one-file summary of a ``cliff-lens run``.
 
-:data:`RESULTS_SCHEMA` is a JSON Schema (draft 2020-12) dict and the single source of truth;
+:data:`SECTIONS` declares every top-level key once (its JSON Schema, the stage and files it is
+built from, whether a complete file needs it); :data:`RESULTS_SCHEMA` (a JSON Schema, draft
+2020-12) and the pipeline's assembler (:func:`assemble_results`) both derive from it;
 :func:`validate_results` checks an object against it with a small built-in validator (the
 subset of JSON Schema the schema uses: ``type``, ``required``, ``properties``,
 ``additionalProperties``, ``items``, ``pattern``, ``minimum``/``maximum``, ``enum``,
@@ -14,6 +16,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +24,15 @@ __all__ = [
     "RESULTS_SCHEMA",
     "SCHEMA_VERSION",
     "SETTING_PATTERN",
+    "SECTIONS",
+    "Section",
+    "assemble_results",
     "ResultsSchemaError",
     "validate_results",
     "load_results",
 ]
 
 SCHEMA_VERSION = 2
-STAGE_SECTIONS = ("probe", "cliff", "heads", "ablation", "selection")
 #: ablation setting names: ``baseline``, ``top-3%``, ``top-3% contrast`` (another ranking),
 #: ``random-3% seed 0``
 SETTING_PATTERN = r"^(baseline|top-[0-9]+(\.[0-9]+)?%( [a-z_]+)?|random-[0-9]+(\.[0-9]+)?% seed -?[0-9]+)$"
@@ -55,14 +60,66 @@ _split = {
     },
 }
 
-RESULTS_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "cliff_lens results.json",
+_row = {
     "type": "object",
-    "required": ["model", "probe", "cliff", "heads", "ablation", "selection", "timings", "versions"],
+    "required": ["setting", "asr", "refusal_score_end", "over_refusal"],
     "properties": {
-        "schema_version": {"type": "integer", "minimum": 1},
-        "model": {
+        "setting": {"type": "string", "pattern": SETTING_PATTERN},
+        "asr": _rate,
+        "asr_ci95": _ci,
+        "over_refusal_ci95": _ci,
+        "vs_baseline": {"type": ["object", "null"]},
+        "vs_random": {"type": ["object", "null"]},
+        "capability": {
+            "type": "object",
+            "required": ["kl", "answer_logprob_delta", "n_rollouts"],
+            "properties": {"n_rollouts": _count, "n_tokens": _count},
+        },
+        "refusal_score_end": _opt_num,
+        "over_refusal": _rate,
+        "n_heads": _count,
+        "seed": {"type": ["integer", "null"]},
+    },
+}
+_head = {
+    "type": "object",
+    "required": ["layer", "head", "score"],
+    "properties": {
+        "layer": {"type": "integer", "minimum": 0},
+        "head": {"type": "integer", "minimum": 0},
+        "score": _num,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Section:
+    """One top-level key of ``results.json``, declared once.
+
+    ``key``: the key; ``schema``: its JSON Schema; ``stage``: the pipeline stage it reports
+    (``None``: the run itself, always written); ``files``: the run-directory files it is built
+    from (the pipeline writes the section exactly when they all exist); ``required``: a complete
+    ``results.json`` must have it (for a stage section: not ``null`` either, unless
+    ``partial=True``). :data:`RESULTS_SCHEMA` and the pipeline's assembler
+    (``cliff_lens.pipeline.write_results``) both derive from :data:`SECTIONS`.
+    """
+
+    key: str
+    schema: dict[str, Any]
+    stage: str | None = None
+    files: tuple[str, ...] = ()
+    required: bool = False
+
+
+#: every top-level key of ``results.json``, in the order the pipeline writes them
+SECTIONS: tuple[Section, ...] = (
+    Section("format", {"type": "string", "enum": ["cliff_lens.results"]}),
+    Section("version", {"type": "integer", "minimum": 1}),
+    Section("schema_version", {"type": "integer", "minimum": 1}),
+    Section("run_dir", {"type": "string"}),
+    Section(
+        "model",
+        {
             "type": "object",
             "required": ["source", "n_layers", "n_heads"],
             "properties": {
@@ -73,7 +130,27 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 "template": {"type": "string"},
             },
         },
-        "probe": {
+        required=True,
+    ),
+    Section(
+        "data",
+        {
+            "type": "object",
+            "properties": {
+                "n_rollouts": _count,
+                "n_harmful": _count,
+                "n_harmless": _count,
+                "harmful_refusal_rate": _rate,
+                "harmful_refusal_rate_ci95": _ci,
+                "harmless_refusal_rate": _rate,
+                "harmless_refusal_rate_ci95": _ci,
+                "unclosed_thinking": _count,
+            },
+        },
+    ),
+    Section(
+        "probe",
+        {
             "type": ["object", "null"],
             "required": ["hook", "layer", "val_accuracy", "val_auroc", "n_train"],
             "properties": {
@@ -87,7 +164,13 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 "n_val": _count,
             },
         },
-        "cliff": {
+        "probe",
+        ("probe.json",),
+        True,
+    ),
+    Section(
+        "cliff",
+        {
             "type": ["object", "null"],
             "required": ["harmful", "harmless"],
             "properties": {
@@ -98,79 +181,78 @@ RESULTS_SCHEMA: dict[str, Any] = {
             },
             "additionalProperties": _split,
         },
-        "heads": {
+        "trajectories",
+        ("cliff.jsonl",),
+        True,
+    ),
+    Section(
+        "heads",
+        {
             "type": ["object", "null"],
             "required": ["variant", "top", "n_heads_total"],
             "properties": {
                 "variant": {"type": "string"},
-                "top": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["layer", "head", "score"],
-                        "properties": {
-                            "layer": {"type": "integer", "minimum": 0},
-                            "head": {"type": "integer", "minimum": 0},
-                            "score": _num,
-                        },
-                    },
-                },
+                "top": {"type": "array", "items": _head},
                 "n_heads_total": {"type": "integer", "minimum": 1},
                 "top_percent": {"type": "number", "minimum": 0, "maximum": 100},
                 "top_contrast": {"type": "array", "items": {"type": "object"}},
             },
         },
-        "ablation": {
-            "type": ["array", "null"],
-            "items": {
-                "type": "object",
-                "required": ["setting", "asr", "refusal_score_end", "over_refusal"],
-                "properties": {
-                    "setting": {"type": "string", "pattern": SETTING_PATTERN},
-                    "asr": _rate,
-                    "asr_ci95": _ci,
-                    "over_refusal_ci95": _ci,
-                    "vs_baseline": {"type": ["object", "null"]},
-                    "vs_random": {"type": ["object", "null"]},
-                    "capability": {
-                        "type": "object",
-                        "required": ["kl", "answer_logprob_delta", "n_rollouts"],
-                        "properties": {"n_rollouts": _count, "n_tokens": _count},
-                    },
-                    "refusal_score_end": _opt_num,
-                    "over_refusal": _rate,
-                    "n_heads": _count,
-                    "seed": {"type": ["integer", "null"]},
-                },
-            },
-        },
-        "data": {
-            "type": "object",
-            "properties": {
-                "n_rollouts": _count,
-                "n_harmful": _count,
-                "n_harmless": _count,
-                "harmful_refusal_rate": _rate,
-                "harmful_refusal_rate_ci95": _ci,
-                "harmless_refusal_rate": _rate,
-                "harmless_refusal_rate_ci95": _ci,
-                "unclosed_thinking": _count,
-            },
-        },
-        "ablation_random_summary": {"type": ["array", "null"], "items": {"type": "object"}},
-        "selection": {
+        "heads",
+        ("heads.json",),
+        True,
+    ),
+    Section("ablation", {"type": ["array", "null"], "items": _row}, "ablation", ("ablation.json",), True),
+    Section(
+        "ablation_random_summary",
+        {"type": ["array", "null"], "items": {"type": "object"}},
+        "ablation",
+        ("ablation.json",),
+    ),
+    Section(
+        "selection",
+        {
             "type": ["object", "null"],
             "required": ["summary"],
             "properties": {"summary": {"type": ["object", "string"]}},
         },
-        "timings": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
-        "versions": {
-            "type": "object",
-            "required": ["cliff_lens"],
-            "additionalProperties": {"type": ["string", "null"]},
-        },
-    },
+        "selection",
+        ("selection.json",),
+        True,
+    ),
+    Section(
+        "timings", {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}}, required=True
+    ),
+    Section(
+        "versions",
+        {"type": "object", "required": ["cliff_lens"], "additionalProperties": {"type": ["string", "null"]}},
+        required=True,
+    ),
+    Section("config", {"type": "object"}),
+)
+
+#: the stage sections that a complete ``results.json`` must hold (``partial=True``: may be absent or null)
+STAGE_SECTIONS = tuple(s.key for s in SECTIONS if s.stage is not None and s.required)
+
+RESULTS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "cliff_lens results.json",
+    "type": "object",
+    "required": [s.key for s in SECTIONS if s.required],
+    "properties": {s.key: s.schema for s in SECTIONS},
 }
+
+
+def assemble_results(sections: dict[str, Any]) -> dict[str, Any]:
+    """``results.json`` from its sections: the keys of :data:`SECTIONS`, in their order.
+
+    A key that :data:`SECTIONS` does not declare is refused (``ValueError``), so nothing reaches
+    ``results.json`` that the schema does not know."""
+    known = {s.key for s in SECTIONS}
+    unknown = [k for k in sections if k not in known]
+    if unknown:
+        raise ValueError(f"results.json sections {unknown} are not declared in results_schema.SECTIONS")
+    return {s.key: sections[s.key] for s in SECTIONS if s.key in sections}
 
 
 class ResultsSchemaError(ValueError):

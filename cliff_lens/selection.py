@@ -47,6 +47,7 @@ __all__ = [
     "REFUSAL_TEMPLATES",
     "SelectionError",
     "Selection",
+    "SelectionSummary",
     "misalignment_scores",
     "scores_from_metrics",
     "select",
@@ -98,6 +99,58 @@ class Selection:
             {"id": i, "rank": r, "score": s, "method": self.method}
             for r, (i, s) in enumerate(zip(self.ids, self.scores))
         ]
+
+
+@dataclass
+class SelectionSummary:
+    """The run directory's ``selection.json``: the pipeline's Cliff-as-a-Judge selection of the
+    harmful rollouts and how many of the selected ones complied (precision) against the pool.
+
+    ``precision_complied`` = ``complied_in_selection / n_selected``; the base rate is
+    ``complied_in_pool / n_pool``."""
+
+    variant: str
+    top_percent: float
+    n_pool: int
+    n_selected: int
+    n_exported: int
+    selected_ids: list[str]
+    selected_score_mean: float
+    pool_score_mean: float
+    complied_in_pool: int
+    complied_in_selection: int
+    precision_complied: float
+
+    @property
+    def base_rate_complied(self) -> float:
+        """The share of complied rollouts in the pool (what a random selection's precision is)."""
+        return self.complied_in_pool / max(1, self.n_pool)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``selection.json`` (keys in the order of the fields)."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    def save(self, path: Any) -> Any:
+        """Write ``selection.json`` atomically; returns the path."""
+        from .io import atomic_write_json
+
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: Any) -> SelectionSummary:
+        """Read a ``selection.json`` written by :meth:`save` (keys it does not know are ignored)."""
+        import json
+        from dataclasses import fields
+        from pathlib import Path
+
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if not isinstance(d, dict) or n not in d]
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)}; re-run the selection stage")
+        return cls(**{n: d[n] for n in names})
 
 
 # --------------------------------------------------------------------------------------------
