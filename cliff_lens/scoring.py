@@ -279,12 +279,7 @@ def score_stream(
         "out"}`` (``seen`` counts this shard's rollouts).
     """
     i, n = parse_shard(shard)
-    if n > n_buckets:
-        raise ScoringError(
-            f"shard count n={n} exceeds n_buckets={n_buckets}; pass n_buckets >= n (the same for all runs)"
-        )
-    if batch_size < 1:
-        raise ScoringError(f"batch_size must be >= 1, got {batch_size}")
+    _check_stream_args(n, n_buckets, batch_size)
     out = Path(out_path)
     done = _done_ids(out)
     n_done_before = len(done)
@@ -303,42 +298,9 @@ def score_stream(
 
         bar = tqdm(desc=f"score shard {i}/{n}", unit="rollout")
 
-    def flush(b: int) -> None:
-        batch = buckets.pop(b, [])
-        if not batch:
-            return
-        todo = [str(_get(r, "id")) not in done for r in batch]
-        if not any(todo):
-            stats["skipped_done"] += len(batch)
-            return
-        metrics = score_fn(batch)
-        if len(metrics) != len(batch):
-            raise ScoringError(f"score_fn returned {len(metrics)} results for {len(batch)} rollouts")
-        lines = []
-        for r, m, t in zip(batch, metrics, todo):
-            if not t:
-                stats["skipped_done"] += 1
-                continue
-            rec: dict[str, Any] = {"id": str(_get(r, "id"))}
-            rec.update(m)
-            for k in ("harmful", "refused", "source"):
-                rec.setdefault(k, _get(r, k))
-            rec.setdefault("thinking_closed", bool(_get(r, "thinking_closed", True)))
-            lines.append(rec)
-        append_jsonl(out, lines)
-        done.update(x["id"] for x in lines)
-        stats["scored"] += len(lines)
-        if bar is not None:
-            bar.update(len(lines))
-
     for r in rollouts:
         stats["total_in_file"] += 1
-        rid = _get(r, "id")
-        if rid is None:
-            raise ScoringError(
-                f"rollout without an id in the pool: {r!r:.120}; every rollout needs a unique 'id'"
-            )
-        rid = str(rid)
+        rid = _required_id(r)
         b = bucket_of(rid, n_buckets)
         if b % n != i:
             continue
@@ -346,25 +308,92 @@ def score_stream(
             raise ScoringError(f"duplicate rollout id {rid!r} in the pool; ids must be unique")
         seen.add(rid)
         stats["seen"] += 1
-        thinking = _get(r, "thinking")
-        if thinking is None or not str(thinking).strip():
-            if on_missing_thinking == "skip":
-                stats["skipped_no_thinking"] += 1
-                continue
-            raise ScoringError(
-                f"rollout {rid!r} has no thinking; the refusal cliff is measured over the thinking. "
-                "Split raw outputs into thinking/answer with template.split(...) (or generate with a "
-                "reasoning template), or pass on_missing_thinking='skip'"
-            )
+        if not _has_thinking(r, rid, on_missing_thinking):
+            stats["skipped_no_thinking"] += 1
+            continue
         if check_model:
             check_same_model(probe_model, r)
         buckets.setdefault(b, []).append(r)
         if len(buckets[b]) >= batch_size:
-            flush(b)
+            _score_batch(buckets.pop(b, []), score_fn, out, done, stats, bar)
     for b in sorted(buckets):
-        flush(b)
+        _score_batch(buckets.pop(b, []), score_fn, out, done, stats, bar)
     if bar is not None:
         bar.close()
+    _check_stream_outcome(stats, i, n)
+    stats["resumed_with"] = n_done_before
+    stats["shard"] = f"{i}/{n}"
+    stats["out"] = str(out)
+    return stats
+
+
+def _check_stream_args(n: int, n_buckets: int, batch_size: int) -> None:
+    """Raise :class:`ScoringError` for a shard count above ``n_buckets`` or a batch size below 1."""
+    if n > n_buckets:
+        raise ScoringError(
+            f"shard count n={n} exceeds n_buckets={n_buckets}; pass n_buckets >= n (the same for all runs)"
+        )
+    if batch_size < 1:
+        raise ScoringError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _required_id(r: Any) -> str:
+    """The rollout's id as a string; :class:`ScoringError` if it has none."""
+    rid = _get(r, "id")
+    if rid is None:
+        raise ScoringError(
+            f"rollout without an id in the pool: {r!r:.120}; every rollout needs a unique 'id'"
+        )
+    return str(rid)
+
+
+def _has_thinking(r: Any, rid: str, on_missing_thinking: str) -> bool:
+    """Whether the rollout has thinking; without it, ``False`` to skip it or :class:`ScoringError`."""
+    thinking = _get(r, "thinking")
+    if thinking is None or not str(thinking).strip():
+        if on_missing_thinking == "skip":
+            return False
+        raise ScoringError(
+            f"rollout {rid!r} has no thinking; the refusal cliff is measured over the thinking. "
+            "Split raw outputs into thinking/answer with template.split(...) (or generate with a "
+            "reasoning template), or pass on_missing_thinking='skip'"
+        )
+    return True
+
+
+def _score_batch(
+    batch: list[Any], score_fn: ScoreFn, out: Path, done: set[str], stats: dict[str, Any], bar: Any
+) -> None:
+    """Score one bucket's batch (whole, if any rollout is unfinished) and append its unfinished rollouts."""
+    if not batch:
+        return
+    todo = [str(_get(r, "id")) not in done for r in batch]
+    if not any(todo):
+        stats["skipped_done"] += len(batch)
+        return
+    metrics = score_fn(batch)
+    if len(metrics) != len(batch):
+        raise ScoringError(f"score_fn returned {len(metrics)} results for {len(batch)} rollouts")
+    lines = []
+    for r, m, t in zip(batch, metrics, todo):
+        if not t:
+            stats["skipped_done"] += 1
+            continue
+        rec: dict[str, Any] = {"id": str(_get(r, "id"))}
+        rec.update(m)
+        for k in ("harmful", "refused", "source"):
+            rec.setdefault(k, _get(r, k))
+        rec.setdefault("thinking_closed", bool(_get(r, "thinking_closed", True)))
+        lines.append(rec)
+    append_jsonl(out, lines)
+    done.update(x["id"] for x in lines)
+    stats["scored"] += len(lines)
+    if bar is not None:
+        bar.update(len(lines))
+
+
+def _check_stream_outcome(stats: dict[str, Any], i: int, n: int) -> None:
+    """Raise :class:`ScoringError` if the pool was empty or no rollout of this shard had thinking."""
     if stats["total_in_file"] == 0:
         raise ScoringError("the rollout pool is empty; generate or import rollouts first")
     if stats["seen"] and stats["seen"] == stats["skipped_no_thinking"]:
@@ -372,10 +401,6 @@ def score_stream(
             f"no rollout of shard {i}/{n} has thinking ({stats['seen']} skipped); this pool cannot be "
             "scored for a refusal cliff: use a reasoning model's rollouts"
         )
-    stats["resumed_with"] = n_done_before
-    stats["shard"] = f"{i}/{n}"
-    stats["out"] = str(out)
-    return stats
 
 
 def score_pool(
