@@ -160,53 +160,8 @@ def compute_trajectories(
         on_nonfinite: ``"raise"`` naming the rollout, or ``"nan"`` (warn, scores set to NaN).
         strict_name: refuse a probe recorded for another model name (d_model is always checked).
     """
-    n_layers = model.cfg.n_layers
-    readouts: list[_Readout] = []
-    device = model.cfg.device
-
-    def add(p: RefusalProbe, hook_name: str, normed: bool, row: int) -> None:
-        readouts.append(_Readout(hook_name, row, p.direction.to(device).float(), p.scale, p.bias, normed))
-
-    for p in probe.values() if isinstance(probe, dict) else [probe]:
-        if isinstance(p, RefusalProbe):
-            p.check_model(model, strict_name=strict_name)  # before anything else: the clearest error
-    if isinstance(probe, dict):
-        if not probe:
-            raise ValueError("probe={} has no probes; pass {layer: RefusalProbe}")
-        if layers is not None:
-            raise ValueError("with per-layer probes the layers are the dict keys; do not pass layers=")
-        mode, row_layers = "per_layer", sorted(int(k) for k in probe)
-        for r, lay in enumerate(row_layers):
-            p = probe[lay]
-            spec = resolve_hook(model, p.hook, lay if ("{L}" in p.hook or "{l}" in p.hook) else p.layer)
-            add(p, spec.name, spec.final_norm, r)
-    elif isinstance(probe, RefusalProbe):
-        if layers is None:
-            mode, row_layers = "single", None
-            spec = resolve_hook(model, probe.hook, probe.layer if probe.layer is not None else n_layers - 1)
-            add(probe, spec.name, spec.final_norm, 0)
-        else:
-            mode = "shared"
-            row_layers = list(range(n_layers)) if layers == "all" else [int(x) % n_layers for x in layers]
-            if not row_layers:
-                raise ValueError("layers=[] selects nothing")
-            if layer_input not in ("resid", "final_norm"):
-                raise ValueError(f"layer_input must be 'resid' or 'final_norm', got {layer_input!r}")
-            for r, lay in enumerate(row_layers):
-                add(probe, f"blocks.{lay}.hook_resid_post", layer_input == "final_norm", r)
-    else:
-        raise TypeError(
-            f"probe must be a RefusalProbe or a dict {{layer: RefusalProbe}}, got {type(probe).__name__}"
-        )
-
-    examples = []
-    for ex in as_examples(list(rollouts), model):
-        end = ex.tokens.numel()
-        if not include_answer and ex.spans and "end_of_thinking" in ex.spans:
-            end = int(ex.spans["end_of_thinking"][1])
-        if end == 0:
-            raise ValueError(f"rollout {ex.label} has nothing to score (end of thinking at position 0)")
-        examples.append(Example(ex.tokens[:end], ex.spans, ex.id, ex.index))
+    readouts, mode, row_layers = _plan_readouts(model, probe, layers, layer_input, strict_name)
+    examples = _scored_spans(model, rollouts, include_answer)
     prepared, _ = prepare(model, examples, "all", truncate=truncate, what="rollout")
 
     by_hook: dict[str, list[_Readout]] = {}
@@ -254,6 +209,68 @@ def compute_trajectories(
                 id=prep.example.id,
             )
     return cast(list[Trajectory], out)  # run_batches scored every rollout
+
+
+def _plan_readouts(
+    model: HookedTransformer,
+    probe: RefusalProbe | dict[int, RefusalProbe],
+    layers: Sequence[int] | Literal["all"] | None,
+    layer_input: str,
+    strict_name: bool,
+) -> tuple[list[_Readout], str, list[int] | None]:
+    """The probe read-outs to attach (one per score row), the mode and the layer of each row."""
+    n_layers = model.cfg.n_layers
+    readouts: list[_Readout] = []
+    device = model.cfg.device
+
+    def add(p: RefusalProbe, hook_name: str, normed: bool, row: int) -> None:
+        readouts.append(_Readout(hook_name, row, p.direction.to(device).float(), p.scale, p.bias, normed))
+
+    for p in probe.values() if isinstance(probe, dict) else [probe]:
+        if isinstance(p, RefusalProbe):
+            p.check_model(model, strict_name=strict_name)  # before anything else: the clearest error
+    if isinstance(probe, dict):
+        if not probe:
+            raise ValueError("probe={} has no probes; pass {layer: RefusalProbe}")
+        if layers is not None:
+            raise ValueError("with per-layer probes the layers are the dict keys; do not pass layers=")
+        mode, row_layers = "per_layer", sorted(int(k) for k in probe)
+        for r, lay in enumerate(row_layers):
+            p = probe[lay]
+            spec = resolve_hook(model, p.hook, lay if ("{L}" in p.hook or "{l}" in p.hook) else p.layer)
+            add(p, spec.name, spec.final_norm, r)
+    elif isinstance(probe, RefusalProbe):
+        if layers is None:
+            mode, row_layers = "single", None
+            spec = resolve_hook(model, probe.hook, probe.layer if probe.layer is not None else n_layers - 1)
+            add(probe, spec.name, spec.final_norm, 0)
+        else:
+            mode = "shared"
+            row_layers = list(range(n_layers)) if layers == "all" else [int(x) % n_layers for x in layers]
+            if not row_layers:
+                raise ValueError("layers=[] selects nothing")
+            if layer_input not in ("resid", "final_norm"):
+                raise ValueError(f"layer_input must be 'resid' or 'final_norm', got {layer_input!r}")
+            for r, lay in enumerate(row_layers):
+                add(probe, f"blocks.{lay}.hook_resid_post", layer_input == "final_norm", r)
+    else:
+        raise TypeError(
+            f"probe must be a RefusalProbe or a dict {{layer: RefusalProbe}}, got {type(probe).__name__}"
+        )
+    return readouts, mode, row_layers
+
+
+def _scored_spans(model: HookedTransformer, rollouts: Sequence, include_answer: bool) -> list[Example]:
+    """The rollouts as examples cut after the end of thinking (unless ``include_answer``)."""
+    examples = []
+    for ex in as_examples(list(rollouts), model):
+        end = ex.tokens.numel()
+        if not include_answer and ex.spans and "end_of_thinking" in ex.spans:
+            end = int(ex.spans["end_of_thinking"][1])
+        if end == 0:
+            raise ValueError(f"rollout {ex.label} has nothing to score (end of thinking at position 0)")
+        examples.append(Example(ex.tokens[:end], ex.spans, ex.id, ex.index))
+    return examples
 
 
 # --------------------------------------------------------------------------------------
