@@ -551,86 +551,138 @@ def _convert(rows, schema, source, on_error, label_harmful) -> list[Prompt]:
     return out
 
 
-def _row_to_prompt(row: dict, schema: str, source: str, where: str, *, label: bool | None = None) -> Prompt:
-    c = _cols(row)
+# a row's fields under a schema: (text, category, harmful, meta)
+_Fields = tuple[Any, Any, bool | None, dict[str, Any]]
+
+
+def _jbb_fields(row: dict, c: dict[str, str], harmful: bool) -> _Fields:
+    """JailbreakBench behaviours (harmful or benign split)."""
     meta: dict[str, Any] = {}
+    text = _get(row, c, "goal", "prompt")
+    category = _get(row, c, "category")
+    for k in ("behavior", "source", "index", "target"):
+        if k in c:
+            meta[k] = row[c[k]]
+    return text, category, harmful, meta
+
+
+def _harmbench_fields(row: dict, c: dict[str, str]) -> _Fields:
+    """HarmBench behaviours, a context string prepended to the behaviour."""
+    meta: dict[str, Any] = {}
+    text = _get(row, c, "behavior", "prompt")
+    context = _get(row, c, "contextstring", "context")
+    if context:
+        meta["context"] = context
+        text = f"{context}\n\n---\n\n{text}" if text else None
+    category = _get(row, c, "semanticcategory", "category")
+    fc = _get(row, c, "functionalcategory")
+    if fc:
+        meta["functional_category"] = fc
+    if "behaviorid" in c:
+        meta["behavior_id"] = row[c["behaviorid"]]
+    return text, category, True, meta
+
+
+def _strongreject_fields(row: dict, c: dict[str, str]) -> _Fields:
+    """StrongREJECT forbidden prompts."""
+    meta: dict[str, Any] = {}
+    text = _get(row, c, "forbidden_prompt", "prompt")
+    category = _get(row, c, "category")
+    if "source" in c:
+        meta["source"] = row[c["source"]]
+    return text, category, True, meta
+
+
+def _xstest_fields(row: dict, c: dict[str, str], label: bool | None) -> _Fields:
+    """XSTest prompts, harmful from the label column or (v1) the ``contrast_`` type prefix."""
+    meta: dict[str, Any] = {}
+    harmful = label
+    text = _get(row, c, "prompt")
+    category = _get(row, c, "type")
+    lab = _get(row, c, "label")
+    if lab is not None:
+        harmful = _boolish(lab)
+    elif category is not None:  # XSTest v1: unsafe types are prefixed "contrast_"
+        harmful = str(category).startswith("contrast")
+    for k in ("id", "focus", "note"):
+        if k in c:
+            meta[k] = row[c[k]]
+    return text, category, harmful, meta
+
+
+def _alpaca_fields(row: dict, c: dict[str, str], source: str, label: bool | None) -> _Fields:
+    """Alpaca-style instruction (+ input); harmful from the source name unless labelled."""
     category = None
     harmful = label
-    if schema == "advbench":
-        text = _get(row, c, "goal", "prompt", "behavior")
-        harmful = True
-    elif schema in ("jbb-harmful", "jbb-benign"):
-        text = _get(row, c, "goal", "prompt")
-        category = _get(row, c, "category")
-        harmful = schema == "jbb-harmful"
-        for k in ("behavior", "source", "index", "target"):
-            if k in c:
-                meta[k] = row[c[k]]
-    elif schema == "harmbench":
-        text = _get(row, c, "behavior", "prompt")
-        context = _get(row, c, "contextstring", "context")
-        if context:
-            meta["context"] = context
-            text = f"{context}\n\n---\n\n{text}" if text else None
-        category = _get(row, c, "semanticcategory", "category")
-        fc = _get(row, c, "functionalcategory")
-        if fc:
-            meta["functional_category"] = fc
-        if "behaviorid" in c:
-            meta["behavior_id"] = row[c["behaviorid"]]
-        harmful = True
-    elif schema == "strongreject":
-        text = _get(row, c, "forbidden_prompt", "prompt")
-        category = _get(row, c, "category")
-        if "source" in c:
-            meta["source"] = row[c["source"]]
-        harmful = True
-    elif schema == "xstest":
+    text = _get(row, c, "instruction", "prompt")
+    inp = _get(row, c, "input")
+    if text and inp:
+        text = f"{text}\n\n{inp}"
+    if "category" in c and row[c["category"]]:
+        category = row[c["category"]]
+    if label is None:
+        lname = source.lower()
+        harmful = True if "harmful" in lname else False
+    return text, category, harmful, {}
+
+
+def _ultrachat_fields(row: dict, c: dict[str, str], label: bool | None) -> _Fields:
+    """UltraChat dialogues: the first user message (or first turn); harmless unless labelled."""
+    meta: dict[str, Any] = {}
+    text = None
+    msgs = _get(row, c, "messages")
+    if isinstance(msgs, list):
+        for m in msgs:
+            if isinstance(m, dict) and m.get("role") == "user" and m.get("content"):
+                text = m["content"]
+                break
+    if text is None:
+        data = _get(row, c, "data")
+        if isinstance(data, list) and data:
+            text = data[0]
+    if text is None:
         text = _get(row, c, "prompt")
-        category = _get(row, c, "type")
-        lab = _get(row, c, "label")
-        if lab is not None:
-            harmful = _boolish(lab)
-        elif category is not None:  # XSTest v1: unsafe types are prefixed "contrast_"
-            harmful = str(category).startswith("contrast")
-        for k in ("id", "focus", "note"):
-            if k in c:
-                meta[k] = row[c[k]]
-    elif schema == "alpaca":
-        text = _get(row, c, "instruction", "prompt")
-        inp = _get(row, c, "input")
-        if text and inp:
-            text = f"{text}\n\n{inp}"
-        if "category" in c and row[c["category"]]:
-            category = row[c["category"]]
-        if label is None:
-            lname = source.lower()
-            harmful = True if "harmful" in lname else False
-    elif schema == "ultrachat":
-        text = None
-        msgs = _get(row, c, "messages")
-        if isinstance(msgs, list):
-            for m in msgs:
-                if isinstance(m, dict) and m.get("role") == "user" and m.get("content"):
-                    text = m["content"]
-                    break
-        if text is None:
-            data = _get(row, c, "data")
-            if isinstance(data, list) and data:
-                text = data[0]
-        if text is None:
-            text = _get(row, c, "prompt")
-        harmful = False if label is None else label
-        for k in ("prompt_id", "id"):
-            if k in c:
-                meta[k] = row[c[k]]
-    else:  # generic
-        text = _get(row, c, *_TEXT_KEYS)
-        category = _get(row, c, "category", "type")
-        if "harmful" in c and _boolish(row[c["harmful"]]) is not None:
-            harmful = _boolish(row[c["harmful"]])
-        elif "label" in c and _boolish(row[c["label"]]) is not None:
-            harmful = _boolish(row[c["label"]])
+    harmful = False if label is None else label
+    for k in ("prompt_id", "id"):
+        if k in c:
+            meta[k] = row[c[k]]
+    return text, None, harmful, meta
+
+
+def _generic_fields(row: dict, c: dict[str, str], label: bool | None) -> _Fields:
+    """Any table with a text column; harmful from a ``harmful`` or ``label`` column if boolean-like."""
+    harmful = label
+    text = _get(row, c, *_TEXT_KEYS)
+    category = _get(row, c, "category", "type")
+    if "harmful" in c and _boolish(row[c["harmful"]]) is not None:
+        harmful = _boolish(row[c["harmful"]])
+    elif "label" in c and _boolish(row[c["label"]]) is not None:
+        harmful = _boolish(row[c["label"]])
+    return text, category, harmful, {}
+
+
+def _schema_fields(row: dict, c: dict[str, str], schema: str, source: str, label: bool | None) -> _Fields:
+    """Text, category, harmful flag and meta of a row read with its dataset's schema."""
+    if schema == "advbench":
+        return _get(row, c, "goal", "prompt", "behavior"), None, True, {}
+    if schema in ("jbb-harmful", "jbb-benign"):
+        return _jbb_fields(row, c, schema == "jbb-harmful")
+    if schema == "harmbench":
+        return _harmbench_fields(row, c)
+    if schema == "strongreject":
+        return _strongreject_fields(row, c)
+    if schema == "xstest":
+        return _xstest_fields(row, c, label)
+    if schema == "alpaca":
+        return _alpaca_fields(row, c, source, label)
+    if schema == "ultrachat":
+        return _ultrachat_fields(row, c, label)
+    return _generic_fields(row, c, label)
+
+
+def _row_to_prompt(row: dict, schema: str, source: str, where: str, *, label: bool | None = None) -> Prompt:
+    c = _cols(row)
+    text, category, harmful, meta = _schema_fields(row, c, schema, source, label)
     if not isinstance(text, str) or not text.strip():
         raise DatasetError(
             f"{where}: no prompt text for schema {schema!r} (columns: {sorted(row)}); "
