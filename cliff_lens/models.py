@@ -453,23 +453,7 @@ def hooked_config_from_hf(
         act = getattr(c, "hidden_activation", None) or "gelu_pytorch_tanh"
     max_pos = getattr(c, "max_position_embeddings", 2048) or 2048
 
-    # attention biases (q/k/v/o_proj) are copied after TL's converter (_copy_attention_biases);
-    # MLP biases are not
-    if getattr(c, "mlp_bias", False) and arch in _BIAS_DROPPING_CONVERTERS:
-        raise ModelLoadError(
-            f"model {model_name!r} ({arch}) sets mlp_bias=True, which the TL {arch} converter drops; "
-            "such checkpoints are not supported"
-        )
-    if arch == "GptOssForCausalLM":
-        from transformer_lens.components.mlps.gpt_oss_moe import GPT_OSS_ALPHA, GPT_OSS_LIMIT
-
-        alpha, limit = getattr(c, "swiglu_alpha", GPT_OSS_ALPHA), getattr(c, "swiglu_limit", GPT_OSS_LIMIT)
-        if (float(alpha), float(limit)) != (GPT_OSS_ALPHA, GPT_OSS_LIMIT):
-            raise ModelLoadError(
-                f"model {model_name!r} (GptOssForCausalLM) sets swiglu_alpha={alpha}, swiglu_limit={limit}; "
-                f"TransformerLens' gpt-oss experts hard-code {GPT_OSS_ALPHA} and {GPT_OSS_LIMIT}, so the "
-                "converted model would differ from HF"
-            )
+    _check_convertible(c, arch, model_name)
 
     cfg: dict[str, Any] = {
         "d_model": c.hidden_size,
@@ -500,6 +484,38 @@ def hooked_config_from_hf(
         "default_prepend_bos": default_prepend_bos,
         "from_checkpoint": False,
     }
+    _add_architecture_options(cfg, c, arch, n_kv)
+    _add_rope_scaling(cfg, c, rp, max_pos)
+    _add_sliding_window(cfg, c, arch)
+    _add_gemma_options(cfg, c, arch, d_head)
+    if fold_ln:
+        cfg["normalization_type"] = "RMSPre"
+    return HookedTransformerConfig.from_dict(cfg)
+
+
+def _check_convertible(c: Any, arch: str, model_name: str) -> None:
+    """Raise :class:`ModelLoadError` for config options the TL converter of ``arch`` would silently drop."""
+    # attention biases (q/k/v/o_proj) are copied after TL's converter (_copy_attention_biases);
+    # MLP biases are not
+    if getattr(c, "mlp_bias", False) and arch in _BIAS_DROPPING_CONVERTERS:
+        raise ModelLoadError(
+            f"model {model_name!r} ({arch}) sets mlp_bias=True, which the TL {arch} converter drops; "
+            "such checkpoints are not supported"
+        )
+    if arch == "GptOssForCausalLM":
+        from transformer_lens.components.mlps.gpt_oss_moe import GPT_OSS_ALPHA, GPT_OSS_LIMIT
+
+        alpha, limit = getattr(c, "swiglu_alpha", GPT_OSS_ALPHA), getattr(c, "swiglu_limit", GPT_OSS_LIMIT)
+        if (float(alpha), float(limit)) != (GPT_OSS_ALPHA, GPT_OSS_LIMIT):
+            raise ModelLoadError(
+                f"model {model_name!r} (GptOssForCausalLM) sets swiglu_alpha={alpha}, swiglu_limit={limit}; "
+                f"TransformerLens' gpt-oss experts hard-code {GPT_OSS_ALPHA} and {GPT_OSS_LIMIT}, so the "
+                "converted model would differ from HF"
+            )
+
+
+def _add_architecture_options(cfg: dict[str, Any], c: Any, arch: str, n_kv: int) -> None:
+    """Set the GQA layout, q/k norms, mixture-of-experts and attention-sink fields of ``arch``."""
     if arch in (
         "Qwen2ForCausalLM",
         "Gemma2ForCausalLM",
@@ -523,6 +539,9 @@ def hooked_config_from_hf(
     if arch == "GptOssForCausalLM":
         cfg["use_attention_sinks"] = True
 
+
+def _add_rope_scaling(cfg: dict[str, Any], c: Any, rp: dict, max_pos: int) -> None:
+    """Set linear or Llama-3 (NTK-by-parts) RoPE scaling when one rope applies to every layer."""
     rt = _rope_type(rp)
     if rt == "linear" and not _per_layer_rope(c):
         cfg["rotary_scaling_factor"] = float(rp.get("factor", 1.0))
@@ -535,7 +554,9 @@ def hooked_config_from_hf(
             NTK_by_parts_factor=rp.get("factor", 1.0),
         )
 
-    # sliding-window attention
+
+def _add_sliding_window(cfg: dict[str, Any], c: Any, arch: str) -> None:
+    """Set local attention for sliding-window layers (per ``layer_types``, or all layers for Mistral-style)."""
     layer_types = getattr(c, "layer_types", None)
     window = getattr(c, "sliding_window", None)
     if layer_types and window and any(t == "sliding_attention" for t in layer_types):
@@ -552,6 +573,9 @@ def hooked_config_from_hf(
     ):
         cfg.update(use_local_attn=True, window_size=int(window), attn_types=["local"] * c.num_hidden_layers)
 
+
+def _add_gemma_options(cfg: dict[str, Any], c: Any, arch: str, d_head: int) -> None:
+    """Set Gemma 3's local / global rope bases and Gemma 2/3's sandwich norms, attention scale and soft caps."""
     if arch == "Gemma3ForCausalLM":
         local = _rope_params(c, "sliding_attention")
         glob = _rope_params(c, "full_attention")
@@ -566,10 +590,6 @@ def hooked_config_from_hf(
             cfg["output_logits_soft_cap"] = float(c.final_logit_softcapping)
         if getattr(c, "attn_logit_softcapping", None):
             cfg["attn_scores_soft_cap"] = float(c.attn_logit_softcapping)
-
-    if fold_ln:
-        cfg["normalization_type"] = "RMSPre"
-    return HookedTransformerConfig.from_dict(cfg)
 
 
 #: TL converters that write zero MLP biases whatever the checkpoint holds.
