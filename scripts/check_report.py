@@ -294,8 +294,8 @@ def browser_checks(
 
 def _build_synthetic(out_dir: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from cliff_lens.testing import tiny_model_with_tokenizer, write_synthetic_run
     from cliff_lens.viz import build_report
-    from cliff_lens.viz.synthetic import tiny_model_with_tokenizer, write_synthetic_run
 
     run = write_synthetic_run(out_dir / "run")
     return build_report(run, model=tiny_model_with_tokenizer())

@@ -98,7 +98,6 @@ def planted_post_norm_model(kind: str):
     write into ``-sqrt(d_model) * g * d`` and PROMO's into ``+2 sqrt(d_model) * g * d`` whatever c
     is: raw scores ``-/+ sqrt(32) (d . g * d)`` (x2 for PROMO). Layer 0's norm weight is 0.1 so
     its heads write little."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     src, d = planted_model()
     extra = (
@@ -108,22 +107,7 @@ def planted_post_norm_model(kind: str):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cfg = HookedTransformerConfig(
-            n_layers=2,
-            d_model=32,
-            n_ctx=32,
-            d_head=8,
-            n_heads=4,
-            d_vocab=20,
-            attn_only=True,
-            normalization_type="RMS",
-            positional_embedding_type="standard",
-            act_fn="relu",
-            eps=1e-12,
-            seed=0,
-            **extra,
-        )
-        m = HookedTransformer(cfg)
+        m, _ = planted_model(normalization_type="RMS", eps=1e-12, **extra)
     m.eval()
     missing, unexpected = m.load_state_dict(src.state_dict(), strict=False)
     assert not unexpected and all(".w" in k or "norm" in k or k.endswith(("IGNORE", "mask")) for k in missing)

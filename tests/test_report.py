@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cliff_lens.results_schema import RESULTS_SCHEMA, ResultsSchemaError, load_results, validate_results
+from cliff_lens.testing import PLANTED_SCRIPT, tiny_model_with_tokenizer, write_synthetic_run
 from cliff_lens.viz import build_report
 from cliff_lens.viz.report import (
     cliff_headline,
@@ -25,7 +26,6 @@ from cliff_lens.viz.report import (
     verdict_probe,
     verdict_selection,
 )
-from cliff_lens.viz.synthetic import PLANTED_SCRIPT, tiny_model_with_tokenizer, write_synthetic_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,8 +176,8 @@ def test_findings_come_first_with_numbers_intervals_and_verdicts(full_report):
     # (a) the cliff: the one-line format, with n and the interval
     assert "Verdict: cliff " in f["cliff"]
     assert (
-        "cliff: complied 0.62 -> 0.20 (drop 0.42, 95% CI [0.34, 0.50], n=24); "
-        "refused: no drop (0.64 -> 0.60, drop 0.04, 95% CI [-0.02, 0.10], n=8)"
+        "cliff: complied 0.62 -> 0.22 (drop 0.40, 95% CI [0.32, 0.47], n=24); "
+        "refused: no drop (0.64 -> 0.60, drop 0.04, 95% CI [-0.01, 0.08], n=8)"
     ) in f["cliff"]
     assert (
         "out-of-sample (cross-fitted probe)" in f["cliff"] and "bootstrap interval of the mean" in f["cliff"]
@@ -214,7 +214,7 @@ def test_findings_of_a_run_that_shows_nothing(tmp_path):
     run = write_synthetic_run(tmp_path / "run", significant=False)
     f = _findings(_sections(build_report(run).read_text(encoding="utf-8"))["findings"])
     assert "Verdict: not shown at this n (the complied drop's 95% CI includes 0; n=24)" in f["cliff"]
-    assert "not shown at this n: complied 0.60 -> 0.52 (drop 0.08, 95% CI [-0.06, 0.22], n=24)" in f["cliff"]
+    assert "not shown at this n: complied 0.60 -> 0.51 (drop 0.09, 95% CI [-0.04, 0.21], n=24)" in f["cliff"]
     assert "not shown at this n (out-of-fold AUROC 95% CI includes 0.5)" in f["probe"]
     assert "Verdict: not significant at 0.05 (McNemar p=0.62, n=32)" in f["ablation"]
     assert "not distinguishable from the base rate at this n (n=10)" in f["selection"]
@@ -276,7 +276,7 @@ def test_raw_tables_show_intervals_and_hide_noise(full_report):
     assert "imported_rollouts" not in top and "run_dir" not in top
     assert "harmful_refusal_rate</th><td>0.250 [0.133, 0.421]" in model
     assert "Provenance" in model and "imported_rollouts" in model.split("<details>")[1]
-    assert "0.42 [0.34, 0.50]" in secs["trajectory"]  # the cliff table
+    assert "0.40 [0.32, 0.47]" in secs["trajectory"]  # the cliff table
     assert "95% bootstrap interval of the mean" in secs["trajectory"]
     assert "0.62 [0.45, 0.77]" in secs["ablation"] and "empirical p" in secs["ablation"]
     assert "precision_complied</th><td>0.900 [0.596, 0.982]" in secs["selection"]

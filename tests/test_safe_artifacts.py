@@ -177,8 +177,8 @@ def test_probe_means_and_trajectories_are_safetensors_plus_json(tmp_path):
 
 
 def test_report_escapes_user_text_and_loads_nothing(tmp_path):
+    from cliff_lens.testing import PLANTED_SCRIPT, write_synthetic_run
     from cliff_lens.viz.report import build_report
-    from cliff_lens.viz.synthetic import PLANTED_SCRIPT, write_synthetic_run
 
     d = write_synthetic_run(tmp_path / "run")
     page = Path(build_report(d)).read_text(encoding="utf-8")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cliff_lens.templates import TokenizedRollout
+from cliff_lens.testing import tiny_model_with_tokenizer
 from cliff_lens.viz import (
     CircuitsView,
     asr_bars,
@@ -23,7 +24,6 @@ from cliff_lens.viz import (
 )
 from cliff_lens.viz.report import bootstrap_band
 from cliff_lens.viz.svg import grouped_bars, heatmap, line_plot, svg_size, text_width
-from cliff_lens.viz.synthetic import tiny_model_with_tokenizer
 
 
 def _props(html: str) -> list[dict]:

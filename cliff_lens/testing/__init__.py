@@ -3,7 +3,9 @@
 ``build_tiny_tokenizer`` makes a word-level tokenizer; ``tiny_hf_model_dir`` saves a random
 2-layer HF model of a supported architecture with that tokenizer and a minimal chat template;
 ``synthetic_rollouts`` writes a vLLM-style JSONL of thinking rollouts (refusals, compliances and
-helpful answers) that the pipeline can import.
+helpful answers) that the pipeline can import; ``planted_model`` has two planted heads (ground
+truth for attribution and ablation); ``write_synthetic_run`` (:mod:`cliff_lens.testing.synthetic_run`)
+writes a whole run directory for the report's tests and the browser check.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
+    from transformer_lens import HookedTransformerConfig
     from transformers import PreTrainedModel
 
 __all__ = [
@@ -25,6 +28,10 @@ __all__ = [
     "synthetic_rollouts",
     "TINY_CHAT_TEMPLATE",
     "planted_model",
+    "tiny_config",
+    "PLANTED_SCRIPT",
+    "write_synthetic_run",
+    "tiny_model_with_tokenizer",
     "planted_records",
     "Rec",
 ]
@@ -168,7 +175,7 @@ HARMLESS = [
 def synthetic_rollouts(path: str | os.PathLike) -> Path:
     """Write a vLLM-style JSONL (``prompt``, ``output``, ``harmful``) of 16 thinking rollouts:
     8 harmful (every third complies, the rest refuse) and 8 harmless (helped)."""
-    from .io import write_jsonl
+    from ..io import write_jsonl
 
     recs = []
     for i, p in enumerate(HARMFUL):
@@ -234,28 +241,38 @@ def planted_records(n: int, trigger: bool = True, seed: int = 1) -> list[Rec]:
     return out
 
 
-def planted_model(seed: int = 0):
+def tiny_config(**overrides: Any) -> HookedTransformerConfig:
+    """The ``HookedTransformerConfig`` of the package's tiny test models: 2 layers, d_model 32,
+    4 heads of 8, n_ctx 32, d_vocab 20; ``overrides`` replace any field."""
+    from transformer_lens import HookedTransformerConfig
+
+    kw: dict[str, Any] = dict(
+        n_layers=2, d_model=32, n_ctx=32, d_head=8, n_heads=4, d_vocab=20, act_fn="relu"
+    )
+    return HookedTransformerConfig(**(kw | overrides))
+
+
+def planted_model(seed: int = 0, **extra: Any):
     """2-layer attention-only fp32 model with two planted heads in the last layer.
 
     Token TRIG sets residual dim K to 1 (nothing else writes there). Heads SUPP and PROMO attend
     only to trigger tokens (key reads dim K, constant query), their value reads dim K into z[0],
     so z = e_0 exactly after a trigger and 0 otherwise; W_O maps e_0 to -ALPHA d (SUPP) and
-    +2 ALPHA d (PROMO)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    +2 ALPHA d (PROMO). ``extra`` overrides fields of its config (:func:`tiny_config`), e.g.
+    ``normalization_type="RMS"``."""
+    from transformer_lens import HookedTransformer
 
     torch.manual_seed(seed)
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=32,
-        n_ctx=32,
-        d_head=8,
-        n_heads=4,
-        d_vocab=20,
-        attn_only=True,
-        normalization_type=None,
-        positional_embedding_type="standard",
-        act_fn="relu",
-        seed=seed,
+    cfg = tiny_config(
+        **(
+            dict(
+                attn_only=True,
+                normalization_type=None,
+                positional_embedding_type="standard",
+                seed=seed,
+            )
+            | extra
+        )
     )
     m = HookedTransformer(cfg)
     m.eval()
@@ -282,3 +299,6 @@ def planted_model(seed: int = 0):
             a.W_O[h] = 0
             a.W_O[h, 0] = w * d
     return m, d
+
+
+from .synthetic_run import PLANTED_SCRIPT, tiny_model_with_tokenizer, write_synthetic_run  # noqa: E402
