@@ -390,17 +390,22 @@ class _SettingRun:
         return float(s.mean())
 
 
+def _rate_fields(group: str, count: str, rate_key: str, r: Rate, outs: list[str], rollouts: list) -> dict:
+    """One prompt group's rate fields (``n_<group>``, the count, the rate with its interval and as
+    one object) followed by its outcomes (:func:`_outcome_fields`)."""
+    return {
+        f"n_{group}": len(outs),
+        count: r.k,
+        rate_key: r.value,
+        f"{rate_key}_ci95": _ci(r),
+        f"{rate_key}_rate": r.to_dict(),
+        **_outcome_fields(group, outs, rollouts),
+    }
+
+
 def _harmful_fields(h_out: list[str], harm_r: list) -> dict:
     """ASR fields of one setting from its harmful outcomes."""
-    a = attack_success_rate(h_out)
-    return dict(
-        n_harmful=len(h_out),
-        n_attack_success=a.k,
-        asr=a.value,
-        asr_ci95=_ci(a),
-        asr_rate=a.to_dict(),
-        **_outcome_fields("harmful", h_out, harm_r),
-    )
+    return _rate_fields("harmful", "n_attack_success", "asr", attack_success_rate(h_out), h_out, harm_r)
 
 
 def _harmless_fields(b_out: list[str], ben_r: list) -> dict:
@@ -415,15 +420,7 @@ def _harmless_fields(b_out: list[str], ben_r: list) -> dict:
             harmless_outcomes=[],
             harmless_unclosed=None,
         )
-    o = refusal_rate(b_out)
-    return dict(
-        n_harmless=len(b_out),
-        n_over_refusal=o.k,
-        over_refusal=o.value,
-        over_refusal_ci95=_ci(o),
-        over_refusal_rate=o.to_dict(),
-        **_outcome_fields("harmless", b_out, ben_r),
-    )
+    return _rate_fields("harmless", "n_over_refusal", "over_refusal", refusal_rate(b_out), b_out, ben_r)
 
 
 def _add_vs_random(rows: list[dict], summary: list[dict]) -> None:
