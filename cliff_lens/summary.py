@@ -111,6 +111,14 @@ def _num(ci: Any, i: int) -> str:
 
 def markdown_table(results: dict) -> str:
     """The README's demo table: each headline number with n, 95% interval and test, as Markdown."""
+    rows = _data_rows(results) + _heads_rows(results) + _ablation_rows(results) + _selection_rows(results)
+    lines = ["| | value [95% CI] |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _data_rows(results: dict) -> list[tuple[str, str]]:
+    """Rollouts, refusal rates, the probe and the cliff per group."""
     d, p, c = results["data"], results["probe"], results["cliff"]
     rows = [
         (
@@ -144,57 +152,75 @@ def markdown_table(results: dict) -> str:
                     f", n={b['n_rollouts']}",
                 )
             )
+    return rows
+
+
+def _heads_rows(results: dict) -> list[tuple[str, str]]:
+    """The top heads (and the contrast ranking's, when measured)."""
     h = results.get("heads") or {}
-    if h:
-        top = ", ".join(f"L{t['layer']}H{t['head']}" for t in h["top"])
+    if not h:
+        return []
+    rows = [
+        (
+            f"top {h['top_percent']:g}% heads ({len(h['top'])} of {h['n_heads_total']}), {h['variant']}",
+            ", ".join(f"L{t['layer']}H{t['head']}" for t in h["top"]),
+        )
+    ]
+    if h.get("top_contrast"):
         rows.append(
             (
-                f"top {h['top_percent']:g}% heads ({len(h['top'])} of {h['n_heads_total']}), {h['variant']}",
-                top,
+                "top heads by contrast (complied - refused)",
+                ", ".join(f"L{t['layer']}H{t['head']}" for t in h["top_contrast"]),
             )
         )
-        if h.get("top_contrast"):
-            rows.append(
-                (
-                    "top heads by contrast (complied - refused)",
-                    ", ".join(f"L{t['layer']}H{t['head']}" for t in h["top_contrast"]),
-                )
-            )
+    return rows
+
+
+def _ablation_rows(results: dict) -> list[tuple[str, str]]:
+    """ASR / over-refusal of every non-random setting with its tests and capability cost."""
+    rows = []
     for a in results.get("ablation") or []:
         if a.get("kind") == "random":
             continue
-        test = ""
-        vb = (a.get("vs_baseline") or {}).get("asr")
-        if vb:
-            test = f"; McNemar p = {vb['p_value']:.3g}"
-        vr = a.get("vs_random") or {}
-        if vr.get("asr_empirical_p") is not None:
-            test += (
-                f"; random sets ({vr['n_sets']}): mean {vr['asr_mean']:.2f} "
-                f"({vr['asr_min']:.2f}-{vr['asr_max']:.2f}), empirical p = {vr['asr_empirical_p']:.2f}"
-            )
-        vp = a.get("vs_paper_ranking")
-        if vp:
-            test += f"; vs {vp['paper_setting']}: McNemar p = {vp['p_value']:.3g}"
-        cap = (a.get("capability") or {}).get("kl")
-        kl = f"; KL {cap['value']:.3f} [{_num(cap['ci95'], 0)}, {_num(cap['ci95'], 1)}]" if cap else ""
         rows.append(
             (
                 f"ASR / over-refusal, {a['setting']}",
                 f"{_rate_cell(a['asr'], a.get('asr_ci95'))} / {_rate_cell(a['over_refusal'], a.get('over_refusal_ci95'))}"
-                f"{test}{kl}",
+                f"{_ablation_tests(a)}",
             )
         )
+    return rows
+
+
+def _ablation_tests(a: dict) -> str:
+    """``; McNemar p = ...; random sets (...): ...; vs top-k%: ...; KL ...`` of one ablation row."""
+    test = ""
+    vb = (a.get("vs_baseline") or {}).get("asr")
+    if vb:
+        test = f"; McNemar p = {vb['p_value']:.3g}"
+    vr = a.get("vs_random") or {}
+    if vr.get("asr_empirical_p") is not None:
+        test += (
+            f"; random sets ({vr['n_sets']}): mean {vr['asr_mean']:.2f} "
+            f"({vr['asr_min']:.2f}-{vr['asr_max']:.2f}), empirical p = {vr['asr_empirical_p']:.2f}"
+        )
+    vp = a.get("vs_paper_ranking")
+    if vp:
+        test += f"; vs {vp['paper_setting']}: McNemar p = {vp['p_value']:.3g}"
+    cap = (a.get("capability") or {}).get("kl")
+    return test + (f"; KL {cap['value']:.3f} [{_num(cap['ci95'], 0)}, {_num(cap['ci95'], 1)}]" if cap else "")
+
+
+def _selection_rows(results: dict) -> list[tuple[str, str]]:
+    """Cliff-as-a-Judge precision against the pool's base rate."""
     s = (results.get("selection") or {}).get("summary")
-    if s:
-        rows.append(
-            (
-                f"Cliff-as-a-Judge top {s['top_percent']:g}%: jailbroken among selected",
-                f"{s['complied_in_selection']}/{s['n_selected']} = "
-                f"{_rate_cell(s['precision_complied'], s.get('precision_complied_ci95'))} "
-                f"(pool base rate {s['complied_in_pool']}/{s['n_pool']})",
-            )
+    if not s:
+        return []
+    return [
+        (
+            f"Cliff-as-a-Judge top {s['top_percent']:g}%: jailbroken among selected",
+            f"{s['complied_in_selection']}/{s['n_selected']} = "
+            f"{_rate_cell(s['precision_complied'], s.get('precision_complied_ci95'))} "
+            f"(pool base rate {s['complied_in_pool']}/{s['n_pool']})",
         )
-    lines = ["| | value [95% CI] |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    return "\n".join(lines) + "\n"
+    ]
