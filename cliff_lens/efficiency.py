@@ -122,35 +122,18 @@ def data_efficiency(
         ``{"baseline": {...}, "curves": {method: [{"percent", "k", "asr", "over_refusal", ...}]},
         "pool_size", "config", ...}``.
     """
-    from .repair import RepairConfig, evaluate_safety, train_lora
-    from .selection import SelectionError, export_sft
+    from .repair import RepairConfig
 
     cfg = config or RepairConfig()
     out = Path(out_dir)
     (out / "sft").mkdir(parents=True, exist_ok=True)
     say = log or (lambda s: None)
-    score_recs = list(iter_jsonl(scores)) if isinstance(scores, (str, os.PathLike)) else list(scores)
-    by_id = {str(r["id"]): r for r in score_recs}
-    pool = [r for r in rollouts if str(_get(r, "id")) in by_id]
-    if not pool:
-        raise SelectionError("no rollout of the pool has a score; pass the score file of this pool")
-    pool_ids = [str(_get(r, "id")) for r in pool]
-    bad = [
-        i for i in pool_ids if not (math.isfinite(by_id[i]["plateau"]) and math.isfinite(by_id[i]["final"]))
-    ]
-    if bad:
-        say(f"dropping {len(bad)} rollouts with NaN plateau/final (e.g. no thinking tokens): {bad[:3]}")
-        keep = set(pool_ids) - set(bad)
-        pool = [r for r in pool if str(_get(r, "id")) in keep]
-        pool_ids = [i for i in pool_ids if i in keep]
+    pool, pool_ids, by_id = _scored_pool(rollouts, scores, say)
     fresh = model if callable(model) and not hasattr(model, "generate") else (lambda: copy.deepcopy(model))
     ev = dict(template=template, judge=judge, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
     runs_path = out / "runs.jsonl"
-    done: dict[str, dict] = {}
-    if runs_path.exists():
-        for r in iter_jsonl(runs_path, on_error="skip"):
-            done[r["run"]] = r
+    done = _finished_runs(runs_path)
     settings = {
         "config": asdict(cfg),
         "max_new_tokens": max_new_tokens,
@@ -165,17 +148,19 @@ def data_efficiency(
         if key in done:
             return done[key]
         t0 = time.perf_counter()
-        if ids is None:
-            res = evaluate_safety(fresh(), tokenizer, harmful_prompts, harmless_prompts, **ev)
-            train = None
-        else:
-            sft = out / "sft" / f"{run}.jsonl"
-            export_sft(pool, str(sft), selection=ids, template=template)
-            pm, train = train_lora(
-                fresh(), tokenizer, iter_jsonl(sft), template=template, config=cfg, progress=progress
-            )
-            res = evaluate_safety(pm.merge_and_unload(), tokenizer, harmful_prompts, harmless_prompts, **ev)
-            train = {k: train[k] for k in ("n_examples", "n_steps", "epoch_mean_loss", "wall_s")}
+        res, train = _train_and_evaluate(
+            fresh,
+            tokenizer,
+            pool,
+            ids,
+            out / "sft" / f"{run}.jsonl",
+            harmful_prompts,
+            harmless_prompts,
+            ev=ev,
+            template=template,
+            config=cfg,
+            progress=progress,
+        )
         rec = {
             "run": key,
             "asr": res["asr"],
@@ -203,26 +188,8 @@ def data_efficiency(
             entry["seed"] = s
         curves.setdefault(m, []).append(entry)
     if "random" in curves:
-        agg = []
-        for p in percents:
-            rs = [e for e in curves["random"] if e["percent"] == p]
-            a = [e["asr"] for e in rs]
-            o = [e["over_refusal"] for e in rs]
-            agg.append(
-                {
-                    "percent": p,
-                    "k": rs[0]["k"],
-                    "asr": sum(a) / len(a),
-                    "asr_min": min(a),
-                    "asr_max": max(a),
-                    "over_refusal": sum(o) / len(o),
-                    "over_refusal_min": min(o),
-                    "over_refusal_max": max(o),
-                    "seeds": [e["seed"] for e in rs],
-                }
-            )
         curves["random_per_seed"] = curves.pop("random")
-        curves["random"] = agg
+        curves["random"] = _random_means(curves["random_per_seed"], percents)
     result = {
         "pool_size": len(pool_ids),
         "percents": list(percents),
@@ -236,6 +203,89 @@ def data_efficiency(
     atomic_write_json(out / "data_efficiency.json", result)
     atomic_write_text(out / "data_efficiency.svg", efficiency_svg(result))
     return result
+
+
+def _scored_pool(
+    rollouts: Iterable[Any], scores: str | os.PathLike | Iterable[dict], say: Callable[[str], None]
+) -> tuple[list[Any], list[str], dict[str, dict]]:
+    """The rollouts with a finite score, their ids, and the score records by id."""
+    from .selection import SelectionError
+
+    score_recs = list(iter_jsonl(scores)) if isinstance(scores, (str, os.PathLike)) else list(scores)
+    by_id = {str(r["id"]): r for r in score_recs}
+    pool = [r for r in rollouts if str(_get(r, "id")) in by_id]
+    if not pool:
+        raise SelectionError("no rollout of the pool has a score; pass the score file of this pool")
+    pool_ids = [str(_get(r, "id")) for r in pool]
+    bad = [
+        i for i in pool_ids if not (math.isfinite(by_id[i]["plateau"]) and math.isfinite(by_id[i]["final"]))
+    ]
+    if bad:
+        say(f"dropping {len(bad)} rollouts with NaN plateau/final (e.g. no thinking tokens): {bad[:3]}")
+        keep = set(pool_ids) - set(bad)
+        pool = [r for r in pool if str(_get(r, "id")) in keep]
+        pool_ids = [i for i in pool_ids if i in keep]
+    return pool, pool_ids, by_id
+
+
+def _finished_runs(runs_path: Path) -> dict[str, dict]:
+    """Run records already in ``runs.jsonl`` (resume), by run key."""
+    done: dict[str, dict] = {}
+    if runs_path.exists():
+        for r in iter_jsonl(runs_path, on_error="skip"):
+            done[r["run"]] = r
+    return done
+
+
+def _train_and_evaluate(
+    fresh: Callable[[], Any],
+    tokenizer: Any,
+    pool: list[Any],
+    ids: list[str] | None,
+    sft: Path,
+    harmful_prompts: Sequence[str],
+    harmless_prompts: Sequence[str],
+    *,
+    ev: dict[str, Any],
+    template: Any,
+    config: Any,
+    progress: bool,
+) -> tuple[dict, dict | None]:
+    """Evaluate a fresh model (``ids=None``) or one LoRA-tuned on the selection ``ids``; with training stats."""
+    from .repair import evaluate_safety, train_lora
+    from .selection import export_sft
+
+    if ids is None:
+        return evaluate_safety(fresh(), tokenizer, harmful_prompts, harmless_prompts, **ev), None
+    export_sft(pool, str(sft), selection=ids, template=template)
+    pm, train = train_lora(
+        fresh(), tokenizer, iter_jsonl(sft), template=template, config=config, progress=progress
+    )
+    res = evaluate_safety(pm.merge_and_unload(), tokenizer, harmful_prompts, harmless_prompts, **ev)
+    return res, {k: train[k] for k in ("n_examples", "n_steps", "epoch_mean_loss", "wall_s")}
+
+
+def _random_means(per_seed: list[dict], percents: Sequence[float | int]) -> list[dict]:
+    """Per percent, the mean, min and max ASR and over-refusal over the random-selection seeds."""
+    agg = []
+    for p in percents:
+        rs = [e for e in per_seed if e["percent"] == p]
+        a = [e["asr"] for e in rs]
+        o = [e["over_refusal"] for e in rs]
+        agg.append(
+            {
+                "percent": p,
+                "k": rs[0]["k"],
+                "asr": sum(a) / len(a),
+                "asr_min": min(a),
+                "asr_max": max(a),
+                "over_refusal": sum(o) / len(o),
+                "over_refusal_min": min(o),
+                "over_refusal_max": max(o),
+                "seeds": [e["seed"] for e in rs],
+            }
+        )
+    return agg
 
 
 _COLORS = {"cliff": "#d62728", "final": "#1f77b4", "random": "#7f7f7f", "rule": "#2ca02c"}
