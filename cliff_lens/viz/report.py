@@ -1354,6 +1354,71 @@ def _capability_cost(row: dict) -> str | None:
     return None
 
 
+def _headline_row(res: dict, tops: list[dict]) -> dict | None:
+    """The top-k% row of the headline k (``heads.top_percent``, else the first configured k)."""
+    want = finite_number(_section(res, "heads").get("top_percent"))
+    if want is None:
+        cfg_pcts = _section(res, "config").get("top_percents")
+        want = finite_number(cfg_pcts[0]) if isinstance(cfg_pcts, list) and cfg_pcts else None
+    return next((r for r in tops if _kind_pct(r)[1] == want), tops[0] if tops else None)
+
+
+def _baseline_line(base: dict) -> str:
+    return (
+        f"baseline: ASR {fmt_ci(base.get('asr'), base.get('asr_ci95'))}"
+        f" (n={base.get('n_harmful', '?')} harmful prompts); over-refusal "
+        f"{fmt_ci(base.get('over_refusal'), base.get('over_refusal_ci95'))}"
+        + (f" (n={base['n_harmless']} harmless prompts)" if base.get("n_harmless") else "")
+    )
+
+
+def _random_line(k: float, name: str, r: dict, s: dict) -> str:
+    """The random-k% sets beside a top-k% row: mean and range of their ASR, its empirical p."""
+    p, n_sets = _vs_random(r, s)
+    return (
+        f"random-{k:g}% ({n_sets or '?'} set{'' if n_sets == 1 else 's'}): "
+        f"ASR mean {fmt_num(s.get('asr_mean'))}, "
+        f"range {fmt_num(s.get('asr_min'))}-{fmt_num(s.get('asr_max'))}; "
+        f"{name} vs random: empirical p={fmt_p(p)}"
+        + (
+            f"; random sets' mean KL {fmt_num(s.get('kl_mean'), 3)}"
+            if finite_number(s.get("kl_mean")) is not None
+            else ""
+        )
+    )
+
+
+def _top_row_lines(r: dict, summaries: dict[float, dict], *, headline: bool) -> list[str]:
+    """The finding's lines of one top-k% row: ASR with its McNemar test, outcomes, the random sets,
+    over-refusal, and (rows other than the headline one) its own verdict."""
+    k = _kind_pct(r)[1]
+    name = str(r.get("setting", "?"))
+    m = _mcnemar(r, "asr")
+    test = (
+        f"; McNemar vs baseline p={fmt_p(m['p_value'])} (successes lost {m.get('baseline_only', '?')}, "
+        f"gained {m.get('setting_only', '?')})"
+        if m
+        else ""
+    )
+    nh = r.get("n_heads")
+    n_heads = f" ({nh} head{'' if nh == 1 else 's'})" if nh is not None else ""
+    lines = [f"{name}{n_heads}: ASR {fmt_ci(r.get('asr'), r.get('asr_ci95'))}{test}"]
+    outcomes = _outcome_note(r)
+    if outcomes:
+        lines.append(f"{name}: {outcomes}")
+    s = summaries.get(k) if k is not None else None
+    if s and k is not None:
+        lines.append(_random_line(k, name, r, s))
+    if finite_number(r.get("over_refusal")) is not None:
+        lines.append(
+            f"{name} over-refusal {fmt_ci(r.get('over_refusal'), r.get('over_refusal_ci95'))}: "
+            f"{verdict_over_refusal(r)}"
+        )
+    if not headline:
+        lines.append(f"{name} verdict: {verdict_ablation(r, s)}")
+    return lines
+
+
 def _finding_ablation(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]:
     try:
         rows = _ablation_rows(data)
@@ -1362,61 +1427,14 @@ def _finding_ablation(data: ReportData, ctx: dict, res: dict) -> tuple[str, str]
     base = next((r for r in rows if _kind_pct(r)[0] == "baseline"), None)
     tops = [r for r in rows if _kind_pct(r)[0] == "top"]
     summaries = _random_summaries(data, res, rows)
-    heads = _section(res, "heads")
-    want = finite_number(heads.get("top_percent"))
-    if want is None:
-        cfg_pcts = _section(res, "config").get("top_percents")
-        want = finite_number(cfg_pcts[0]) if isinstance(cfg_pcts, list) and cfg_pcts else None
-    head_row = next((r for r in tops if _kind_pct(r)[1] == want), tops[0] if tops else None)
+    head_row = _headline_row(res, tops)
     head_pct = _kind_pct(head_row)[1] if head_row else None
     rs = summaries.get(head_pct) if head_pct is not None else None
     verdict = verdict_ablation(head_row, rs) if head_row else "not measured (no top-k% ablation row)"
-    lines: list[str] = []
+    lines: list[str] = [_baseline_line(base)] if base is not None else []
     headline = ""
-    if base is not None:
-        lines.append(
-            f"baseline: ASR {fmt_ci(base.get('asr'), base.get('asr_ci95'))}"
-            f" (n={base.get('n_harmful', '?')} harmful prompts); over-refusal "
-            f"{fmt_ci(base.get('over_refusal'), base.get('over_refusal_ci95'))}"
-            + (f" (n={base['n_harmless']} harmless prompts)" if base.get("n_harmless") else "")
-        )
     for r in sorted(tops, key=lambda r: (r is not head_row, _kind_pct(r)[1] or 0.0)):
-        k = _kind_pct(r)[1]
-        name = str(r.get("setting", "?"))
-        m = _mcnemar(r, "asr")
-        test = (
-            f"; McNemar vs baseline p={fmt_p(m['p_value'])} (successes lost {m.get('baseline_only', '?')}, "
-            f"gained {m.get('setting_only', '?')})"
-            if m
-            else ""
-        )
-        nh = r.get("n_heads")
-        n_heads = f" ({nh} head{'' if nh == 1 else 's'})" if nh is not None else ""
-        lines.append(f"{name}{n_heads}: ASR {fmt_ci(r.get('asr'), r.get('asr_ci95'))}{test}")
-        outcomes = _outcome_note(r)
-        if outcomes:
-            lines.append(f"{name}: {outcomes}")
-        s = summaries.get(k) if k is not None else None
-        if s:
-            p, n_sets = _vs_random(r, s)
-            lines.append(
-                f"random-{k:g}% ({n_sets or '?'} set{'' if n_sets == 1 else 's'}): "
-                f"ASR mean {fmt_num(s.get('asr_mean'))}, "
-                f"range {fmt_num(s.get('asr_min'))}-{fmt_num(s.get('asr_max'))}; "
-                f"{name} vs random: empirical p={fmt_p(p)}"
-                + (
-                    f"; random sets' mean KL {fmt_num(s.get('kl_mean'), 3)}"
-                    if finite_number(s.get("kl_mean")) is not None
-                    else ""
-                )
-            )
-        if finite_number(r.get("over_refusal")) is not None:
-            lines.append(
-                f"{name} over-refusal {fmt_ci(r.get('over_refusal'), r.get('over_refusal_ci95'))}: "
-                f"{verdict_over_refusal(r)}"
-            )
-        if r is not head_row:
-            lines.append(f"{name} verdict: {verdict_ablation(r, s)}")
+        lines += _top_row_lines(r, summaries, headline=r is head_row)
     if head_row is not None:
         cost = _capability_cost(head_row)
         lines.append(f"capability cost of {head_row.get('setting', '?')}: " + (cost or "not measured"))
@@ -1613,28 +1631,8 @@ def build_report(
         "n_selection_rows": n_selection_rows,
     }
     res = data.results()
-    from cliff_lens.results_schema import validate_results
-
-    banner = ""
-    if not data.has("results.json"):
-        banner = _not_run("results.json is missing: sections read the stage files only")
-    elif res:
-        problems = validate_results(res, partial=True, raise_on_error=False)
-        if problems:
-            banner = (
-                '<p class="error">results.json does not match the schema:\n'
-                + esc("\n".join(problems[:20]))
-                + "</p>"
-            )
-    body = []
-    for key, title in SECTIONS:
-        try:
-            content = _BUILDERS[key](data, ctx)
-        except _NotRun as e:
-            content = _not_run(str(e))
-        except Exception as e:  # noqa: BLE001 - one broken stage file must not sink the report
-            content = f'<p class="error">could not render this section: {esc(type(e).__name__)}: {esc(e)}</p>'
-        body.append(f'<section id="{key}"><h2>{esc(title)}</h2>\n{content}\n</section>')
+    banner = _schema_banner(data, res)
+    body = _render_sections(data, ctx)
     source = (res.get("model") or {}).get("source", "") if res else ""
     nonce = secrets.token_urlsafe(16)
     page = _page(
@@ -1645,6 +1643,34 @@ def build_report(
     )
     atomic_write_text(out, page)
     return out
+
+
+def _schema_banner(data: ReportData, res: dict) -> str:
+    """The banner above the sections: results.json missing, or its schema problems."""
+    from cliff_lens.results_schema import validate_results
+
+    if not data.has("results.json"):
+        return _not_run("results.json is missing: sections read the stage files only")
+    problems = validate_results(res, partial=True, raise_on_error=False) if res else []
+    if not problems:
+        return ""
+    return (
+        '<p class="error">results.json does not match the schema:\n' + esc("\n".join(problems[:20])) + "</p>"
+    )
+
+
+def _render_sections(data: ReportData, ctx: dict) -> list[str]:
+    """Every section's HTML; a missing stage file says "not run", a broken one shows its error."""
+    body = []
+    for key, title in SECTIONS:
+        try:
+            content = _BUILDERS[key](data, ctx)
+        except _NotRun as e:
+            content = _not_run(str(e))
+        except Exception as e:  # noqa: BLE001 - one broken stage file must not sink the report
+            content = f'<p class="error">could not render this section: {esc(type(e).__name__)}: {esc(e)}</p>'
+        body.append(f'<section id="{key}"><h2>{esc(title)}</h2>\n{content}\n</section>')
+    return body
 
 
 def _page(*, title: str, banner: str, body: str, nonce: str) -> str:
