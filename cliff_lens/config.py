@@ -16,6 +16,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from ._typing import Validated, static_type_hints
+
 __all__ = [
     "RunConfig",
     "ConfigError",
@@ -60,7 +62,7 @@ class RunConfig:
     """
 
     model: str = field(metadata={"help": "model source (see `cliff-lens models`)"})
-    out: Path = field(metadata={"help": "run directory"})
+    out: Validated[Path] = field(metadata={"help": "run directory"})
     harmful: str = _f("cliff-harmful", "harmful prompt sets: names or files, comma-separated")
     harmless: str = _f("cliff-harmless", "harmless prompt sets (over-refusal, probe negatives)")
     asr_prompts: str | None = _f(
@@ -76,36 +78,38 @@ class RunConfig:
     batch_size: int = _f(8, "batch size of generation and forwards")
     seed: int = _f(0, "random seed (generation, probe, random heads)")
     device: str = _f("cpu", "torch device")
-    dtype: Dtype = _f("float32", "model dtype")
-    judge_mode: JudgeMode = _f(
+    dtype: Validated[Dtype] = _f("float32", "model dtype")
+    judge_mode: Validated[JudgeMode] = _f(
         "start", "keyword judge: refusal phrase at the start of the answer or anywhere"
     )
     probe_layer: int | None = _f(
         None, "probe blocks.L.hook_resid_post (default: the final norm with its weight, the paper's)"
     )
-    probe_method: ProbeMethod = _f("logistic", "probe fitting method")
+    probe_method: Validated[ProbeMethod] = _f("logistic", "probe fitting method")
     cv_folds: int = _f(5, "folds of the probe's cross-fitting (out-of-sample scores and metrics)")
     plateau_window: int = _f(16, "late-thinking tokens averaged into the plateau score")
     layer_stride: int = _f(4, "score trajectories at every N-th layer (and the last)")
-    cliff_threshold: float = _f(0.3, "a rollout 'has a cliff' when plateau - final >= this (results only)")
-    head_variant: HeadVariant | None = _f(
+    cliff_threshold: float | int = _f(
+        0.3, "a rollout 'has a cliff' when plateau - final >= this (results only)"
+    )
+    head_variant: Validated[HeadVariant | None] = _f(
         None, "head score (default: norm_aware for final-norm probes, else raw)"
     )
-    top_percents: tuple[float, ...] = _f(
+    top_percents: Validated[tuple[float, ...]] = _f(
         (3.0,),
         "percent of heads to rank and ablate, comma-separated (the first is the headline)",
         flag="--top-percent",
     )
     random_seeds: int = _f(5, "number of random head sets per percent (the chance baseline)")
-    ablation_mode: AblationMode = _f("mean", "head ablation mode")
+    ablation_mode: Validated[AblationMode] = _f("mean", "head ablation mode")
     n_ablation: int | None = _f(32, "prompts per group (harmful, harmless) in the ablation stage")
     ablation_max_new_tokens: int | None = _f(None, "generation budget of the ablation stage")
     contrast_ablation: bool = _f(
         True,
         "also ablate the top-k% heads by contrast (complied minus refused write), paired with the paper's",
     )
-    selection_percent: float = _f(10.0, "Cliff-as-a-Judge: percent of harmful rollouts to select")
-    selection_variant: SelectionVariant = _f("cliff", "Cliff-as-a-Judge misalignment score")
+    selection_percent: float | int = _f(10.0, "Cliff-as-a-Judge: percent of harmful rollouts to select")
+    selection_variant: Validated[SelectionVariant] = _f("cliff", "Cliff-as-a-Judge misalignment score")
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -138,7 +142,8 @@ class RunConfig:
 
 
 def _field_type(name: str) -> Any:
-    return typing.get_type_hints(RunConfig)[name]
+    """The annotation of a :class:`RunConfig` field as mypy reads it (``Validated[X]`` is ``X``)."""
+    return static_type_hints(RunConfig)[name]
 
 
 def _literal_choices(tp: Any) -> tuple[Any, ...] | None:
@@ -221,6 +226,8 @@ def _flag(f: Any) -> str:
 def _parser_type(tp: Any) -> Any:
     """argparse ``type=`` for a field annotation (``X | None`` parses as ``X``)."""
     args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_args(tp) else [tp]
+    if float in args and int in args:  # ``float | int``: a number, parsed as a float
+        args.remove(int)
     base = args[0] if len(args) == 1 else tp
     if typing.get_origin(base) is tuple:
         return lambda s: tuple(float(x) for x in s.split(",") if x.strip())

@@ -68,6 +68,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ._typing import Validated
 from .readout import (
     FINAL_NORM_WEIGHTED,
     Batch,
@@ -334,7 +335,7 @@ def head_attributions(
     direction: Any,
     *,
     positions: PositionSpec = "end_of_thinking",
-    variant: Variant = "raw",
+    variant: Validated[Variant] = "raw",
     bias: float | None = None,
     hook: str | None = None,
     layer: int | None = None,
@@ -556,13 +557,86 @@ def _through_norms(y: Tensor, norms: list[tuple[str, Any]], sigmas: list[float])
     return y
 
 
+def _decomposition_hooks(read: _Read, norms: list[list[tuple[str, Any]]], features: bool) -> list[str]:
+    """The hooks the decomposition reads (sorted): the embeddings, the probe's residual hook,
+    ``hook_z`` and the post-attention norms' ``hook_scale`` of the heads that write to it, the
+    MLP outputs, and for ``features`` the final norm's ``hook_normalized``."""
+    names = {"hook_embed", "hook_pos_embed", read.resid_hook}
+    names |= {f"blocks.{i}.attn.hook_z" for i in range(read.head_layer + 1)}
+    names |= {f"{prefix}.hook_scale" for ns in norms for prefix, _ in ns}
+    names |= {f"blocks.{i}.hook_mlp_out" for i in range(read.mlp_layer + 1)}
+    if features:
+        names.add(FINAL_NORMALIZED)
+    return sorted(names)
+
+
+def _values_at(model: Any, prep: Any, names: list[str]) -> dict[str, Tensor]:
+    """``hook name -> its value`` at the single position of ``prep``, from one forward pass."""
+    cache: dict[str, Tensor] = {}
+
+    def make_reader(b: Batch) -> Any:
+        rows, cols, _ = b.gather_index([prep.positions])
+
+        def read_at(t: Tensor, hook: Any) -> None:
+            cache[hook.name] = t[rows.to(t.device), cols.to(t.device)][0, 0]
+
+        return read_at
+
+    # stop_at_layer="auto": right after the probe's block, or the whole model for the final norm
+    for _ in run_batches(model, [prep], names, make_reader, batch_size=1):
+        pass
+    return cache
+
+
+def _attention_terms(
+    model: Any,
+    cache: dict[str, Tensor],
+    vec: Tensor,
+    norms: list[list[tuple[str, Any]]],
+    inv: float,
+) -> tuple[Tensor, Tensor]:
+    """The attention terms of the decomposition, float64: every head's write ``[n_layers, n_heads]``
+    and the rest of each attention layer ``[n_layers]`` (``b_O`` through the post-attention
+    norms, with their frozen scales), projected on ``vec`` and times ``inv``; NaN for the layers
+    after the last in ``norms`` (they cannot write to the probe's hook)."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    heads = torch.full((L, H), math.nan, dtype=torch.float64)
+    attn_bias = torch.full((L,), math.nan, dtype=torch.float64)
+    for i in range(len(norms)):
+        blk = model.blocks[i]
+        z = cache[f"blocks.{i}.attn.hook_z"].double()  # [H, d_head]
+        v = vec.to(z.device)
+        for _, nm in reversed(norms[i]):
+            v = _pull_back(v, nm)
+        sig = [float(cache[f"{prefix}.hook_scale"].reshape(-1)[0]) for prefix, _ in norms[i]]
+        heads[i] = torch.einsum("hd,hdm,m->h", z, blk.attn.W_O.detach().double(), v).cpu() * (
+            inv / math.prod(sig)
+        )
+        rest = _through_norms(blk.attn.b_O.detach().double(), norms[i], sig)
+        attn_bias[i] = float(rest @ vec.to(rest.device)) * inv
+    return heads, attn_bias
+
+
+def _feature_logit(cache: dict[str, Tensor], tgt: _Target, ln: Any) -> float:
+    """The probe's read-out from its own features (``with_bias`` on a final-norm probe): the final
+    norm's output (weight and bias) or ``hook_normalized``, times the probe weight."""
+    feat = cache[FINAL_NORMALIZED].double()
+    if tgt.read.kind == "final_weighted":
+        w = _norm_weight(ln)
+        assert w is not None  # _resolve rejects a final_norm_weighted probe on a norm without weight
+        feat = feat * w.double().to(feat.device)
+        if isinstance(getattr(ln, "b", None), Tensor):
+            feat = feat + ln.b.detach().double().to(feat.device)
+    return float(feat @ tgt.base.double().to(feat.device))
+
+
 def direct_attribution_decomposition(
     model: Any,
     tokens: Any,
     direction: Any,
     pos: PositionSpec = -1,
     *,
-    variant: Variant = "raw",
+    variant: Validated[Variant] = "raw",
     bias: float | None = None,
     hook: str | None = None,
     layer: int | None = None,
@@ -589,31 +663,10 @@ def direct_attribution_decomposition(
             "int or a single-token rule ('last', 'last:<span>')"
         )
     (prep,), _ = prepare(model, [tokens], rule)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    hl, ml = read.head_layer, read.mlp_layer
-    norms = [_post_attn_norms(model, i) for i in range(hl + 1)]
+    norms = [_post_attn_norms(model, i) for i in range(read.head_layer + 1)]
     ln = _final_norm(model)
-    names = {"hook_embed", "hook_pos_embed", read.resid_hook}
-    names |= {f"blocks.{i}.attn.hook_z" for i in range(hl + 1)}
-    names |= {f"{prefix}.hook_scale" for ns in norms for prefix, _ in ns}
-    names |= {f"blocks.{i}.hook_mlp_out" for i in range(ml + 1)}
     features = tgt.final_scale  # with_bias on a final-norm probe: check against the probe's own features
-    if features:
-        names.add(FINAL_NORMALIZED)
-    cache: dict[str, Tensor] = {}  # hook name -> its value at the position
-
-    def make_reader(b: Batch) -> Any:
-        rows, cols, _ = b.gather_index([prep.positions])
-
-        def read_at(t: Tensor, hook: Any) -> None:
-            cache[hook.name] = t[rows.to(t.device), cols.to(t.device)][0, 0]
-
-        return read_at
-
-    # stop_at_layer="auto": right after the probe's block, or the whole model for the final norm
-    for _ in run_batches(model, [prep], sorted(names), make_reader, batch_size=1):
-        pass
-    p = int(prep.positions[0]) + prep.cut
+    cache = _values_at(model, prep, _decomposition_hooks(read, norms, features))
     x = cache[read.resid_hook].double()
     vec = tgt.vec.double().to(x.device)
     inv = 1.0 / float(_norm_scale(ln, x)) if tgt.final_scale else 1.0
@@ -627,39 +680,16 @@ def direct_attribution_decomposition(
         if model.cfg.positional_embedding_type == "standard" and "hook_pos_embed" in cache
         else 0.0
     )
-    heads = torch.full((L, H), math.nan, dtype=torch.float64)
-    attn_bias = torch.full((L,), math.nan, dtype=torch.float64)
-    mlp = torch.full((L,), math.nan, dtype=torch.float64)
-    for i in range(hl + 1):
-        blk = model.blocks[i]
-        z = cache[f"blocks.{i}.attn.hook_z"].double()  # [H, d_head]
-        v = vec.to(z.device)
-        for _, nm in reversed(norms[i]):
-            v = _pull_back(v, nm)
-        sig = [float(cache[f"{prefix}.hook_scale"].reshape(-1)[0]) for prefix, _ in norms[i]]
-        heads[i] = torch.einsum("hd,hdm,m->h", z, blk.attn.W_O.detach().double(), v).cpu() * (
-            inv / math.prod(sig)
-        )
-        rest = _through_norms(blk.attn.b_O.detach().double(), norms[i], sig)
-        attn_bias[i] = float(rest @ vec.to(rest.device)) * inv
-    for i in range(ml + 1):
+    heads, attn_bias = _attention_terms(model, cache, vec, norms, inv)
+    mlp = torch.full((model.cfg.n_layers,), math.nan, dtype=torch.float64)
+    for i in range(read.mlp_layer + 1):
         key = f"blocks.{i}.hook_mlp_out"
         mlp[i] = proj(cache[key]) if key in cache else 0.0
     norm_bias = 0.0
     if features and read.kind == "final_weighted" and isinstance(getattr(ln, "b", None), Tensor):
         norm_bias = float(ln.b.detach().double() @ tgt.base.double().to(ln.b.device))
     total = embed + pos_embed + float(heads.nansum() + attn_bias.nansum() + mlp.nansum()) + norm_bias
-    if features:  # the probe's own features: the final norm's output (weight and bias) or hook_normalized
-        feat = cache[FINAL_NORMALIZED].double()
-        if read.kind == "final_weighted":
-            w = _norm_weight(ln)
-            assert w is not None  # _resolve rejects a final_norm_weighted probe on a norm without weight
-            feat = feat * w.double().to(feat.device)
-            if isinstance(getattr(ln, "b", None), Tensor):
-                feat = feat + ln.b.detach().double().to(feat.device)
-        target = float(feat @ tgt.base.double().to(feat.device))
-    else:
-        target = float(x @ vec) * inv
+    target = _feature_logit(cache, tgt, ln) if features else float(x @ vec) * inv
     return DirectDecomposition(
         embed=embed,
         pos_embed=pos_embed,
@@ -669,9 +699,9 @@ def direct_attribution_decomposition(
         total=total,
         resid_final=target,
         error=target - total,
-        position=p,
+        position=int(prep.positions[0]) + prep.cut,
         hook=read.hook,
-        layer=hl,
+        layer=read.head_layer,
         variant=variant,
         inv_scale=inv,
         bias=tgt.const,
@@ -685,7 +715,8 @@ def direct_attribution_decomposition(
 
 
 def contrast_scores(
-    per_example: Float[Tensor, "n n_layers n_heads"], refused: Sequence[bool | None] | Tensor
+    per_example: Validated[Float[Tensor, "n n_layers n_heads"]],
+    refused: Validated[Sequence[bool | None] | Tensor],
 ) -> Float[Tensor, "n_layers n_heads"]:
     """Mean score over complied rollouts minus mean score over refused ones, per head.
 
@@ -728,7 +759,7 @@ def contrast_scores(
     return x[comp].mean(0) - x[ref].mean(0)
 
 
-def n_top_heads(n_total: int, top_percent: float) -> int:
+def n_top_heads(n_total: int, top_percent: Validated[float | int]) -> int:
     """How many heads ``top_percent`` percent of ``n_total`` is: ``ceil(n_total * top_percent / 100)``
     (3% of 784 heads = 24, of 1920 = 58, as in the paper). Errors outside ``(0, 100]``."""
     if isinstance(top_percent, bool) or not isinstance(top_percent, int | float) or math.isnan(top_percent):
@@ -747,7 +778,9 @@ def _check_scores(scores: Tensor) -> Tensor:
     return scores.detach().float().cpu()
 
 
-def _top(scores: Tensor, top_percent: float, n: int | None, descending: bool) -> list[tuple[int, int, float]]:
+def _top(
+    scores: Tensor, top_percent: float | int, n: int | None, descending: bool
+) -> list[tuple[int, int, float]]:
     s = _check_scores(scores)
     H = s.shape[1]
     flat = s.flatten()
@@ -770,7 +803,10 @@ def _top(scores: Tensor, top_percent: float, n: int | None, descending: bool) ->
 
 
 def suppression_heads(
-    scores: Float[Tensor, "n_layers n_heads"], top_percent: float = 3, *, n: int | None = None
+    scores: Validated[Float[Tensor, "n_layers n_heads"]],
+    top_percent: float | int = 3,
+    *,
+    n: int | None = None,
 ) -> list[tuple[int, int, float]]:
     """The ``top_percent``% heads with the most negative scores (most negative first), as
     ``(layer, head, score)``. ``n`` overrides the count. NaN heads (no score: after the probe's
@@ -780,7 +816,10 @@ def suppression_heads(
 
 
 def promoting_heads(
-    scores: Float[Tensor, "n_layers n_heads"], top_percent: float = 3, *, n: int | None = None
+    scores: Validated[Float[Tensor, "n_layers n_heads"]],
+    top_percent: float | int = 3,
+    *,
+    n: int | None = None,
 ) -> list[tuple[int, int, float]]:
     """The ``top_percent``% heads with the most positive scores (most positive first); NaN heads
     are never ranked (see :func:`suppression_heads`)."""
@@ -805,8 +844,8 @@ class HeadRanking:
     per-layer sums skip them and are NaN for a layer without any scored head; ``heatmap`` and
     ``to_dict`` keep them as NaN (written as ``NaN`` in JSON, read back by :meth:`from_dict`)."""
 
-    scores: Float[Tensor, "n_layers n_heads"]
-    top_percent: float = 3
+    scores: Validated[Float[Tensor, "n_layers n_heads"]]
+    top_percent: float | int = 3
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -891,6 +930,8 @@ class HeadRanking:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def rank_heads(scores: Float[Tensor, "n_layers n_heads"], top_percent: float = 3, **meta: Any) -> HeadRanking:
+def rank_heads(
+    scores: Validated[Float[Tensor, "n_layers n_heads"]], top_percent: float | int = 3, **meta: Any
+) -> HeadRanking:
     """Shorthand for ``HeadRanking(scores, top_percent, meta)``."""
     return HeadRanking(scores, top_percent, dict(meta))

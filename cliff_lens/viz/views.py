@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .._typing import Validated
 from .html import CircuitsView, CompositeView, HtmlView, esc
 from .svg import grouped_bars, heatmap, line_plot
 
@@ -51,10 +52,10 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
 
 def refusal_tokens(
     tokens_str: Sequence[str],
-    scores: Float[Tensor, "pos"] | Sequence[float] | np.ndarray,
+    scores: Validated[Float[Tensor, "pos"] | Sequence[float] | np.ndarray],
     *,
-    min_value: float = 0.0,
-    max_value: float = 1.0,
+    min_value: float | int = 0.0,
+    max_value: float | int = 1.0,
     title: str | None = None,
 ) -> CircuitsView:
     """Colour each token of a rollout by its refusal score (circuitsvis ``ColoredTokens``).
@@ -119,6 +120,80 @@ def _str_tokens(model: Any, tokens: Tensor) -> list[str]:
     return [f"<{int(t)}>" for t in tokens.tolist()]
 
 
+def _head_pairs(
+    model: Any, heads: Sequence[tuple[int, int]] | Sequence[Mapping[str, Any]]
+) -> list[tuple[int, int]]:
+    """``heads`` as ``(layer, head)`` int pairs, checked to be non-empty and in range."""
+    pairs = [
+        (int(h["layer"]), int(h["head"])) if isinstance(h, Mapping) else (int(h[0]), int(h[1])) for h in heads
+    ]
+    if not pairs:
+        raise ValueError(
+            "heads is empty; pass at least one (layer, head) pair, e.g. the top suppression heads"
+        )
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    bad = [p for p in pairs if not (0 <= p[0] < n_layers and 0 <= p[1] < n_heads)]
+    if bad:
+        raise ValueError(f"heads {bad} are out of range for a model with {n_layers} layers x {n_heads} heads")
+    return pairs
+
+
+def _eot_patterns(model: Any, tokens: Tensor, pairs: list[tuple[int, int]], s: int, e: int) -> Tensor:
+    """``[n_pairs, e - s, n_keys]`` float32 (CPU): the heads' attention patterns on ``tokens``,
+    rows ``s:e`` (the end-of-thinking queries); one forward pass that caches only the needed
+    ``hook_pattern`` and stops after the deepest head's layer."""
+    layers = sorted({ly for ly, _ in pairs})
+    names = {f"blocks.{ly}.attn.hook_pattern" for ly in layers}
+    device = getattr(model.cfg, "device", None) or "cpu"
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(
+            tokens[None].to(device), names_filter=lambda n: n in names, stop_at_layer=layers[-1] + 1
+        )
+        stacked = torch.stack([cache[f"blocks.{ly}.attn.hook_pattern"][0] for ly in layers])  # [Ls, H, q, k]
+        li = torch.tensor([layers.index(ly) for ly, _ in pairs])
+        hi = torch.tensor([h for _, h in pairs])
+        return stacked[li, hi][:, s:e, :].float().cpu()  # [n_sel, n_eot, k]
+
+
+def _attention_parts(
+    names_h: list[str], shown: Tensor, keys: list[str], s: int, e: int, key_start: int, title: str | None
+) -> list[HtmlView | str]:
+    """The parts of the attention view: the title, circuitsvis ``AttentionHeads`` (square grids
+    with only the end-of-thinking rows filled) and one ``ColoredTokens`` line of mean attention
+    per head; ``shown`` is ``[n_heads, e - s, len(keys)]``."""
+    n = len(keys)
+    square = torch.zeros(len(names_h), n, n)
+    square[:, s - key_start : e - key_start, :] = shown
+    parts: list[HtmlView | str] = []
+    if title:
+        parts.append(f'<div class="cv-title">{esc(title)}</div>')
+    parts.append(
+        CircuitsView(
+            "AttentionHeads",
+            {
+                "attention": square.numpy().round(4).tolist(),
+                "tokens": keys,
+                "attentionHeadNames": names_h,
+                "maxValue": 1.0,
+                "minValue": 0.0,
+                "maskUpperTri": True,
+            },
+        )
+    )
+    mean_att = shown.mean(dim=1)  # [n_sel, n_shown]
+    for name, row in zip(names_h, mean_att):
+        top = float(row.max()) if row.numel() else 1.0
+        parts.append(
+            refusal_tokens(
+                keys,
+                row,
+                max_value=max(top, 1e-6),
+                title=f"{name}: mean attention from the end-of-thinking tokens",
+            )
+        )
+    return parts
+
+
 def suppression_head_attention(
     model: Any,
     tokenized_rollout: Any,
@@ -148,36 +223,15 @@ def suppression_head_attention(
         token_strs: token strings (default: ``model.to_str_tokens``).
         title: caption.
     """
-    pairs = [
-        (int(h["layer"]), int(h["head"])) if isinstance(h, Mapping) else (int(h[0]), int(h[1])) for h in heads
-    ]
-    if not pairs:
-        raise ValueError(
-            "heads is empty; pass at least one (layer, head) pair, e.g. the top suppression heads"
-        )
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    bad = [p for p in pairs if not (0 <= p[0] < n_layers and 0 <= p[1] < n_heads)]
-    if bad:
-        raise ValueError(f"heads {bad} are out of range for a model with {n_layers} layers x {n_heads} heads")
-    spans = tokenized_rollout.spans
-    s, e = spans.get("end_of_thinking", (0, 0))
+    pairs = _head_pairs(model, heads)
+    s, e = tokenized_rollout.spans.get("end_of_thinking", (0, 0))
     if e <= s:
         raise ValueError(
             "tokenized_rollout has an empty 'end_of_thinking' span; tokenize it with a reasoning template "
             "(cliff_lens.templates.get_template(...).tokenize(...))"
         )
     tokens = tokenized_rollout.tokens[:e]
-    layers = sorted({ly for ly, _ in pairs})
-    names = {f"blocks.{ly}.attn.hook_pattern" for ly in layers}
-    device = getattr(model.cfg, "device", None) or "cpu"
-    with torch.inference_mode():
-        _, cache = model.run_with_cache(
-            tokens[None].to(device), names_filter=lambda n: n in names, stop_at_layer=layers[-1] + 1
-        )
-        stacked = torch.stack([cache[f"blocks.{ly}.attn.hook_pattern"][0] for ly in layers])  # [Ls, H, q, k]
-        li = torch.tensor([layers.index(ly) for ly, _ in pairs])
-        hi = torch.tensor([h for _, h in pairs])
-        patterns = stacked[li, hi][:, s:e, :].float().cpu()  # [n_sel, n_eot, k]
+    patterns = _eot_patterns(model, tokens, pairs, s, e)
     n_k = patterns.shape[-1]
     key_start = 0 if max_keys is None or n_k <= max_keys else min(s, n_k - int(max_keys))
     strs = list(token_strs)[:e] if token_strs is not None else _str_tokens(model, tokens.cpu())
@@ -186,37 +240,8 @@ def suppression_head_attention(
             f"token_strs has {len(strs)} entries for a sequence of {n_k} tokens (up to the end of thinking)"
         )
     keys = strs[key_start:]
-    shown = patterns[:, :, key_start:]  # [n_sel, n_eot, n_shown]
-    square = torch.zeros(len(pairs), n_k - key_start, n_k - key_start)
-    square[:, s - key_start : e - key_start, :] = shown
     names_h = [f"L{ly}H{h}" for ly, h in pairs]
-    parts: list[HtmlView | str] = []
-    if title:
-        parts.append(f'<div class="cv-title">{esc(title)}</div>')
-    parts.append(
-        CircuitsView(
-            "AttentionHeads",
-            {
-                "attention": square.numpy().round(4).tolist(),
-                "tokens": keys,
-                "attentionHeadNames": names_h,
-                "maxValue": 1.0,
-                "minValue": 0.0,
-                "maskUpperTri": True,
-            },
-        )
-    )
-    mean_att = shown.mean(dim=1)  # [n_sel, n_shown]
-    for name, row in zip(names_h, mean_att):
-        top = float(row.max()) if row.numel() else 1.0
-        parts.append(
-            refusal_tokens(
-                keys,
-                row,
-                max_value=max(top, 1e-6),
-                title=f"{name}: mean attention from the end-of-thinking tokens",
-            )
-        )
+    parts = _attention_parts(names_h, patterns[:, :, key_start:], keys, s, e, key_start, title)
     return AttentionView(
         parts,
         patterns=patterns,
@@ -246,7 +271,7 @@ def trajectory_plot(
     bands: Mapping[str, tuple[Any, Any]] | None = None,
     title: str | None = "Refusal score aligned to the end of thinking",
     ylabel: str = "refusal score",
-    ylim: tuple[float, float] | None = (0.0, 1.0),
+    ylim: tuple[float | int, float | int] | None = (0.0, 1.0),
     width: int = 680,
     height: int = 300,
 ) -> SvgView:
@@ -288,13 +313,13 @@ def trajectory_plot(
 
 
 def layer_position_map(
-    scores: Float[Tensor, "layer pos"] | np.ndarray,
+    scores: Validated[Float[Tensor, "layer pos"] | np.ndarray],
     *,
     layers: Sequence[int] | None = None,
     eot_len: int = 0,
     title: str | None = "Refusal score by layer and position (aligned to the end of thinking)",
-    vmin: float = 0.0,
-    vmax: float = 1.0,
+    vmin: float | int = 0.0,
+    vmax: float | int = 1.0,
 ) -> SvgView:
     """Heatmap of the refusal score at each probed layer (rows, deepest on top) and each
     tail-aligned position (columns; the last ``eot_len`` columns are the end-of-thinking tokens,
@@ -325,10 +350,10 @@ def layer_position_map(
 
 
 def head_heatmap(
-    scores: Float[Tensor, "layer head"] | np.ndarray,
+    scores: Validated[Float[Tensor, "layer head"] | np.ndarray],
     *,
     top: Sequence[tuple[int, int]] | Sequence[Mapping[str, Any]] | None = None,
-    top_percent: float = 3.0,
+    top_percent: float | int = 3.0,
     title: str | None = "Direct write of each head on the refusal direction at the end of thinking",
 ) -> SvgView:
     """Layer x head heatmap of attribution scores on a diverging scale (blue: writes against
