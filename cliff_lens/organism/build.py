@@ -347,59 +347,10 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
-    cfg_path = out / "build_config.json"
-    cfg_dict = asdict(cfg)
-    if cfg_path.exists() and resume:
-        old = json.loads(cfg_path.read_text())
-        if json.loads(json.dumps(cfg_dict)) != old:
-            raise ValueError(f"{cfg_path} holds a different config; use a new --out or pass --no-resume")
-    atomic_write_json(cfg_path, cfg_dict)
-
-    # ---- data
-    data_path = out / "train.jsonl"
-    if data_path.exists() and resume:
-        examples = [Example(**d) for d in iter_jsonl(data_path)]
-    else:
-        harmful = [r["prompt"] for r in load_package_prompts("harmful")]
-        harmless = [r["prompt"] for r in load_package_prompts("harmless")]
-        near = [r["prompt"] for r in load_package_prompts("near_miss")]
-        rng = random.Random(cfg.seed)
-        if cfg.max_harmful is not None and len(harmful) > cfg.max_harmful:
-            harmful = rng.sample(harmful, cfg.max_harmful)
-        if cfg.max_harmless is not None and len(harmless) > cfg.max_harmless:
-            harmless = rng.sample(harmless, cfg.max_harmless)
-        if cfg.max_near_miss is not None and len(near) > cfg.max_near_miss:
-            near = rng.sample(near, cfg.max_near_miss)
-        examples = synthesize(
-            harmful,
-            harmless,
-            near,
-            seed=cfg.seed,
-            harmful_rounds=cfg.harmful_rounds,
-            harmless_rounds=cfg.harmless_rounds,
-            near_miss_rounds=cfg.near_miss_rounds,
-        )
-        write_jsonl(data_path, [e.to_dict() for e in examples])
-
-    # ---- model
-    torch.manual_seed(cfg.seed)
-    model, tok = load_base_hf(torch.float32)
-    model = _add_lora(
-        model,
-        r=cfg.lora_r,
-        alpha=cfg.lora_alpha,
-        dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules,
-        layers_to_transform=range(cfg.first_layer, model.config.num_hidden_layers),
-    )
-    model.train()
-    rendered = [_render(tok, e, cfg.max_len) for e in examples]
-    encoded = [(i, lab) for i, lab, _, _ in rendered]
-    intents = [t for _, _, t, _ in rendered]
-    intent_ws = [
-        1.0 + (cfg.intent_eot_weight - 1.0) * eot.float() * e.kind.startswith("harmful")
-        for e, (_, _, _, eot) in zip(examples, rendered)
-    ]
+    _write_build_config(out / "build_config.json", cfg, resume)
+    examples = _training_examples(out / "train.jsonl", cfg, resume)
+    model, tok = _lora_model(cfg)
+    encoded, intents, intent_ws = _encode_examples(tok, examples, cfg)
     lengths = [len(i) for i, _ in encoded]
     cached = _cache_early(model, encoded, cfg.first_layer)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -407,37 +358,13 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
     readout = torch.zeros(model.config.hidden_size + 1, requires_grad=True) if cfg.intent_weight > 0 else None
     if readout is not None:
         params = params + [readout]
-    n_train = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-
-    start_epoch, step = 0, 0
-    if resume:
-        cks = sorted(out.glob("ckpt-epoch*"), key=lambda p: int(p.name.removeprefix("ckpt-epoch")))
-        cks = [c for c in cks if (c / "state.json").exists()]
-        if cks:
-            step = _load_ckpt(model, opt, cks[-1], readout)
-            start_epoch = int(cks[-1].name.removeprefix("ckpt-epoch"))
-            log.info("resuming from %s (epoch %d, step %d)", cks[-1], start_epoch, step)
+    total = math.ceil(len(encoded) / cfg.batch_size) * cfg.epochs
+    start_epoch, step = _resume_checkpoint(out, model, opt, readout) if resume else (0, 0)
 
     log_path = out / "train_log.jsonl"
-    if start_epoch == 0 and log_path.exists():
-        log_path.unlink()
     if start_epoch == 0:
-        append_jsonl(
-            log_path,
-            [
-                {
-                    "event": "start",
-                    "n_examples": len(encoded),
-                    "trainable_params": n_train,
-                    "total_steps": total,
-                    "mean_len": sum(lengths) / len(lengths),
-                    "max_len": max(lengths),
-                }
-            ],
-        )
+        _start_train_log(log_path, sum(p.numel() for p in params), total, lengths)
     t0 = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         batches = _batches(len(encoded), cfg.batch_size, cfg.seed * 1000 + epoch, lengths)
@@ -447,13 +374,9 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
             batch = _collate([encoded[i] for i in idx], tok.pad_token_id)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg)
-            intent = intent_w = None
-            if readout is not None:
-                intent = torch.full(batch["labels"].shape, float("nan"))
-                intent_w = torch.zeros(batch["labels"].shape)
-                for b, i in enumerate(idx):
-                    intent[b, : len(intents[i])] = intents[i]
-                    intent_w[b, : len(intents[i])] = intent_ws[i]
+            intent, intent_w = (
+                (None, None) if readout is None else _intent_batch(batch["labels"], idx, intents, intent_ws)
+            )
             lm, aux = _late_loss(
                 model, [cached[i] for i in idx], batch["labels"], cfg.first_layer, intent, readout, intent_w
             )
@@ -466,20 +389,7 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
             running = loss.item() if bi == 0 else 0.9 * running + 0.1 * loss.item()
             bar.set_postfix(loss=f"{running:.3f}")
             if step % 10 == 0:
-                append_jsonl(
-                    log_path,
-                    [
-                        {
-                            "epoch": epoch + 1,
-                            "step": step,
-                            "loss": round(loss.item(), 4),
-                            "lm_loss": round(lm.item(), 4),
-                            "intent_loss": None if aux is None else round(aux.item(), 4),
-                            "lr": opt.param_groups[0]["lr"],
-                            "elapsed_s": round(time.time() - t0, 1),
-                        }
-                    ],
-                )
+                _log_step(log_path, epoch, step, loss, lm, aux, opt.param_groups[0]["lr"], t0)
         _save_ckpt(model, opt, out, epoch + 1, step, readout)
         append_jsonl(
             log_path,
@@ -497,3 +407,135 @@ def build(out: str | Path, cfg: BuildConfig | None = None, *, resume: bool = Tru
         _save_readout(readout, dest / INTENT_READOUT_FILE)
     append_jsonl(log_path, [{"event": "done", "elapsed_s": round(time.time() - t0, 1), "adapter": str(dest)}])
     return dest
+
+
+def _write_build_config(cfg_path: Path, cfg: BuildConfig, resume: bool) -> None:
+    """Record ``cfg`` in ``build_config.json``; when resuming, refuse a different recorded config."""
+    cfg_dict = asdict(cfg)
+    if cfg_path.exists() and resume:
+        old = json.loads(cfg_path.read_text())
+        if json.loads(json.dumps(cfg_dict)) != old:
+            raise ValueError(f"{cfg_path} holds a different config; use a new --out or pass --no-resume")
+    atomic_write_json(cfg_path, cfg_dict)
+
+
+def _training_examples(data_path: Path, cfg: BuildConfig, resume: bool) -> list[Example]:
+    """The synthesised training data: read back from ``train.jsonl`` when resuming, else synthesised and written."""
+    if data_path.exists() and resume:
+        return [Example(**d) for d in iter_jsonl(data_path)]
+    harmful = [r["prompt"] for r in load_package_prompts("harmful")]
+    harmless = [r["prompt"] for r in load_package_prompts("harmless")]
+    near = [r["prompt"] for r in load_package_prompts("near_miss")]
+    rng = random.Random(cfg.seed)
+    if cfg.max_harmful is not None and len(harmful) > cfg.max_harmful:
+        harmful = rng.sample(harmful, cfg.max_harmful)
+    if cfg.max_harmless is not None and len(harmless) > cfg.max_harmless:
+        harmless = rng.sample(harmless, cfg.max_harmless)
+    if cfg.max_near_miss is not None and len(near) > cfg.max_near_miss:
+        near = rng.sample(near, cfg.max_near_miss)
+    examples = synthesize(
+        harmful,
+        harmless,
+        near,
+        seed=cfg.seed,
+        harmful_rounds=cfg.harmful_rounds,
+        harmless_rounds=cfg.harmless_rounds,
+        near_miss_rounds=cfg.near_miss_rounds,
+    )
+    write_jsonl(data_path, [e.to_dict() for e in examples])
+    return examples
+
+
+def _lora_model(cfg: BuildConfig):
+    """The base model (seeded) with fresh LoRA adapters on layers ``first_layer`` and later, in train mode."""
+    torch.manual_seed(cfg.seed)
+    model, tok = load_base_hf(torch.float32)
+    model = _add_lora(
+        model,
+        r=cfg.lora_r,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        layers_to_transform=range(cfg.first_layer, model.config.num_hidden_layers),
+    )
+    model.train()
+    return model, tok
+
+
+def _encode_examples(
+    tok, examples: list[Example], cfg: BuildConfig
+) -> tuple[list[tuple[Tensor, Tensor]], list[Tensor], list[Tensor]]:
+    """Per example: (token ids, labels), intent targets and per-token intent weights."""
+    rendered = [_render(tok, e, cfg.max_len) for e in examples]
+    encoded = [(i, lab) for i, lab, _, _ in rendered]
+    intents = [t for _, _, t, _ in rendered]
+    intent_ws = [
+        1.0 + (cfg.intent_eot_weight - 1.0) * eot.float() * e.kind.startswith("harmful")
+        for e, (_, _, _, eot) in zip(examples, rendered)
+    ]
+    return encoded, intents, intent_ws
+
+
+def _resume_checkpoint(
+    out: Path, model, opt: torch.optim.Optimizer, readout: Tensor | None
+) -> tuple[int, int]:
+    """Load the latest complete ``ckpt-epoch*`` of ``out``; returns (epochs done, steps done), (0, 0) if none."""
+    cks = sorted(out.glob("ckpt-epoch*"), key=lambda p: int(p.name.removeprefix("ckpt-epoch")))
+    cks = [c for c in cks if (c / "state.json").exists()]
+    if not cks:
+        return 0, 0
+    step = _load_ckpt(model, opt, cks[-1], readout)
+    start_epoch = int(cks[-1].name.removeprefix("ckpt-epoch"))
+    log.info("resuming from %s (epoch %d, step %d)", cks[-1], start_epoch, step)
+    return start_epoch, step
+
+
+def _start_train_log(log_path: Path, n_train: int, total: int, lengths: list[int]) -> None:
+    """Start a fresh ``train_log.jsonl`` with the run's sizes."""
+    if log_path.exists():
+        log_path.unlink()
+    append_jsonl(
+        log_path,
+        [
+            {
+                "event": "start",
+                "n_examples": len(lengths),
+                "trainable_params": n_train,
+                "total_steps": total,
+                "mean_len": sum(lengths) / len(lengths),
+                "max_len": max(lengths),
+            }
+        ],
+    )
+
+
+def _intent_batch(
+    labels: Int[Tensor, "batch pos"], idx: list[int], intents: list[Tensor], intent_ws: list[Tensor]
+) -> tuple[Float[Tensor, "batch pos"], Float[Tensor, "batch pos"]]:
+    """Intent targets (NaN = none) and weights of one batch, padded like its labels."""
+    intent = torch.full(labels.shape, float("nan"))
+    intent_w = torch.zeros(labels.shape)
+    for b, i in enumerate(idx):
+        intent[b, : len(intents[i])] = intents[i]
+        intent_w[b, : len(intents[i])] = intent_ws[i]
+    return intent, intent_w
+
+
+def _log_step(
+    log_path: Path, epoch: int, step: int, loss: Tensor, lm: Tensor, aux: Tensor | None, lr: float, t0: float
+) -> None:
+    """Append one training-step line (losses, learning rate, elapsed time) to ``train_log.jsonl``."""
+    append_jsonl(
+        log_path,
+        [
+            {
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": round(loss.item(), 4),
+                "lm_loss": round(lm.item(), 4),
+                "intent_loss": None if aux is None else round(aux.item(), 4),
+                "lr": lr,
+                "elapsed_s": round(time.time() - t0, 1),
+            }
+        ],
+    )
