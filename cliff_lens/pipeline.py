@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .config import RunConfig, demo_config
-from .io import atomic_write_json, hash_obj, iter_jsonl, sha256_file, write_jsonl
+from .io import JsonlError, atomic_write_json, hash_obj, iter_jsonl, sha256_file, write_jsonl
 from .summary import summary
 
 if TYPE_CHECKING:
@@ -709,6 +709,8 @@ def _load(run: _Run, name: str, loader: Callable[[Path], Any]) -> Any:
         path = run.path(name)
         try:
             run.cache[name] = loader(path)
+        except JsonlError:
+            raise  # it names the file and line already
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError) as e:
             raise RunDirError(
                 f"{path} is corrupt ({e}); re-run the stage that writes it (`cliff-lens <stage> DIR "
