@@ -38,6 +38,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -46,17 +47,20 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ._typing import Validated
+from .fast_forward import fast_forward
 from .heads import validate_heads
 from .readout import (
     Batch,
     PositionSpec,
     as_examples,
     left_pad,
+    length_buckets,
     model_device,
     pad_token_id,
     prepare,
     resolve_hook,
     run_batches,
+    stop_layer,
 )
 
 if TYPE_CHECKING:
@@ -641,6 +645,94 @@ def _probe_scores(
     return out
 
 
+def _per_head_scores(
+    model: HookedTransformer,
+    batch: Any,
+    probe: Any,
+    positions: Any,
+    score: str,
+    hook: str | None,
+    heads: list[tuple[int, int]],
+    hooks_for: Callable[[Batch, tuple[int, int]], list],
+    batch_size: int,
+) -> tuple[Float[Tensor, "n_examples"], Float[Tensor, "n_heads n_examples"]]:
+    """Baseline probe scores and the scores with each head of ``heads`` ablated alone.
+
+    Ablating a head of layer ``l`` cannot change the residual stream before layer ``l``, so each
+    ablated pass starts at ``l`` from the unablated ``blocks.{l}.hook_resid_pre`` (computed once
+    per batch, layer after layer) instead of at the embedding: equal to full passes up to float
+    rounding, and for heads in late layers several times cheaper."""
+    if score not in ("logit", "probability"):
+        raise ValueError(f"score={score!r}; use 'logit' or 'probability'")
+    if model.cfg.positional_embedding_type == "shortformer":  # its position embedding is not in the residual
+        base = _probe_scores(model, batch, probe, positions, score, hook, lambda _b: [], batch_size)
+        per = torch.zeros((len(heads), len(base)))
+        for k, hd in enumerate(heads):
+            hooks = partial(_swap_args, hooks_for, hd)
+            per[k] = _probe_scores(model, batch, probe, positions, score, hook, hooks, batch_size) - base
+        return base, per
+    spec, w, b = _probe_parts(model, probe, hook)
+    prepared, _ = prepare(model, batch, positions, trim=False, nonempty=True)
+    base, per = torch.zeros(len(prepared)), torch.zeros((len(heads), len(prepared)))
+    pid, device = pad_token_id(model), model_device(model)
+    with torch.inference_mode(), fast_forward(model):
+        for idx in length_buckets([int(p.tokens.numel()) for p in prepared], batch_size):
+            bt = Batch(idx, *left_pad([prepared[i].tokens for i in idx], pid, device))
+            wts = bt.weights([prepared[i].positions for i in idx], mean=True)
+            base[idx], per[:, idx] = _batch_head_scores(model, bt, (spec, w, b), wts, score, heads, hooks_for)
+    return base, per - base
+
+
+def _batch_head_scores(
+    model: HookedTransformer,
+    bt: Batch,
+    probe_parts: tuple[Any, Tensor, float],
+    wts: Float[Tensor, "batch pos"],
+    score: str,
+    heads: list[tuple[int, int]],
+    hooks_for: Callable[[Batch, tuple[int, int]], list],
+) -> tuple[Float[Tensor, " batch"], Float[Tensor, "n_heads batch"]]:
+    """One batch of :func:`_per_head_scores`: its baseline scores and its scores per ablated head."""
+    spec, w, b = probe_parts
+    stop = stop_layer(model, [spec.name])
+    got: dict[str, Tensor] = {}
+
+    def read(acts: Float[Tensor, "batch pos d_model"], hook: Any) -> None:
+        lg = spec.apply(model, acts).float() @ w.to(acts.device) + b  # [B, T]
+        val = torch.sigmoid(lg) if score == "probability" else lg
+        got["score"] = (val * wts.to(acts.device)).sum(1).cpu()
+
+    def scores_from(x: Tensor, start: int | None, extra: list) -> Tensor:
+        model.run_with_hooks(
+            x, start_at_layer=start, stop_at_layer=stop, attention_mask=bt.attention_mask,
+            return_type=None, fwd_hooks=[*extra, (spec.name, read)],
+        )  # fmt: skip
+        return got["score"]
+
+    by_layer: dict[int, list[int]] = {}
+    for k, (lay, _h) in enumerate(heads):
+        by_layer.setdefault(lay, []).append(k)
+    resid, at = bt.tokens, None  # the residual stream before layer ``at`` (None: the tokens)
+    per = torch.zeros((len(heads), len(bt.index)))
+    for lay in sorted(by_layer):
+        if stop is not None and lay >= stop:  # after the probe's layer: no effect on its score
+            break
+        resid = model(resid, start_at_layer=at, stop_at_layer=lay, attention_mask=bt.attention_mask)
+        at = lay
+        for k in by_layer[lay]:
+            per[k] = scores_from(resid, lay, hooks_for(bt, heads[k]))
+    base = scores_from(resid, at, [])
+    for lay in by_layer:
+        if stop is not None and lay >= stop:
+            per[by_layer[lay]] = base
+    return base, per
+
+
+def _swap_args(hooks_for: Callable[[Batch, tuple[int, int]], list], hd: tuple[int, int], bt: Batch) -> list:
+    """``hooks_for(bt, hd)``, with the head bound first (for :func:`functools.partial`)."""
+    return hooks_for(bt, hd)
+
+
 @dataclass
 class CausalEffects:
     """Per-head causal effect on the probe score.
@@ -706,18 +798,16 @@ def head_causal_effects(
         _means_tensor(model, means)
     where = None if ablate_positions is None else prepare(model, exs, ablate_positions, trim=False)[0]
 
-    def hooks_for(hl: list) -> Callable[[Batch], list]:
+    def hooks_for(bt: Batch, hd: tuple[int, int]) -> list:
         if where is None:
-            return lambda bt: ablation_hooks(model, hl, mode, means)
-        return lambda bt: ablation_hooks(
-            model, hl, mode, means, bt.position_mask([where[i].positions for i in bt.index])
+            return ablation_hooks(model, [hd], mode, means)
+        return ablation_hooks(
+            model, [hd], mode, means, bt.position_mask([where[i].positions for i in bt.index])
         )
 
-    base = _probe_scores(model, exs, probe_or_direction, positions, score, hook, lambda _b: [], batch_size)
-    per = torch.zeros((len(cand), len(exs)))
-    for k, hd in enumerate(cand):
-        s = _probe_scores(model, exs, probe_or_direction, positions, score, hook, hooks_for([hd]), batch_size)
-        per[k] = s - base
+    base, per = _per_head_scores(
+        model, exs, probe_or_direction, positions, score, hook, cand, hooks_for, batch_size
+    )
     grid = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     eff = per.mean(1)
     for (lay, h), e in zip(cand, eff, strict=True):

@@ -412,3 +412,30 @@ def test_real_refusal_probe_object():
     assert float(ce.effect[0]) == pytest.approx(2 * ALPHA, abs=1e-4)  # logit units: scale 2
     attr = head_attributions(m, harm, probe, positions="last")
     assert float(attr[SUPP]) == pytest.approx(-ALPHA, abs=1e-4)  # raw: unit direction
+
+
+@pytest.mark.parametrize("normalization", ["RMS", "LN"])
+@pytest.mark.parametrize("probe_hook", ["final_norm_weighted", "blocks.1.hook_resid_post"])
+def test_causal_effects_from_the_heads_layer_equal_full_passes(normalization, probe_hook):
+    """Each ablated pass starts at the head's layer from the cached residual; on padded batches of
+    ragged length it equals a full pass under the same hooks, head by head, and heads after the
+    probe's layer have no effect."""
+    m = general_tl_model(normalization=normalization, seed=3)
+    means = compute_head_means(m, rand_seqs([7, 9, 5], seed=1))
+    seqs = rand_seqs([6, 11, 8, 4, 10], seed=2)
+    g = torch.Generator().manual_seed(0)
+    probe = SimpleNamespace(direction=torch.randn(32, generator=g), scale=1.0, bias=0.2, hook=probe_hook)
+    heads = [(lay, h) for lay in range(3) for h in range(4)]
+    ce = head_causal_effects(
+        m, seqs, probe, heads=heads, mode="mean", means=means, positions="last", batch_size=2
+    )
+    base = probe_scores(m, seqs, probe, positions="last", batch_size=2)
+    assert torch.allclose(ce.baseline, base, atol=1e-5)
+    for k, hd in enumerate(heads):
+        full = probe_scores(
+            m, seqs, probe, positions="last", batch_size=2, fwd_hooks=ablation_hooks(m, [hd], "mean", means)
+        )
+        assert torch.allclose(ce.per_example[k], full - base, atol=1e-5), hd
+    if probe_hook.startswith("blocks.1"):
+        assert float(ce.grid[2].abs().max()) == 0.0  # layer 2 cannot write to blocks.1's output
+    assert float(ce.effect.abs().max()) > 1e-3  # the comparison is not between zeros
