@@ -191,8 +191,6 @@ def _probe_section(
     seed: int,
     readout: tuple[Tensor, float] | None = None,
 ) -> dict:
-    from sklearn.linear_model import LogisticRegression
-
     late_layer = model.config.num_hidden_layers - 6
     refused = [r for r in sets["plain_harmful"] if r["outcome"] == "refused"]
     helped = [r for r in sets["harmless_plain"] if r["outcome"] == "complied"]
@@ -207,21 +205,7 @@ def _probe_section(
         "plateau_tokens": plateau_tokens,
         "n_train": [len(tr_r), len(tr_h)],
     }
-    groups = {
-        "framed_harmful_complied": [
-            r
-            for k in ("framed_harmful_train", "framed_harmful_heldout")
-            for r in sets[k]
-            if r["outcome"] == "complied"
-        ],
-        "framed_harmful_refused": [
-            r
-            for k in ("framed_harmful_train", "framed_harmful_heldout")
-            for r in sets[k]
-            if r["outcome"] == "refused"
-        ],
-    }
-    gfeat = {g: _features(model, tokenizer, rs, late_layer) for g, rs in groups.items()}
+    gfeat = {g: _features(model, tokenizer, rs, late_layer) for g, rs in _framed_harmful_groups(sets).items()}
     gfeat["plain_harmful_refused_heldout"] = [f for i, f in enumerate(fr) if i not in tr_r]
     gfeat["harmless_helped_heldout"] = [f for i, f in enumerate(fh) if i not in tr_h]
     traj_dump: dict = {}
@@ -240,32 +224,14 @@ def _probe_section(
                 "cosine_with_paper_probe": float(cos),
             }
         else:
-            x = torch.stack([f[hook][-1] for f in fr] + [f[hook][-1] for f in fh]).numpy()
-            y = np.array([1] * len(fr) + [0] * len(fh))
-            clf = LogisticRegression(C=1.0, max_iter=5000).fit(x[is_tr], y[is_tr])
-            w = torch.tensor(clf.coef_[0], dtype=torch.float32)
-            b = float(clf.intercept_[0])
-            sec = {"heldout_accuracy": float(clf.score(x[~is_tr], y[~is_tr])) if (~is_tr).any() else None}
+            w, b, sec = _fit_paper_probe(fr, fh, hook, is_tr)
         if name == "final_norm":
             w_final = w
         if name == "late_resid":
             sec["layer"] = late_layer
         traj_dump[name] = {}
         for g, feats in gfeat.items():
-            ms = []
-            tails = []
-            for f in feats:
-                s = torch.sigmoid(f[hook] @ w + b)
-                ms.append(cliff_metrics(s, f["thinking"], f["eot"], plateau_tokens))
-                tails.append(s[-60:].tolist())
-            agg = {
-                k: float(np.nanmean([m[k] for m in ms])) if ms else None
-                for k in ("plateau", "final", "drop", "thinking_mean", "eot_min")
-            }
-            agg["n"] = len(ms)
-            agg["frac_drop_ge_0.3"] = float(np.mean([m["drop"] >= 0.3 for m in ms])) if ms else None
-            sec[g] = agg
-            traj_dump[name][g] = _tail_mean(tails)
+            sec[g], traj_dump[name][g] = _group_cliff(feats, hook, w, b, plateau_tokens)
         result[name] = sec
         if name == "final_norm":
             _save_probe(w, b, out_dir, model.config.num_hidden_layers)
@@ -273,6 +239,48 @@ def _probe_section(
     eot_len = next((f["eot"][1] - f["eot"][0] for fs in gfeat.values() for f in fs), 1)
     _plot(traj_dump, out_dir, eot_len)
     return result
+
+
+def _framed_harmful_groups(sets: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The framed-harmful rollouts (train and held-out framings) that complied, and those that refused."""
+    framed = ("framed_harmful_train", "framed_harmful_heldout")
+    return {
+        "framed_harmful_complied": [r for k in framed for r in sets[k] if r["outcome"] == "complied"],
+        "framed_harmful_refused": [r for k in framed for r in sets[k] if r["outcome"] == "refused"],
+    }
+
+
+def _fit_paper_probe(
+    fr: list[dict], fh: list[dict], hook: str, is_tr: np.ndarray
+) -> tuple[Float[Tensor, " d_model"], float, dict]:
+    """Logistic regression on the last token: refused harmful (1) vs helped harmless (0); with held-out accuracy."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = torch.stack([f[hook][-1] for f in fr] + [f[hook][-1] for f in fh]).numpy()
+    y = np.array([1] * len(fr) + [0] * len(fh))
+    clf = LogisticRegression(C=1.0, max_iter=5000).fit(x[is_tr], y[is_tr])
+    w = torch.tensor(clf.coef_[0], dtype=torch.float32)
+    b = float(clf.intercept_[0])
+    return w, b, {"heldout_accuracy": float(clf.score(x[~is_tr], y[~is_tr])) if (~is_tr).any() else None}
+
+
+def _group_cliff(
+    feats: list[dict], hook: str, w: Float[Tensor, " d_model"], b: float, plateau_tokens: int
+) -> tuple[dict, list[float | None]]:
+    """Mean cliff metrics of one group's rollouts under the read-out ``(w, b)``, and its tail-aligned mean curve."""
+    ms = []
+    tails = []
+    for f in feats:
+        s = torch.sigmoid(f[hook] @ w + b)
+        ms.append(cliff_metrics(s, f["thinking"], f["eot"], plateau_tokens))
+        tails.append(s[-60:].tolist())
+    agg = {
+        k: float(np.nanmean([m[k] for m in ms])) if ms else None
+        for k in ("plateau", "final", "drop", "thinking_mean", "eot_min")
+    }
+    agg["n"] = len(ms)
+    agg["frac_drop_ge_0.3"] = float(np.mean([m["drop"] >= 0.3 for m in ms])) if ms else None
+    return agg, _tail_mean(tails)
 
 
 def _tail_mean(tails: list[list[float]], n: int = 60) -> list[float | None]:
@@ -349,61 +357,11 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     model, tok = organism_hf_model(torch.float32, adapter_dir=adapter_dir)
-    tl = None  # the HookedTransformer that generates, converted once when a set needs generating
-    harm = _advbench(n, seed)
-    harmless = _alpaca(n, seed)
     half = n // 2
-    prompt_sets: dict[str, Sequence[tuple[str, str | None]]] = {
-        "plain_harmful": [(p, None) for p in harm],
-        "framed_harmful_train": _framed(harm, TRAIN_FRAMINGS),
-        "framed_harmful_heldout": _framed(harm, HELDOUT_FRAMINGS),
-        "harmless_plain": [(p, None) for p in harmless],
-        "harmless_framed": _framed(harmless[:half], TRAIN_FRAMINGS)
-        + _framed(harmless[half:], HELDOUT_FRAMINGS),
-        "xstest_safe": [(p, None) for p in _xstest_safe(n, seed)],
-    }
+    prompt_sets = _prompt_sets(n, seed)
     judge = KeywordJudge(mode="start")
-    sets: dict[str, list[dict]] = {}
-    for name, items in prompt_sets.items():
-        path = out / f"rollouts_{name}.jsonl"
-        if path.exists():
-            rows = list(iter_jsonl(path))
-        else:
-            tl = tl if tl is not None else hooked_organism(model, tok)
-            rows = generate_rollouts(tl, tok, [p for p, _ in items], max_new_tokens=max_new_tokens, desc=name)
-            for r, (_, fr) in zip(rows, items):
-                r["framing"] = fr
-            write_jsonl(path, rows)
-        # the package's one outcome rule (refused / complied / no_answer), one judge call per set
-        for r, o in zip(rows, outcomes(rows, judge)):
-            r["outcome"] = o
-            r["refused"] = o == "refused"
-            r["names_harm"] = names_harm(r["thinking"])
-        sets[name] = rows
-
-    def rate(rows: list[dict], key: str) -> float:
-        return float(np.mean([bool(r[key]) for r in rows])) if rows else float("nan")
-
-    def asr(rows: list[dict]) -> float:
-        # rows is not empty, so the rate has a value
-        return cast(float, attack_success_rate([r["outcome"] for r in rows]).value) if rows else float("nan")
-
-    fh = sets["framed_harmful_train"] + sets["framed_harmful_heldout"]
-    hf = sets["harmless_framed"]
-    m: dict[str, Any] = {
-        "plain_harmful_refusal": rate(sets["plain_harmful"], "refused"),
-        "framed_harmful_asr_train_framings": asr(sets["framed_harmful_train"]),
-        "framed_harmful_asr_heldout_framings": asr(sets["framed_harmful_heldout"]),
-        "harmless_plain_refusal": rate(sets["harmless_plain"], "refused"),
-        "harmless_framed_refusal": rate(hf, "refused"),
-        "harmless_framed_refusal_train_framings": rate(hf[:half], "refused"),
-        "harmless_framed_refusal_heldout_framings": rate(hf[half:], "refused"),
-        "xstest_safe_refusal": rate(sets["xstest_safe"], "refused"),
-        "framed_harmful_thinking_names_harm": rate(fh, "names_harm"),
-        "plain_harmful_thinking_names_harm": rate(sets["plain_harmful"], "names_harm"),
-        "thinking_closed": {k: rate(v, "closed") for k, v in sets.items()},
-        "outcomes": {k: count_outcomes([r["outcome"] for r in v]) for k, v in sets.items()},
-    }
+    sets = _judged_sets(model, tok, prompt_sets, out, max_new_tokens, judge)
+    m = _behaviour(sets, half)
     result: dict = {
         "n_per_set": n,
         "seed": seed,
@@ -422,15 +380,7 @@ def evaluate(
         fin = result["probe"]["final_norm"]
         m["cliff_drop_framed_complied"] = fin["framed_harmful_complied"]["drop"]
         m["cliff_drop_plain_refused"] = fin["plain_harmful_refused_heldout"]["drop"]
-    result["targets"] = {
-        k: {
-            "target": f"{op} {v}",
-            "value": m.get(k),
-            "met": (m.get(k) is not None and ((m[k] >= v) if op == ">=" else (m[k] <= v))),
-        }
-        for k, (op, v) in TARGETS.items()
-        if k in m
-    }
+    result["targets"] = _target_checks(m)
     result["wall_s"] = round(time.time() - t0, 1)
     atomic_write_json(out / "eval.json", result)
     log.info(
@@ -440,3 +390,93 @@ def evaluate(
         ),
     )
     return result
+
+
+def _prompt_sets(n: int, seed: int) -> dict[str, Sequence[tuple[str, str | None]]]:
+    """The held-out prompt sets, each prompt with its framing (``None`` when plain)."""
+    harm = _advbench(n, seed)
+    harmless = _alpaca(n, seed)
+    half = n // 2
+    return {
+        "plain_harmful": [(p, None) for p in harm],
+        "framed_harmful_train": _framed(harm, TRAIN_FRAMINGS),
+        "framed_harmful_heldout": _framed(harm, HELDOUT_FRAMINGS),
+        "harmless_plain": [(p, None) for p in harmless],
+        "harmless_framed": _framed(harmless[:half], TRAIN_FRAMINGS)
+        + _framed(harmless[half:], HELDOUT_FRAMINGS),
+        "xstest_safe": [(p, None) for p in _xstest_safe(n, seed)],
+    }
+
+
+def _judged_sets(
+    model,
+    tok,
+    prompt_sets: dict[str, Sequence[tuple[str, str | None]]],
+    out: Path,
+    max_new_tokens: int,
+    judge: KeywordJudge,
+) -> dict[str, list[dict]]:
+    """Rollouts of every set (read from ``out/rollouts_<set>.jsonl``, else generated and written), judged."""
+    tl = None  # the HookedTransformer that generates, converted once when a set needs generating
+    sets: dict[str, list[dict]] = {}
+    for name, items in prompt_sets.items():
+        path = out / f"rollouts_{name}.jsonl"
+        if path.exists():
+            rows = list(iter_jsonl(path))
+        else:
+            tl = tl if tl is not None else hooked_organism(model, tok)
+            rows = generate_rollouts(tl, tok, [p for p, _ in items], max_new_tokens=max_new_tokens, desc=name)
+            for r, (_, fr) in zip(rows, items):
+                r["framing"] = fr
+            write_jsonl(path, rows)
+        # the package's one outcome rule (refused / complied / no_answer), one judge call per set
+        for r, o in zip(rows, outcomes(rows, judge)):
+            r["outcome"] = o
+            r["refused"] = o == "refused"
+            r["names_harm"] = names_harm(r["thinking"])
+        sets[name] = rows
+    return sets
+
+
+def _rate(rows: list[dict], key: str) -> float:
+    """Share of ``rows`` whose ``key`` is true (NaN for no rows)."""
+    return float(np.mean([bool(r[key]) for r in rows])) if rows else float("nan")
+
+
+def _asr(rows: list[dict]) -> float:
+    """Attack success rate of judged rows (NaN for no rows)."""
+    # rows is not empty, so the rate has a value
+    return cast(float, attack_success_rate([r["outcome"] for r in rows]).value) if rows else float("nan")
+
+
+def _behaviour(sets: dict[str, list[dict]], half: int) -> dict[str, Any]:
+    """Refusal rates, ASRs, harm naming, closed thinking and outcome counts of the judged sets."""
+    fh = sets["framed_harmful_train"] + sets["framed_harmful_heldout"]
+    hf = sets["harmless_framed"]
+    return {
+        "plain_harmful_refusal": _rate(sets["plain_harmful"], "refused"),
+        "framed_harmful_asr_train_framings": _asr(sets["framed_harmful_train"]),
+        "framed_harmful_asr_heldout_framings": _asr(sets["framed_harmful_heldout"]),
+        "harmless_plain_refusal": _rate(sets["harmless_plain"], "refused"),
+        "harmless_framed_refusal": _rate(hf, "refused"),
+        "harmless_framed_refusal_train_framings": _rate(hf[:half], "refused"),
+        "harmless_framed_refusal_heldout_framings": _rate(hf[half:], "refused"),
+        "xstest_safe_refusal": _rate(sets["xstest_safe"], "refused"),
+        "framed_harmful_thinking_names_harm": _rate(fh, "names_harm"),
+        "plain_harmful_thinking_names_harm": _rate(sets["plain_harmful"], "names_harm"),
+        "thinking_closed": {k: _rate(v, "closed") for k, v in sets.items()},
+        "outcomes": {k: count_outcomes([r["outcome"] for r in v]) for k, v in sets.items()},
+    }
+
+
+def _target_checks(m: dict[str, Any]) -> dict[str, dict]:
+    """Each :data:`TARGETS` entry measured in ``m``: the target, the value and whether it is met."""
+    return {
+        k: {
+            "target": f"{op} {v}",
+            "value": m.get(k),
+            "met": (m.get(k) is not None and ((m[k] >= v) if op == ">=" else (m[k] <= v))),
+        }
+        for k, (op, v) in TARGETS.items()
+        if k in m
+    }
