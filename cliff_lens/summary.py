@@ -37,6 +37,8 @@ def summary(results: dict, out: Path) -> str:
         )
     c = results.get("cliff")
     if c:
+        if c.get("scored_by"):
+            lines.append(f"  cliff     scored {c['scored_by']}")
         for g in ("harmful_refused", "harmful_complied", "harmless_helped"):
             b = c.get(g, {})
             if b.get("n_rollouts"):
@@ -58,9 +60,14 @@ def summary(results: dict, out: Path) -> str:
         vr = a.get("vs_random") or {}
         if vr.get("asr_empirical_p") is not None:
             test += f", vs {vr['n_sets']} random sets p={vr['asr_empirical_p']:.3f}"
+        kl = ((a.get("capability") or {}).get("kl")) or {}
+        if kl.get("value") is not None:
+            test += f"; KL {_f(kl['value'], kl.get('ci95'))}"
         lines.append(
-            f"  ablation  {a['setting']:<18} ASR {_pct(a['asr'], a.get('asr_ci95'))}  over-refusal "
-            f"{_pct(a['over_refusal'], a.get('over_refusal_ci95'))}{test}"
+            f"  ablation  {a['setting']:<18} ASR {_pct(a['asr'], a.get('asr_ci95'))}"
+            f"{_count(a.get('n_attack_success'), a.get('n_harmful'))}  over-refusal "
+            f"{_pct(a['over_refusal'], a.get('over_refusal_ci95'))}"
+            f"{_count(a.get('n_over_refusal'), a.get('n_harmless'))}{test}"
         )
     for a in results.get("ablation_random_summary", []):
         lines.append(
@@ -80,6 +87,11 @@ def summary(results: dict, out: Path) -> str:
     if (out / "report.html").exists():
         lines.append(f"  report    {out / 'report.html'}")
     return "\n".join(lines)
+
+
+def _count(k: Any, n: Any) -> str:
+    """`` (18/32)``: the count behind a rate, when known."""
+    return "" if k is None or n is None else f" ({k}/{n})"
 
 
 def _interval(ci: Any, fmt: Any) -> str:

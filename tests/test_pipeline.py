@@ -215,6 +215,8 @@ def test_results_and_summary_carry_intervals(run_dir):
     text = pipeline.summary(results, cfg.out)
     assert "McNemar p=" in text and "held-out acc" in text and "%, " in text
     assert f"[{100 * lo:.0f}%, {100 * hi:.0f}%]" in text
+    assert f"({top['n_attack_success']}/{top['n_harmful']})" in text  # every rate with its n
+    assert "scored out-of-sample" in text and "KL " in text
 
 
 def test_ablation_reports_capability_cost(run_dir):
