@@ -161,16 +161,7 @@ def data_efficiency(
             config=cfg,
             progress=progress,
         )
-        rec = {
-            "run": key,
-            "asr": res["asr"],
-            "over_refusal": res["over_refusal"],
-            "unclosed_harmful": res["unclosed_harmful"],
-            "unclosed_harmless": res["unclosed_harmless"],
-            "k": 0 if ids is None else len(ids),
-            "train": train,
-            "wall_s": time.perf_counter() - t0,
-        }
+        rec = _run_record(key, res, ids, train, t0)
         append_jsonl(runs_path, [rec])
         done[key] = rec
         say(
@@ -180,16 +171,7 @@ def data_efficiency(
 
     baseline = run_once("baseline", None)
     grid = _selections(pool_ids, by_id, pool, methods, percents, random_seeds, judge)
-    curves: dict[str, list[dict]] = {}
-    for m, p, s, ids in grid:
-        rec = run_once(f"sel-{_key(ids)}", ids)
-        entry = {"percent": p, "k": len(ids), "asr": rec["asr"], "over_refusal": rec["over_refusal"]}
-        if s is not None:
-            entry["seed"] = s
-        curves.setdefault(m, []).append(entry)
-    if "random" in curves:
-        curves["random_per_seed"] = curves.pop("random")
-        curves["random"] = _random_means(curves["random_per_seed"], percents)
+    curves = _curves(grid, run_once, percents)
     result = {
         "pool_size": len(pool_ids),
         "percents": list(percents),
@@ -203,6 +185,39 @@ def data_efficiency(
     atomic_write_json(out / "data_efficiency.json", result)
     atomic_write_text(out / "data_efficiency.svg", efficiency_svg(result))
     return result
+
+
+def _run_record(key: str, res: dict, ids: list[str] | None, train: dict | None, t0: float) -> dict:
+    """The ``runs.jsonl`` record of one finished run (safety metrics, selection size, training stats)."""
+    return {
+        "run": key,
+        "asr": res["asr"],
+        "over_refusal": res["over_refusal"],
+        "unclosed_harmful": res["unclosed_harmful"],
+        "unclosed_harmless": res["unclosed_harmless"],
+        "k": 0 if ids is None else len(ids),
+        "train": train,
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _curves(
+    grid: list[tuple[str, float | int, int | None, list[str]]],
+    run_once: Callable[[str, list[str] | None], dict],
+    percents: Sequence[float | int],
+) -> dict[str, list[dict]]:
+    """Run (or reuse) every selection of the grid; per method its points, random ones averaged over seeds."""
+    curves: dict[str, list[dict]] = {}
+    for m, p, s, ids in grid:
+        rec = run_once(f"sel-{_key(ids)}", ids)
+        entry = {"percent": p, "k": len(ids), "asr": rec["asr"], "over_refusal": rec["over_refusal"]}
+        if s is not None:
+            entry["seed"] = s
+        curves.setdefault(m, []).append(entry)
+    if "random" in curves:
+        curves["random_per_seed"] = curves.pop("random")
+        curves["random"] = _random_means(curves["random_per_seed"], percents)
+    return curves
 
 
 def _scored_pool(
