@@ -230,6 +230,7 @@ def attack_success(
     generate_fn: Callable | None = None,
     tokenize_fn: Callable[[str, str], Any] | None = None,
     progress: bool = False,
+    previous: Sequence[dict] | None = None,
     **generate_kwargs: Any,
 ) -> list[dict]:
     """Generate, judge and summarise every setting; returns one dict per setting plus one
@@ -256,6 +257,11 @@ def attack_success(
             ``harmful_prompts + harmless_prompts`` (in that order) with the same generation
             settings, e.g. a run's rollouts stage; the baseline row then judges these instead of
             generating again (the same greedy decode, so only the time differs).
+        previous: rows of an earlier call with the same model, prompts, ablation and generation
+            settings (e.g. ``AblationResults.load(path).rows``): a setting with the same name and
+            heads is taken from them instead of generated again, so raising ``random_seeds`` only
+            generates the new sets. Its tests against the baseline and the random sets are
+            recomputed over the new set of rows; ``capability`` (the pipeline's) is dropped.
 
     Each setting generates its harmful and harmless prompts in one call, so they share batches.
     """
@@ -298,8 +304,13 @@ def attack_success(
         tokenize_fn=tokenize_fn,
         batch_size=batch_size,
     )  # fmt: skip
+    done = _reusable_rows(previous, len(harm), len(benign))
     rows = []
     for i, st in enumerate(settings):
+        old = done.get(st["setting"])
+        if old is not None and old["heads"] == [list(h) for h in st["heads"]]:
+            rows.append(old)
+            continue
         if progress:
             log.info(
                 "attack_success %d/%d %s (%d heads)", i + 1, len(settings), st["setting"], len(st["heads"])
@@ -309,6 +320,24 @@ def attack_success(
     summary = summarize_random(rows)
     _add_vs_random(rows, summary)
     return rows + summary
+
+
+#: fields of a row computed from other rows (or by the pipeline), recomputed when a row is reused
+_DERIVED = ("vs_baseline", "vs_random", "vs_paper_ranking", "capability")
+
+
+def _reusable_rows(previous: Sequence[dict] | None, n_harmful: int, n_harmless: int) -> dict[str, dict]:
+    """``previous``'s measured rows by setting name, without their derived fields; rows measured on
+    another number of prompts are not reusable."""
+    out: dict[str, dict] = {}
+    for r in previous or ():
+        if r.get("kind") == "random_summary" or (r.get("n_harmful"), r.get("n_harmless")) != (
+            n_harmful,
+            n_harmless,
+        ):
+            continue
+        out[r["setting"]] = {k: v for k, v in r.items() if k not in _DERIVED}
+    return out
 
 
 def setting_hooks(
@@ -552,6 +581,11 @@ class AblationResults:
     def from_rows(cls, rows: Sequence[dict], meta: dict | None = None) -> AblationResults:
         """Wrap :func:`attack_success`'s rows (kept as they are, not copied)."""
         return cls([AblationSetting(r) for r in rows], dict(meta or {}))
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row as :func:`attack_success` returns it (the file's ``settings`` list)."""
+        return [s.row for s in self.settings]
 
     @property
     def measured(self) -> list[AblationSetting]:

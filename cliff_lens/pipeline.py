@@ -540,6 +540,8 @@ def _stage_ablation(run: _Run) -> None:
     reuse = not cfg.rollouts and max_new_tokens == cfg.max_new_tokens
     means = load_head_means(run.path("head_means.safetensors"), model=model)
     contrast = heads.contrast_scores if cfg.contrast_ablation else None
+    key = _ablation_reuse_key(run)
+    previous = _previous_ablation(run, key)
     rows = attack_success(
         model,
         [r.prompt for r in harmful],
@@ -558,6 +560,7 @@ def _stage_ablation(run: _Run) -> None:
         template=cfg.template,
         judge=_judge(run),
         rankings={"contrast": contrast} if contrast is not None else None,
+        previous=previous.rows if previous is not None else None,
     )
     results = AblationResults.from_rows(
         rows,
@@ -567,11 +570,44 @@ def _stage_ablation(run: _Run) -> None:
             "n_harmless": len(harmless),
             "harmful_source": cfg.asr_prompts or cfg.harmful,
             "baseline_source": "rollouts stage" if reuse else "generated",
+            "reuse_key": key,
         },
     )
     _compare_rankings(results)
-    _add_capability_cost(run, results, harmless, means)
+    _add_capability_cost(run, results, harmless, means, previous)
     results.save(run.path("ablation.json"))
+
+
+def _ablation_reuse_key(run: _Run) -> str:
+    """What a setting's measurement depends on besides its heads: the ablation stage's fingerprint
+    without the fields that only choose which settings run (``random_seeds``, ``top_percents``,
+    ``contrast_ablation``). Settings of an earlier ``ablation.json`` with the same key are reused."""
+    cfg = run.cfg.to_json()
+    which = ("random_seeds", "top_percents", "contrast_ablation")
+    stage = get_stage("ablation")
+    return hash_obj(
+        {
+            "config": {k: cfg.get(k) for k in stage.config if k not in which},
+            "deps": {d: run.state["stages"].get(d, {}).get("fingerprint") for d in stage.reads},
+        }
+    )
+
+
+def _previous_ablation(run: _Run, key: str) -> Any:
+    """The run's earlier ``ablation.json`` when its settings were measured the same way, else None."""
+    from .evaluate import AblationResults
+
+    path = run.path("ablation.json")
+    if not path.exists():
+        return None
+    try:
+        prev = AblationResults.load(path)
+    except ValueError:  # unreadable: measure every setting again
+        return None
+    if prev.meta.get("reuse_key") != key:
+        return None
+    log.info("ablation: reusing the settings of %s that were measured the same way", path)
+    return prev
 
 
 def _compare_rankings(results: Any) -> None:
@@ -596,10 +632,18 @@ def _compare_rankings(results: Any) -> None:
         }
 
 
-def _add_capability_cost(run: _Run, results: Any, harmless: list, means: Any) -> None:
+def _add_capability_cost(run: _Run, results: Any, harmless: list, means: Any, previous: Any = None) -> None:
     """``capability`` on every ablated setting: KL and answer log-likelihood change on the model's
     own unablated harmless rollouts, teacher-forced (:func:`cliff_lens.capability.intervention_cost`),
-    under the hooks that :func:`cliff_lens.evaluate.attack_success` generated the setting with."""
+    under the hooks that :func:`cliff_lens.evaluate.attack_success` generated the setting with.
+    A setting of ``previous`` (an earlier ``ablation.json`` measured the same way) with the same
+    heads keeps its cost."""
+    old = {
+        s.setting: s.row["capability"]
+        for s in (previous.measured if previous is not None else [])
+        if "capability" in s.row
+    }
+    old_heads = {s.setting: s.row.get("heads") for s in (previous.measured if previous is not None else [])}
     from .capability import intervention_cost
     from .evaluate import setting_hooks
 
@@ -611,6 +655,9 @@ def _add_capability_cost(run: _Run, results: Any, harmless: list, means: Any) ->
     toks = [tpl.tokenize(tok, r.prompt, r.thinking or "", r.answer) for r in ref]
     for s in results.measured:
         if s.kind not in ("top", "random") or not s.heads:
+            continue
+        if s.setting in old and old_heads.get(s.setting) == s.row["heads"]:
+            s.row["capability"] = old[s.setting]
             continue
         hooks = setting_hooks(model, s.heads, run.cfg.ablation_mode, means)
         cost = intervention_cost(model, toks, hooks, batch_size=run.cfg.batch_size, seed=run.cfg.seed)

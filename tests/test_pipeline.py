@@ -269,3 +269,36 @@ def test_contrast_ranking_is_ablated_and_tested_against_the_paper_ranking(run_di
     assert row["vs_paper_ranking"]["paper_setting"] == "top-25%"
     assert 0 <= row["vs_paper_ranking"]["p_value"] <= 1
     assert row["vs_random"]["n_sets"] == cfg.random_seeds and "capability" in row
+
+
+def test_raising_random_seeds_generates_only_the_new_sets(tmp_path, monkeypatch):
+    """Raising ``random_seeds`` on a finished run re-runs the ablation stage on the settings it does
+    not have yet; the result equals a fresh run with the higher number (every test recomputed)."""
+    import dataclasses
+
+    from cliff_lens import rollout
+
+    model_dir = tiny_hf_model_dir(tmp_path / "tiny-model")
+    pool = synthetic_rollouts(tmp_path / "pool.jsonl")
+    small = dataclasses.replace(imported_run_config(model_dir, pool, tmp_path / "a"), random_seeds=1)
+    pipeline.run(small)
+    calls: list[int] = []
+    real = rollout.generate_rollouts
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rollout, "generate_rollouts", counting)
+    raised = pipeline.run(dataclasses.replace(small, random_seeds=3))
+    assert len(calls) == 2  # random seeds 1 and 2; baseline, top-25% and seed 0 are reused
+    fresh = pipeline.run(dataclasses.replace(small, random_seeds=3, out=tmp_path / "b"))
+    # a fresh run generates all 6: baseline (imported rollouts are not a baseline), top-25%,
+    # top-25% contrast and three random sets
+    assert len(calls) == 2 + 6
+    strip = {"run_dir", "config", "timings", "versions"}
+    assert {k: v for k, v in raised.items() if k not in strip} == {
+        k: v for k, v in fresh.items() if k not in strip
+    }
+    summary = raised["ablation_random_summary"][0]
+    assert summary["seeds"] == [0, 1, 2]
