@@ -10,7 +10,11 @@ heads, with a 95% bootstrap interval over heads, and the mean causal contributio
 heads. The ASR comparison of the two top-k% ablations (paired McNemar) is in the run's own
 ``ablation.json`` (setting ``top-3% contrast``, key ``vs_paper_ranking``). Usage::
 
-    python benchmarks/contrast_vs_mean.py --run-dir DEMO_DIR [--n-heads 20] [--n-random 20]
+    python benchmarks/contrast_vs_mean.py --run-dir DEMO_DIR [--n-heads 20] [--n-random 20] [--all-heads]
+
+``--all-heads`` tests every head before the probe layer (no selection on the rankings, so the
+correlation is not inflated by testing their extremes). The two Spearman correlations share their
+heads, so their difference gets a paired bootstrap interval over heads.
 
 Writes ``benchmarks/results/contrast_vs_mean.json`` by default.
 """
@@ -43,11 +47,32 @@ def _spearman_ci(
     return rho, float(lo), float(hi)
 
 
+def _paired_spearman_diff(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float, float]:
+    """rho(a, c) - rho(b, c) with a paired bootstrap over heads: difference, 95% CI, two-sided p."""
+    from scipy.stats import spearmanr
+
+    diff = float(spearmanr(a, c).statistic - spearmanr(b, c).statistic)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, a.size, a.size)
+        d = spearmanr(a[i], c[i]).statistic - spearmanr(b[i], c[i]).statistic
+        if np.isfinite(d):
+            boots.append(d)
+    arr = np.asarray(boots)
+    lo, hi = np.quantile(arr, [0.025, 0.975])
+    p = min(1.0, 2 * min(float(np.mean(arr <= 0)), float(np.mean(arr >= 0))))
+    return diff, float(lo), float(hi), p
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", required=True, type=Path)
     ap.add_argument("--n-heads", type=int, default=20, help="top heads of each ranking to test")
     ap.add_argument("--n-random", type=int, default=20, help="random other heads to test")
+    ap.add_argument("--all-heads", action="store_true", help="test every head (no selection)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "contrast_vs_mean.json"))
     args = ap.parse_args()
@@ -85,6 +110,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     others = [(li, hi) for li in range(L) for hi in range(H) if (li, hi) not in tested]
     tested.update(others[i] for i in rng.choice(len(others), min(args.n_random, len(others)), replace=False))
+    if args.all_heads:
+        tested = {(li, hi) for li in range(L) for hi in range(H) if not torch.isnan(rankings["mean"][li, hi])}
     tested_list = sorted(tested)
     means = load_head_means(args.run_dir / "head_means.safetensors", model=model)
     ce = head_causal_effects(
@@ -95,7 +122,10 @@ def main() -> None:
     k = n_top_heads(L * H, cfg.get("top_percents", [3.0])[0])
     out: dict = {
         "command": f"python benchmarks/contrast_vs_mean.py --run-dir {args.run_dir} --n-heads {args.n_heads} "
-        f"--n-random {args.n_random}",
+        f"--n-random {args.n_random}" + (" --all-heads" if args.all_heads else ""),
+        "head_selection": "every head with a score"
+        if args.all_heads
+        else "top n of each ranking + random others",
         "run_config": {key: cfg.get(key) for key in ("model", "harmful", "n_harmful", "top_percents")},
         "n_complied_rollouts": len(complied),
         "n_tested_heads": len(tested_list),
@@ -114,9 +144,12 @@ def main() -> None:
             "top_heads": [list(t) for t in top],
             "top_heads_mean_causal_contribution": float(np.mean(top_c)) if top_c else None,
         }
+    a_m, a_c, c_ = rankings["mean"][ok].numpy(), rankings["contrast"][ok].numpy(), contribution[ok].numpy()
+    d, dlo, dhi, dp = _paired_spearman_diff(a_m, a_c, c_)
+    out["mean_minus_contrast_spearman"] = {"difference": d, "ci95": [dlo, dhi], "paired_bootstrap_p": dp}
     out["wall_s"] = round(time.time() - t0, 1)
     atomic_write_json(args.out, out)
-    print(json.dumps(out["rankings"], indent=1))
+    print(json.dumps({k: out[k] for k in ("rankings", "mean_minus_contrast_spearman")}, indent=1))
 
 
 if __name__ == "__main__":
