@@ -36,3 +36,24 @@ def test_committed_demo_artifacts_agree_with_each_other():
         h[:2] for h in heads["suppression_heads"]
     ]
     assert (DEMO / "COMMAND").read_text().strip().startswith("cliff-lens demo")
+
+
+def test_readme_random_set_numbers_equal_the_19_set_run():
+    """The README's "19 random sets" sentence quotes benchmarks/results/demo_random19/ablation.json."""
+    ablation = json.loads((ROOT / "benchmarks" / "results" / "demo_random19" / "ablation.json").read_text())
+    summary = next(r for r in ablation["settings"] if r.get("kind") == "random_summary")
+    top = next(r for r in ablation["settings"] if r["setting"] == "top-3%")
+    kls = [r["capability"]["kl"]["value"] for r in ablation["settings"] if r.get("kind") == "random"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert len(summary["seeds"]) == 19 and top["vs_random"]["n_sets"] == 19
+    assert f"ASR {summary['asr_min']:.2f}-{summary['asr_max']:.2f} (mean {summary['asr_mean']:.2f})" in readme
+    assert f"heads' {top['asr']:.2f}: **empirical p = {top['vs_random']['asr_empirical_p']:.2f}**" in readme
+    kl = top["capability"]["kl"]["value"]
+    assert (
+        f"KL cost, {kl:.3f}, is in the middle of the 19 random sets' {min(kls):.3f}-{max(kls):.3f}" in readme
+    )
+    assert f"(mean {sum(kls) / len(kls):.3f})" in readme
+    # the 19-set run reused the demo's settings: the same baseline and top-3% outcomes
+    demo = json.loads((DEMO / "ablation.json").read_text())
+    demo_top = next(r for r in demo["settings"] if r["setting"] == "top-3%")
+    assert demo_top["harmful_outcomes"] == top["harmful_outcomes"]
