@@ -844,22 +844,24 @@ def _results_data(run: _Run) -> dict:
 
 
 def _results_probe(run: _Run) -> dict:
-    pj = _read_json(run.path("probe.json"))
-    m = pj.get("metrics", {})
+    from .probe import RefusalProbe
+
+    probe = _load(run, "probe.json", RefusalProbe.load)  # no model needed: the metrics and hook
+    m = probe.metrics
     val = m.get("val", m)
-    layer = pj.get("layer")
+    layer = probe.layer
     n_layers = run.state.get("model", {}).get("n_layers")
     if layer is None and n_layers:
         layer = n_layers - 1  # the final norm reads the last block's output
     return {
-        "hook": pj.get("hook"),
+        "hook": probe.hook,
         "layer": layer,
         "val_accuracy": val.get("accuracy"),
         "val_accuracy_ci95": val.get("accuracy_ci95"),
         "val_auroc": val.get("auroc"),
         "val_auroc_ci95": val.get("auroc_ci95"),
         "val_source": val.get("source", "held-out split"),
-        "n_train": pj.get("meta", {}).get("n_train"),
+        "n_train": probe.meta.get("n_train"),
         "metrics": m,
     }
 

@@ -488,7 +488,9 @@ def _write_selection(d: Path, plan: _Plan) -> None:
 
 
 def _write_probe(d: Path, plan: _Plan) -> None:
-    """``probe.json``: the probe's metadata with made-up out-of-fold metrics."""
+    """``probe.safetensors`` + ``probe.json``: a random probe (a real :class:`RefusalProbe` file)
+    with made-up out-of-fold metrics."""
+    from cliff_lens.probe import RefusalProbe
     from cliff_lens.stats import wilson_interval
 
     n = 2 * _N_ROLLOUTS
@@ -502,16 +504,9 @@ def _write_probe(d: Path, plan: _Plan) -> None:
         "n": n,
         "source": "out-of-fold, 5-fold cross-fitting: each example scored by the fold probe that did not see it",
     }
-    atomic_write_json(
-        d / "probe.json",
-        {
-            "format": "cliff_lens.RefusalProbe",
-            "hook": "final_norm_weighted",
-            "layer": None,
-            "metrics": {"val": val},
-            "meta": {"n_train": 40},
-        },
-    )
+    direction = torch.randn(plan.model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    probe = RefusalProbe(direction, bias=-0.5, meta={"n_train": 40, "metrics": {"val": val}})
+    probe.save(d / "probe")
 
 
 #: made-up seconds per stage (``results.json["timings"]``)
