@@ -614,6 +614,20 @@ def probe_scores(
     return _probe_scores(model, batch, probe, positions, score, hook, lambda _b: list(fwd_hooks), batch_size)
 
 
+def _row_scores(
+    model: HookedTransformer,
+    probe_parts: tuple[Any, Tensor, float],
+    score: str,
+    acts: Float[Tensor, "batch pos d_model"],
+    wts: Float[Tensor, "batch pos"],
+) -> Float[Tensor, " batch"]:
+    """Each row's probe score (logit or probability) averaged over its positions (``wts``), on CPU."""
+    spec, w, b = probe_parts
+    lg = spec.apply(model, acts).float() @ w.to(acts.device) + b  # [B, T]
+    val = torch.sigmoid(lg) if score == "probability" else lg
+    return (val * wts.to(acts.device)).sum(1).cpu()
+
+
 def _probe_scores(
     model: HookedTransformer,
     batch: Any,
@@ -634,9 +648,7 @@ def _probe_scores(
         wts = bt.weights([prepared[i].positions for i in bt.index], mean=True)
 
         def read(acts: Float[Tensor, "batch pos d_model"], hook: Any) -> None:
-            lg = spec.apply(model, acts).float() @ w.to(acts.device) + b  # [B, T]
-            val = torch.sigmoid(lg) if score == "probability" else lg
-            out[bt.index] = (val * wts.to(acts.device)).sum(1).cpu()
+            out[bt.index] = _row_scores(model, (spec, w, b), score, acts, wts)
 
         return read
 
@@ -693,14 +705,12 @@ def _batch_head_scores(
     hooks_for: Callable[[Batch, tuple[int, int]], list],
 ) -> tuple[Float[Tensor, " batch"], Float[Tensor, "n_heads batch"]]:
     """One batch of :func:`_per_head_scores`: its baseline scores and its scores per ablated head."""
-    spec, w, b = probe_parts
+    spec = probe_parts[0]
     stop = stop_layer(model, [spec.name])
     got: dict[str, Tensor] = {}
 
     def read(acts: Float[Tensor, "batch pos d_model"], hook: Any) -> None:
-        lg = spec.apply(model, acts).float() @ w.to(acts.device) + b  # [B, T]
-        val = torch.sigmoid(lg) if score == "probability" else lg
-        got["score"] = (val * wts.to(acts.device)).sum(1).cpu()
+        got["score"] = _row_scores(model, probe_parts, score, acts, wts)
 
     def scores_from(x: Tensor, start: int | None, extra: list) -> Tensor:
         model.run_with_hooks(

@@ -14,12 +14,12 @@ ipywidgets is missing: the outputs hold results, not redraws.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-import nbclient
 import nbformat
+
+from cliff_lens.testing.notebooks import execute_notebook
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 #: notebook -> the environment it is executed with for its committed outputs
@@ -39,23 +39,10 @@ def _is_noise(output: dict) -> bool:
     return not text.strip() or redraw or "IProgress not found" in text
 
 
-def execute(path: Path, env: dict[str, str], timeout: int = 3600) -> float:
+def execute(path: Path, env: dict[str, str]) -> float:
     """Execute ``path`` in place with ``env`` set; returns the wall time in seconds."""
-    nb = nbformat.read(path, as_version=4)
-    old = {k: os.environ.get(k) for k in ("CLIFF_LENS_TINY", "CLIFF_LENS_QUICK")}
-    for k in old:
-        os.environ.pop(k, None)
-    os.environ.update(env)
     t0 = time.perf_counter()
-    try:
-        nbclient.NotebookClient(
-            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-        ).execute()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k, None)
-            if v is not None:
-                os.environ[k] = v
+    nb = execute_notebook(path, env)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         if cell.cell_type == "code":
