@@ -57,3 +57,22 @@ def test_readme_random_set_numbers_equal_the_19_set_run():
     demo = json.loads((DEMO / "ablation.json").read_text())
     demo_top = next(r for r in demo["settings"] if r["setting"] == "top-3%")
     assert demo_top["harmful_outcomes"] == top["harmful_outcomes"]
+
+
+def test_readme_contrast_vs_mean_rows_equal_the_benchmark_files():
+    """The README's two rows of Spearman correlations quote benchmarks/results/contrast_vs_mean*.json."""
+    readme = (ROOT / "README.md").read_text()
+
+    def ci(lo_hi: list) -> str:
+        return f"[{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]"
+
+    for name, heads in (("contrast_vs_mean_all_heads.json", "all 270"), ("contrast_vs_mean.json", "52:")):
+        d = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {heads}"))
+        m, c = d["rankings"]["mean"], d["rankings"]["contrast"]
+        diff = d["mean_minus_contrast_spearman"]
+        assert f"`benchmarks/results/{name}`" in row
+        assert f"| {m['spearman_with_causal_contribution']:.2f} {ci(m['spearman_ci95'])} |" in row
+        assert f"| {c['spearman_with_causal_contribution']:.2f} {ci(c['spearman_ci95'])} |" in row
+        assert f"| {diff['difference']:.2f} {ci(diff['ci95'])}, p = {diff['paired_bootstrap_p']:.2g} |" in row
+        assert d["n_tested_heads"] == (270 if heads == "all 270" else 52)
