@@ -38,7 +38,6 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -680,8 +679,11 @@ def _per_head_scores(
         base = _probe_scores(model, batch, probe, positions, score, hook, lambda _b: [], batch_size)
         per = torch.zeros((len(heads), len(base)))
         for k, hd in enumerate(heads):
-            hooks = partial(_swap_args, hooks_for, hd)
-            per[k] = _probe_scores(model, batch, probe, positions, score, hook, hooks, batch_size) - base
+
+            def one_head(bt: Batch, hd: tuple[int, int] = hd) -> list:
+                return hooks_for(bt, hd)
+
+            per[k] = _probe_scores(model, batch, probe, positions, score, hook, one_head, batch_size) - base
         return base, per
     spec, w, b = _probe_parts(model, probe, hook)
     prepared, _ = prepare(model, batch, positions, trim=False, nonempty=True)
@@ -736,11 +738,6 @@ def _batch_head_scores(
         if stop is not None and lay >= stop:
             per[by_layer[lay]] = base
     return base, per
-
-
-def _swap_args(hooks_for: Callable[[Batch, tuple[int, int]], list], hd: tuple[int, int], bt: Batch) -> list:
-    """``hooks_for(bt, hd)``, with the head bound first (for :func:`functools.partial`)."""
-    return hooks_for(bt, hd)
 
 
 @dataclass

@@ -132,12 +132,20 @@ def _load_state(cfg: RunConfig) -> dict:
     return state
 
 
-def _fingerprint(run: _Run, stage: Stage) -> str:
+def _stage_inputs(run: _Run, stage: Stage, *, without: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a stage's outputs depend on: its config fields (less ``without``) and the fingerprints
+    of the stages it reads."""
     cfg = run.cfg.to_json()
-    parts: dict[str, Any] = {"stage": stage.name, "config": {k: cfg.get(k) for k in stage.config}}
+    return {
+        "config": {k: cfg.get(k) for k in stage.config if k not in without},
+        "deps": {d: run.state["stages"].get(d, {}).get("fingerprint") for d in stage.reads},
+    }
+
+
+def _fingerprint(run: _Run, stage: Stage) -> str:
+    parts: dict[str, Any] = {"stage": stage.name, **_stage_inputs(run, stage)}
     if stage.name == "rollouts" and run.cfg.rollouts:
         parts["import_sha256"] = sha256_file(run.cfg.rollouts)
-    parts["deps"] = {d: run.state["stages"].get(d, {}).get("fingerprint") for d in stage.reads}
     return hash_obj(parts)
 
 
@@ -582,15 +590,8 @@ def _ablation_reuse_key(run: _Run) -> str:
     """What a setting's measurement depends on besides its heads: the ablation stage's fingerprint
     without the fields that only choose which settings run (``random_seeds``, ``top_percents``,
     ``contrast_ablation``). Settings of an earlier ``ablation.json`` with the same key are reused."""
-    cfg = run.cfg.to_json()
     which = ("random_seeds", "top_percents", "contrast_ablation")
-    stage = get_stage("ablation")
-    return hash_obj(
-        {
-            "config": {k: cfg.get(k) for k in stage.config if k not in which},
-            "deps": {d: run.state["stages"].get(d, {}).get("fingerprint") for d in stage.reads},
-        }
-    )
+    return hash_obj(_stage_inputs(run, get_stage("ablation"), without=which))
 
 
 def _previous_ablation(run: _Run, key: str) -> Any:
@@ -638,15 +639,10 @@ def _add_capability_cost(run: _Run, results: Any, harmless: list, means: Any, pr
     under the hooks that :func:`cliff_lens.evaluate.attack_success` generated the setting with.
     A setting of ``previous`` (an earlier ``ablation.json`` measured the same way) with the same
     heads keeps its cost."""
-    old = {
-        s.setting: s.row["capability"]
-        for s in (previous.measured if previous is not None else [])
-        if "capability" in s.row
-    }
-    old_heads = {s.setting: s.row.get("heads") for s in (previous.measured if previous is not None else [])}
     from .capability import intervention_cost
     from .evaluate import setting_hooks
 
+    before = {s.setting: s.row for s in previous.measured} if previous is not None else {}
     ref = [r for r in harmless if r.thinking_closed and (r.answer or "").strip()]
     if not ref:
         return
@@ -656,8 +652,9 @@ def _add_capability_cost(run: _Run, results: Any, harmless: list, means: Any, pr
     for s in results.measured:
         if s.kind not in ("top", "random") or not s.heads:
             continue
-        if s.setting in old and old_heads.get(s.setting) == s.row["heads"]:
-            s.row["capability"] = old[s.setting]
+        old = before.get(s.setting)
+        if old is not None and "capability" in old and old.get("heads") == s.row["heads"]:
+            s.row["capability"] = old["capability"]
             continue
         hooks = setting_hooks(model, s.heads, run.cfg.ablation_mode, means)
         cost = intervention_cost(model, toks, hooks, batch_size=run.cfg.batch_size, seed=run.cfg.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -414,13 +415,18 @@ def test_real_refusal_probe_object():
     assert float(attr[SUPP]) == pytest.approx(-ALPHA, abs=1e-4)  # raw: unit direction
 
 
-@pytest.mark.parametrize("normalization", ["RMS", "LN"])
+@pytest.mark.parametrize("normalization", ["RMS", "LN", "shortformer"])
 @pytest.mark.parametrize("probe_hook", ["final_norm_weighted", "blocks.1.hook_resid_post"])
 def test_causal_effects_from_the_heads_layer_equal_full_passes(normalization, probe_hook):
     """Each ablated pass starts at the head's layer from the cached residual; on padded batches of
     ragged length it equals a full pass under the same hooks, head by head, and heads after the
-    probe's layer have no effect."""
-    m = general_tl_model(normalization=normalization, seed=3)
+    probe's layer have no effect. (Shortformer positions are not in the residual: full passes.)"""
+    m = general_tl_model(normalization="LN" if normalization == "shortformer" else normalization, seed=3)
+    if normalization == "shortformer":
+        cfg = copy.deepcopy(m.cfg)
+        cfg.positional_embedding_type = "shortformer"
+        m = HookedTransformer(cfg)
+        m.eval()
     means = compute_head_means(m, rand_seqs([7, 9, 5], seed=1))
     seqs = rand_seqs([6, 11, 8, 4, 10], seed=2)
     g = torch.Generator().manual_seed(0)
