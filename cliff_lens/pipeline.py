@@ -794,11 +794,6 @@ def _load_heads(run: _Run) -> HeadsFile:
 
 
 # -- results.json: one builder per section of results_schema.SECTIONS ------------------------
-def _mean(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None and x == x]
-    return sum(xs) / len(xs) if xs else None
-
-
 def _ci(x: Any) -> list:
     """The ``[low, high]`` 95% interval of a stats.Rate / MeanCI as JSON."""
     return x.to_dict()["ci95"]
