@@ -197,7 +197,8 @@ def _ablation_rows(results: dict) -> list[tuple[str, str]]:
         rows.append(
             (
                 f"ASR / over-refusal, {a['setting']}",
-                f"{_rate_cell(a['asr'], a.get('asr_ci95'))} / {_rate_cell(a['over_refusal'], a.get('over_refusal_ci95'))}"
+                f"{_rate_cell(a['asr'], a.get('asr_ci95'), a.get('n_attack_success'), a.get('n_harmful'))} / "
+                f"{_rate_cell(a['over_refusal'], a.get('over_refusal_ci95'), a.get('n_over_refusal'), a.get('n_harmless'))}"
                 f"{_ablation_tests(a)}",
             )
         )

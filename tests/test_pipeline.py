@@ -259,6 +259,8 @@ def test_markdown_table_shows_every_headline_with_its_interval(run_dir):
     assert table.startswith("| | value [95% CI] |")
     assert "ASR / over-refusal, baseline" in table and "McNemar p = " in table
     assert table.count("[") >= 6  # refusal rates, probe, cliff blocks, ASR rows carry intervals
+    base = next(a for a in results["ablation"] if a["setting"] == "baseline")
+    assert f"({base['n_attack_success']}/{base['n_harmful']}) [" in table  # every ASR with its n
 
 
 def test_contrast_ranking_is_ablated_and_tested_against_the_paper_ranking(run_dir):
