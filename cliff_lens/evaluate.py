@@ -260,8 +260,9 @@ def attack_success(
         previous: rows of an earlier call with the same model, prompts, ablation and generation
             settings (e.g. ``AblationResults.load(path).rows``): a setting with the same name and
             heads is taken from them instead of generated again, so raising ``random_seeds`` only
-            generates the new sets. Its tests against the baseline and the random sets are
-            recomputed over the new set of rows; ``capability`` (the pipeline's) is dropped.
+            generates the new sets. Its tests against the baseline, the random sets and the paper
+            ranking are recomputed over the new set of rows; its other fields (e.g. the pipeline's
+            ``capability``) are kept.
 
     Each setting generates its harmful and harmless prompts in one call, so they share batches.
     """
@@ -322,8 +323,8 @@ def attack_success(
     return rows + summary
 
 
-#: fields of a row computed from other rows (or by the pipeline), recomputed when a row is reused
-_DERIVED = ("vs_baseline", "vs_random", "vs_paper_ranking", "capability")
+#: fields of a row computed from the other rows, recomputed when a row is reused
+_DERIVED = ("vs_baseline", "vs_random", "vs_paper_ranking")
 
 
 def _reusable_rows(previous: Sequence[dict] | None, n_harmful: int, n_harmless: int) -> dict[str, dict]:

@@ -582,7 +582,7 @@ def _stage_ablation(run: _Run) -> None:
         },
     )
     _compare_rankings(results)
-    _add_capability_cost(run, results, harmless, means, previous)
+    _add_capability_cost(run, results, harmless, means)
     results.save(run.path("ablation.json"))
 
 
@@ -633,16 +633,14 @@ def _compare_rankings(results: Any) -> None:
         }
 
 
-def _add_capability_cost(run: _Run, results: Any, harmless: list, means: Any, previous: Any = None) -> None:
+def _add_capability_cost(run: _Run, results: Any, harmless: list, means: Any) -> None:
     """``capability`` on every ablated setting: KL and answer log-likelihood change on the model's
     own unablated harmless rollouts, teacher-forced (:func:`cliff_lens.capability.intervention_cost`),
     under the hooks that :func:`cliff_lens.evaluate.attack_success` generated the setting with.
-    A setting of ``previous`` (an earlier ``ablation.json`` measured the same way) with the same
-    heads keeps its cost."""
+    A setting reused from an earlier ``ablation.json`` (measured the same way) keeps its cost."""
     from .capability import intervention_cost
     from .evaluate import setting_hooks
 
-    before = {s.setting: s.row for s in previous.measured} if previous is not None else {}
     ref = [r for r in harmless if r.thinking_closed and (r.answer or "").strip()]
     if not ref:
         return
@@ -652,9 +650,7 @@ def _add_capability_cost(run: _Run, results: Any, harmless: list, means: Any, pr
     for s in results.measured:
         if s.kind not in ("top", "random") or not s.heads:
             continue
-        old = before.get(s.setting)
-        if old is not None and "capability" in old and old.get("heads") == s.row["heads"]:
-            s.row["capability"] = old["capability"]
+        if "capability" in s.row:  # reused
             continue
         hooks = setting_hooks(model, s.heads, run.cfg.ablation_mode, means)
         cost = intervention_cost(model, toks, hooks, batch_size=run.cfg.batch_size, seed=run.cfg.seed)
