@@ -68,6 +68,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AblationMode",
     "ablation_hooks",
+    "row_ablation_hooks",
+    "head_mask",
     "ablate_heads",
     "compute_head_means",
     "save_head_means",
@@ -185,20 +187,69 @@ def ablation_hooks(
     heads are edited in one vectorised op), plus a shape-reading hook on
     ``blocks.{l}.attn.hook_attn_scores`` when ``positions`` is restricted (it records the KV-cache
     offset so indices stay absolute during generation). See the module docstring for modes and
-    positions.
+    positions. :func:`row_ablation_hooks` ablates a different head set in each batch row.
     """
+    hs = validate_heads(model, heads)
+    cfg = model.cfg
+    mask = torch.zeros((1, cfg.n_layers, cfg.n_heads), dtype=torch.bool)
+    for lay, h in hs:
+        mask[0, lay, h] = True
+    return _mask_hooks(model, mask, mode, means, positions)
+
+
+def head_mask(
+    model: HookedTransformer, head_sets: Sequence[Sequence[tuple[int, int]]]
+) -> Bool[Tensor, "rows n_layers n_heads"]:
+    """One boolean ``[n_layers, n_heads]`` mask per head set: ``True`` where a head is ablated."""
+    cfg = model.cfg
+    mask = torch.zeros((len(head_sets), cfg.n_layers, cfg.n_heads), dtype=torch.bool)
+    for i, hs in enumerate(head_sets):
+        for lay, h in validate_heads(model, hs) if len(hs) else ():
+            mask[i, lay, h] = True
+    return mask
+
+
+def row_ablation_hooks(
+    model: HookedTransformer,
+    head_sets: Sequence[Sequence[tuple[int, int]]],
+    mode: Validated[AblationMode] = "zero",
+    means: Any = None,
+    positions: Any = None,
+) -> list[tuple[str, Callable]]:
+    """Forward hooks that ablate ``head_sets[i]`` in row ``i`` of the batch (one head set per
+    row; an empty set leaves its row untouched), so that one forward pass or one generation call
+    carries several ablation settings side by side.
+
+    Row ``i`` gets exactly what :func:`ablation_hooks` of ``head_sets[i]`` gives it alone: the
+    modes act per row (``paper_renorm`` rescales per position), except ``paper_renorm_global``,
+    whose one factor over the whole batch would mix the settings (a ``ValueError``; generate its
+    settings one at a time). The batch size of every forward pass must equal ``len(head_sets)``.
+    """
+    if mode == "paper_renorm_global":
+        raise ValueError(
+            "mode='paper_renorm_global' rescales the whole batch with one factor, so rows of different "
+            "settings cannot share a batch; use ablation_hooks per setting, or mode='paper_renorm'"
+        )
+    if not head_sets:
+        raise ValueError("head_sets is empty; pass one head set (possibly empty) per batch row")
+    return _mask_hooks(model, head_mask(model, head_sets), mode, means, positions)
+
+
+def _mask_hooks(
+    model: HookedTransformer,
+    mask: Bool[Tensor, "rows n_layers n_heads"],
+    mode: Validated[AblationMode],
+    means: Any,
+    positions: Any,
+) -> list[tuple[str, Callable]]:
+    """The hooks of a head mask (one row for every batch row, or one row broadcast to all)."""
     if mode not in _MODES:
         raise ValueError(f"mode={mode!r} is unknown; use one of {_MODES}")
-    hs = validate_heads(model, heads)
     positions = _check_positions(positions)
     mean_t = _means_tensor(model, means) if mode == "mean" else None
-    by_layer: dict[int, list[int]] = {}
-    for lay, h in hs:
-        by_layer.setdefault(lay, []).append(h)
     restricted = positions is not None and not (isinstance(positions, str) and positions == "all")
-
     hooks: list[tuple[str, Callable]] = []
-    for lay, hl in sorted(by_layer.items()):
+    for lay in sorted(int(v) for v in torch.nonzero(mask.any(dim=(0, 2))).flatten().tolist()):
         state = {"offset": 0}
         if restricted:
 
@@ -206,39 +257,44 @@ def ablation_hooks(
                 _s["offset"] = int(scores.shape[-1] - scores.shape[-2])
 
             hooks.append((f"blocks.{lay}.attn.hook_attn_scores", offset_hook))
+        layer_means = None if mean_t is None else mean_t[lay]
         hooks.append(
-            (
-                f"blocks.{lay}.attn.hook_z",
-                _make_z_hook(
-                    torch.tensor(hl), mode, None if mean_t is None else mean_t[lay], positions, state
-                ),
-            )
+            (f"blocks.{lay}.attn.hook_z", _make_z_hook(mask[:, lay], mode, layer_means, positions, state))
         )
     return hooks
 
 
 def _make_z_hook(
-    head_idx: Tensor, mode: AblationMode, layer_means: Tensor | None, positions: Any, state: dict
+    rows: Bool[Tensor, "rows n_heads"],
+    mode: AblationMode,
+    layer_means: Tensor | None,
+    positions: Any,
+    state: dict,
 ) -> Callable:
+    """The ``hook_z`` function of one layer: ``rows[b, h]`` says whether head ``h`` of batch row
+    ``b`` is ablated (a single row applies to every batch row)."""
+    single = rows.shape[0] == 1
+
     def hook(z: Float[Tensor, "batch pos n_heads d_head"], hook: Any) -> Tensor:
         B, Q = z.shape[0], z.shape[1]
+        if not single and rows.shape[0] != B:
+            raise ValueError(
+                f"row_ablation_hooks got {rows.shape[0]} head sets but the forward pass has batch size {B}; "
+                "build the hooks for this batch's rows"
+            )
         sel = _position_mask(positions, B, Q, state["offset"], z.device)
-        hi = head_idx.to(z.device)
-        z = z.clone()
+        m = rows.to(z.device)[:, None, :, None]  # [rows, 1, n_heads, 1]
+        if sel is not None:
+            m = m & sel[:, :, None, None]  # [batch, q, n_heads, 1]
         if mode in ("zero", "mean"):
             if mode == "zero":
                 new = torch.zeros((), dtype=z.dtype, device=z.device)
             else:
-                # mode "mean" always comes with the layer's means (ablation_hooks)
-                new = cast(Tensor, layer_means).to(device=z.device, dtype=z.dtype)[hi]  # [h_sel, d_head]
-            if sel is None:
-                z[:, :, hi] = new
-            else:
-                z[:, :, hi] = torch.where(sel[:, :, None, None], new, z[:, :, hi])
-            return z
+                # mode "mean" always comes with the layer's means (_mask_hooks)
+                new = cast(Tensor, layer_means).to(device=z.device, dtype=z.dtype)  # [n_heads, d_head]
+            return torch.where(m, new, z)
         zf = z.float()
-        z2 = zf.clone()
-        z2[:, :, hi] = 0.0
+        z2 = torch.where(m, torch.zeros((), dtype=zf.dtype, device=z.device), zf)
         if mode == "paper_renorm":
             before = zf.pow(2).sum((-2, -1)).sqrt()
             after = z2.pow(2).sum((-2, -1)).sqrt()

@@ -166,6 +166,7 @@ def generate_rollouts(
     stop_token_ids: Sequence[int] | None = None,
     source: str | None = None,
     progress: bool = True,
+    row_hooks: Callable[[list[int]], HookList] | None = None,
 ) -> list[Rollout]:
     """Generate a reasoning rollout per prompt with a ``HookedTransformer``.
 
@@ -196,6 +197,10 @@ def generate_rollouts(
         stop_token_ids: extra token ids that end a rollout (the tokenizer's eos always does).
         source: dataset name for plain-string prompts.
         progress: show a progress bar.
+        row_hooks: ``row_hooks(indices) -> hooks`` for one batch, given the indices (into
+            ``prompts``) of its rows in batch order, active for that batch beside ``hooks``: e.g.
+            :func:`cliff_lens.ablation.row_ablation_hooks` with one head set per row, so that one
+            call generates several ablation settings side by side. Its presence enters the id.
 
     Returns:
         The rollouts in prompt order (including ones found already finished in ``out``). The
@@ -212,6 +217,8 @@ def generate_rollouts(
     if not items:
         raise ValueError("prompts is empty; pass at least one prompt")
     settings = _sampling_settings(max_new_tokens, temperature, top_p, seed, hooks, tag)
+    if row_hooks is not None:
+        settings["row_hooks"] = True
     ids = _rollout_ids(items, tmpl.name, settings)
     done = _finished_rollouts(out, ids)
     todo = [i for i, rid in enumerate(ids) if rid not in done]
@@ -233,16 +240,18 @@ def generate_rollouts(
     try:
         with ctx, fast_forward(model):
             for batch in batches:
-                new, reasons = _generate_batch(
-                    model,
-                    [encoded[i] for i in batch],
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
-                    generators=_row_generators([ids[i] for i in batch], seed, temperature),
-                    stop_ids=stop_ids,
-                    pad_id=pad_id,
-                )
+                per_batch = model.hooks(fwd_hooks=list(row_hooks(batch))) if row_hooks else _nullcontext()
+                with per_batch:
+                    new, reasons = _generate_batch(
+                        model,
+                        [encoded[i] for i in batch],
+                        max_new_tokens=max_new_tokens,
+                        temperature=temperature,
+                        top_p=top_p,
+                        generators=_row_generators([ids[i] for i in batch], seed, temperature),
+                        stop_ids=stop_ids,
+                        pad_id=pad_id,
+                    )
                 if "context" in reasons and not warned:
                     warnings.warn(
                         f"generation cut short by the model context (n_ctx={n_ctx}); stop_reason='context' "
