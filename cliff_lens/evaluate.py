@@ -20,12 +20,16 @@ a closed thinking; the judge is not asked). Each setting row then holds:
     ``over_refusal_ci95``, ``n_over_refusal``, ``n_harmless_no_answer``, ``harmless_unclosed``).
     Harmful and harmless prompts are never mixed into one rate.
 ``harmful_outcomes`` / ``harmless_outcomes``
-    the per-prompt outcomes, in the order of ``harmful_prompts`` / ``harmless_prompts``.
+    the per-prompt outcomes, in the order of ``harmful_prompts`` / ``harmless_prompts``;
+    ``harmful_answers`` / ``harmless_answers`` the answer each outcome was judged on (``None``
+    for a rollout whose thinking never closed), so every judgement can be audited.
 ``vs_baseline``
     (non-baseline rows, when the baseline runs) exact McNemar tests against the baseline on the
-    same prompts: ``{"asr": {"n", "baseline_only", "setting_only", "p_value"}, "over_refusal":
-    ...}`` where ``baseline_only`` counts prompts that were a success (resp. a refusal) under
-    the baseline only (:func:`cliff_lens.stats.mcnemar_exact`).
+    same prompts: ``{"asr": {"n", "baseline_only", "setting_only", "p_value"}, "refusal": ...,
+    "over_refusal": ...}`` where ``baseline_only`` counts prompts that were a success (``asr``),
+    a harmful refusal (``refusal``: no-answers count as neither, so it is reported beside the
+    success-based test) or a harmless refusal (``over_refusal``) under the baseline only
+    (:func:`cliff_lens.stats.mcnemar_exact`).
 ``vs_random``
     (top-k% rows, when random-k% sets of the same k run) ``{"n_sets", "asr_mean", "asr_min",
     "asr_max", "asr_empirical_p"}``: the empirical p-value is ``(1 + #random sets with ASR <=
@@ -39,9 +43,10 @@ replacement (``torch.randperm`` with the seed); a ``random_summary`` row per k g
 standard deviation (population, ``ddof=0``), min and max over the seeds, plus the top-k% ASR and
 its empirical p-value (see :func:`summarize_random`).
 
-Cost: every setting is one generate call over its harmful + harmless prompts (they share
-batches). Settings cannot share a call: the ablation hooks act on the whole batch (the model's
-hook context), so a random set costs a full generation of all prompts.
+Cost: by default every setting that needs generating goes into ONE generate call over
+(setting x prompt) rows, each row ablating its own setting's heads
+(:func:`cliff_lens.ablation.row_ablation_hooks`), so the batches are full and the per-step
+overhead is paid once for all settings; ``side_by_side=False`` generates one setting per call.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._typing import Validated
-from .ablation import AblationMode, ablation_hooks, probe_scores
+from .ablation import AblationMode, ablation_hooks, probe_scores, row_ablation_hooks
 from .heads import n_top_heads, suppression_heads, validate_heads
 from .judges import KeywordJudge, attack_success_rate, count_outcomes, judge_outcomes, refusal_rate
 from .stats import Rate, empirical_p_value, mcnemar_exact
@@ -175,6 +180,15 @@ def _call_generate(
     return rollouts
 
 
+def _accepts(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` takes the keyword argument ``name`` (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
 def _closed(r: Any) -> bool:
     return getattr(r, "thinking_closed", True) is not False and getattr(r, "answer", None) is not None
 
@@ -194,6 +208,7 @@ def _outcome_fields(prefix: str, outs: list[str], rollouts: list) -> dict:
     c = count_outcomes(outs)
     return {
         f"{prefix}_outcomes": outs,
+        f"{prefix}_answers": [getattr(r, "answer", None) for r in rollouts],
         f"n_{prefix}_refused": c["refused"],
         f"n_{prefix}_complied": c["complied"],
         f"n_{prefix}_no_answer": c["no_answer"],
@@ -231,6 +246,7 @@ def attack_success(
     tokenize_fn: Callable[[str, str], Any] | None = None,
     progress: bool = False,
     previous: Sequence[dict] | None = None,
+    side_by_side: bool = True,
     **generate_kwargs: Any,
 ) -> list[dict]:
     """Generate, judge and summarise every setting; returns one dict per setting plus one
@@ -264,7 +280,14 @@ def attack_success(
             ranking are recomputed over the new set of rows; its other fields (e.g. the pipeline's
             ``capability``) are kept.
 
-    Each setting generates its harmful and harmless prompts in one call, so they share batches.
+        side_by_side: generate every setting that needs generating in ONE call of the generator,
+            over (setting x prompt) rows, each row with its setting's heads ablated
+            (:func:`cliff_lens.ablation.row_ablation_hooks`; ``batch_size`` is then rows per
+            forward pass). Needs a generator that takes ``row_hooks`` (the default does) and a
+            mode other than ``paper_renorm_global``; otherwise, or with ``side_by_side=False``,
+            each setting is one call. Both give the same rows (greedy decoding; tested).
+
+    Each setting generates its harmful and harmless prompts together, so they share batches.
     """
     harm = _texts(harmful_prompts, "harmful_prompts")
     benign = _texts(harmless_prompts, "harmless_prompts")
@@ -297,30 +320,49 @@ def attack_success(
         mode=mode,
         means=means,
         judge=judge if judge is not None else KeywordJudge(),
-        generate=lambda hooks: _call_generate(
-            generate_fn, model, harm + benign, hooks,
-            dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, **generate_kwargs),
+        generate=lambda prompts, hooks, extra: _call_generate(
+            generate_fn, model, prompts, hooks,
+            dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, **generate_kwargs, **extra),
         ),
         probe=probe,
         tokenize_fn=tokenize_fn,
         batch_size=batch_size,
     )  # fmt: skip
     done = _reusable_rows(previous, len(harm), len(benign))
-    rows = []
+    rows: list[dict | None] = []
+    pending: list[tuple[int, dict]] = []
     for i, st in enumerate(settings):
         old = done.get(st["setting"])
         if old is not None and old["heads"] == [list(h) for h in st["heads"]]:
             rows.append(old)
-            continue
+        elif st["kind"] == "baseline" and base is not None:
+            rows.append(run.row(st, base))
+        else:
+            rows.append(None)
+            pending.append((i, st))
+    together = (
+        side_by_side
+        and len(pending) > 1
+        and mode != "paper_renorm_global"
+        and _accepts(generate_fn, "row_hooks")
+    )
+    if together:
         if progress:
+            log.info("attack_success: %d settings side by side in one generation", len(pending))
+        outs: list[list | None] = list(run.generate_side_by_side([st for _, st in pending]))
+    else:
+        outs = [None] * len(pending)
+    for (i, st), got in zip(pending, outs):
+        if progress and got is None:
             log.info(
                 "attack_success %d/%d %s (%d heads)", i + 1, len(settings), st["setting"], len(st["heads"])
             )
-        rows.append(run.row(st, base if st["kind"] == "baseline" else None))
-    _compare_to_baseline(rows)
-    summary = summarize_random(rows)
-    _add_vs_random(rows, summary)
-    return rows + summary
+        rows[i] = run.row(st, got)
+    out = [r for r in rows if r is not None]
+    _compare_to_baseline(out)
+    summary = summarize_random(out)
+    _add_vs_random(out, summary)
+    return out + summary
 
 
 #: fields of a row computed from the other rows, recomputed when a row is reused
@@ -376,7 +418,7 @@ class _SettingRun:
     mode: AblationMode
     means: Any
     judge: Any
-    generate: Callable[[list], list]
+    generate: Callable[[list[str], list, dict], list]
     probe: Any
     tokenize_fn: Callable[[str, str], Any] | None
     batch_size: int
@@ -390,7 +432,7 @@ class _SettingRun:
             n_heads=len(st["heads"]),
             mode=self.mode if st["heads"] else None,
         )
-        both = rollouts if rollouts is not None else self.generate(hooks)
+        both = rollouts if rollouts is not None else self.generate(self.harm + self.benign, hooks, {})
         harm, benign = self.harm, self.benign
         harm_r, ben_r = both[: len(harm)], both[len(harm) :]
         # one judge call per setting, every answer with its prompt (cliff_lens.judges.outcome rule)
@@ -399,6 +441,20 @@ class _SettingRun:
         row.update(_harmless_fields(outs[len(harm) :], ben_r))
         row["refusal_score_end"] = self._refusal_score_end(harm_r, hooks)
         return row
+
+    def generate_side_by_side(self, sts: list[dict]) -> list[list]:
+        """Every setting of ``sts`` in one generator call over (setting x prompt) rows; returns
+        each setting's rollouts in the order of ``harm + benign``."""
+        prompts = self.harm + self.benign
+        rows = [(si, j) for si in range(len(sts)) for j in range(len(prompts))]
+        heads = [[(int(h[0]), int(h[1])) for h in sts[si]["heads"]] for si, _ in rows]
+
+        def row_hooks(idx: list[int]) -> list:
+            return row_ablation_hooks(self.model, [heads[i] for i in idx], self.mode, self.means)
+
+        out = self.generate([prompts[j] for _, j in rows], [], {"row_hooks": row_hooks})
+        n = len(prompts)
+        return [out[si * n : (si + 1) * n] for si in range(len(sts))]
 
     def _refusal_score_end(self, harm_r: list, hooks: list) -> float | None:
         """Mean probe probability at the last end-of-thinking token of the closed harmful rollouts."""
@@ -487,6 +543,11 @@ def _compare_to_baseline(rows: list[dict]) -> None:
             "asr": _mcnemar(
                 [o == "complied" for o in base["harmful_outcomes"]],
                 [o == "complied" for o in r["harmful_outcomes"]],
+            ),
+            # refusals alone: a no-answer is neither a success nor a refusal, so the two tests differ
+            "refusal": _mcnemar(
+                [o == "refused" for o in base["harmful_outcomes"]],
+                [o == "refused" for o in r["harmful_outcomes"]],
             ),
             "over_refusal": _mcnemar(
                 [o == "refused" for o in base["harmless_outcomes"]],

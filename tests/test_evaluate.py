@@ -293,7 +293,13 @@ def _known_rows(monkeypatch, **kw):
     scores[0, 0], scores[0, 1] = -3.0, -2.0  # top-25% suppression heads: (0,0), (0,1)
     gen, judge = _known_generate(), RecordingJudge()
     args = dict(
-        scores=scores, top_percents=(25,), random_seeds=range(6), mode="zero", judge=judge, generate_fn=gen
+        scores=scores,
+        top_percents=(25,),
+        random_seeds=range(6),
+        mode="zero",
+        judge=judge,
+        generate_fn=gen,
+        side_by_side=False,  # the stand-in reads each setting's heads from its call's hooks
     )
     rows = attack_success(model, H10, B4, **{**args, **kw})
     return {r["setting"]: r for r in rows}, gen, judge
@@ -386,3 +392,43 @@ def test_rates_mcnemar_and_empirical_p_against_hand_computed_values(monkeypatch,
     assert saved["top-25%"]["harmful_outcomes"] == top["harmful_outcomes"]
     assert saved["random-25% (6 seeds)"]["top_asr_empirical_p"] == pytest.approx(3 / 7)
     assert saved["baseline"]["asr_ci95"] == pytest.approx([0.39677, 0.89223], abs=1e-4)
+
+
+def test_settings_side_by_side_equal_one_call_per_setting():
+    """The default (every setting in one generation over (setting x prompt) rows) gives the rows
+    of one generation call per setting, on a real tiny model with real ablation hooks."""
+    from dataclasses import replace
+
+    from cliff_lens.rollout import generate_rollouts
+    from cliff_lens.testing import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer(0)
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=len(tok), n_ctx=128,
+        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8,
+        initializer_range=0.3, seed=5, device="cpu",
+    )  # fmt: skip
+    m = HookedTransformer(cfg)
+    m.tokenizer = tok
+    m.eval()
+    calls = []
+
+    def gen(model, prompts, **kw):  # the real engine; every completion read as the answer
+        calls.append(len(prompts))
+        return [
+            replace(r, answer=r.thinking, thinking_closed=True)
+            for r in generate_rollouts(model, prompts, **kw)
+        ]
+
+    scores = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    kw = dict(
+        scores=scores, top_percents=(25,), random_seeds=(0, 1, 2), mode="zero", generate_fn=gen,
+        max_new_tokens=8, batch_size=5, progress=False,
+    )  # fmt: skip
+    together = attack_success(m, HARM, BENIGN, **kw)
+    n_together = len(calls)
+    alone = attack_success(m, HARM, BENIGN, side_by_side=False, **kw)
+    assert n_together == 1 and len(calls) - n_together == 5  # baseline, top, 3 random sets
+    assert json.dumps(together, sort_keys=True) == json.dumps(alone, sort_keys=True)
+    answers = {json.dumps(r["harmful_answers"]) for r in together if "harmful_answers" in r}
+    assert len(answers) > 1  # the settings do differ, so equality is not trivial

@@ -284,20 +284,23 @@ def test_raising_random_seeds_generates_only_the_new_sets(tmp_path, monkeypatch)
     pool = synthetic_rollouts(tmp_path / "pool.jsonl")
     small = dataclasses.replace(imported_run_config(model_dir, pool, tmp_path / "a"), random_seeds=1)
     pipeline.run(small)
-    calls: list[int] = []
+    calls: list[int] = []  # rows per generation call
     real = rollout.generate_rollouts
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def counting(model, prompts, **kwargs):
+        calls.append(len(prompts))
+        return real(model, prompts, **kwargs)
 
     monkeypatch.setattr(rollout, "generate_rollouts", counting)
     raised = pipeline.run(dataclasses.replace(small, random_seeds=3))
-    assert len(calls) == 2  # random seeds 1 and 2; baseline, top-25% and seed 0 are reused
+    meta = json.loads((tmp_path / "a" / "ablation.json").read_text())["meta"]
+    n = meta["n_harmful"] + meta["n_harmless"]  # rows of one setting
+    # random seeds 1 and 2, side by side in one call; baseline, top-25% and seed 0 are reused
+    assert calls == [2 * n]
     fresh = pipeline.run(dataclasses.replace(small, random_seeds=3, out=tmp_path / "b"))
-    # a fresh run generates all 6: baseline (imported rollouts are not a baseline), top-25%,
-    # top-25% contrast and three random sets
-    assert len(calls) == 2 + 6
+    # a fresh run generates all 6 in one call: baseline (imported rollouts are not a baseline),
+    # top-25%, top-25% contrast and three random sets
+    assert calls == [2 * n, 6 * n]
     strip = {"run_dir", "config", "timings", "versions"}
     assert {k: v for k, v in raised.items() if k not in strip} == {
         k: v for k, v in fresh.items() if k not in strip
