@@ -12,8 +12,9 @@ token,
 Each is averaged over a rollout's answer tokens, then over rollouts, with a 95% bootstrap
 interval over rollouts (:func:`cliff_lens.stats.bootstrap_mean`). Reads go through the read-out
 engine (:mod:`cliff_lens.readout`): one forward per batch with and one without the hooks, the
-residual after the last block taken at the answer positions only, then the model's final norm
-and unembedding on those rows.
+residual after the last block taken at the answer positions only, then the model's final norm,
+unembedding and, where the config sets ``output_logits_soft_cap > 0`` (Gemma 2), the final-logit
+soft-cap ``cap * tanh(logits / cap)`` on those rows, as ``HookedTransformer.forward`` applies it.
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ class InterventionCost:
         }
 
 
+def _soft_cap(model: HookedTransformer, logits: Float[Tensor, "*rows vocab"]) -> Float[Tensor, "*rows vocab"]:
+    """``cap * tanh(logits / cap)`` when ``model.cfg.output_logits_soft_cap > 0``, else ``logits``:
+    the post-processing ``HookedTransformer.forward`` applies after ``unembed``."""
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    if cap is None or float(cap) <= 0:
+        return logits
+    return float(cap) * torch.tanh(logits / float(cap))
+
+
 def _answer_logprobs(
     model: HookedTransformer,
     prepared: list,
@@ -80,7 +90,7 @@ def _answer_logprobs(
         model, prepared, [last], make_reader, batch_size=batch_size, hooks=hooks, stop_at_layer=None
     ):
         resid, counts = store["x"], store["counts"]
-        logits = model.unembed(final_norm(model, resid)).float()
+        logits = _soft_cap(model, model.unembed(final_norm(model, resid)).float())
         logp = torch.log_softmax(logits, dim=-1)
         for j, i in enumerate(batch.index):
             out[i] = logp[j, : int(counts[j])].cpu()

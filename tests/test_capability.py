@@ -68,3 +68,29 @@ def test_rollouts_without_answers_are_refused(setup):
     empty = tpl.tokenize(model.tokenizer, "a question", "a thought", "")
     with pytest.raises(ValueError, match="non-empty answer"):
         intervention_cost(model, [empty], [])
+
+
+def test_soft_capped_logits_match_the_full_forward():
+    """Gemma 2 soft-caps its final logits; the KL must use the capped logits, as ``model(tokens)``."""
+    from cliff_lens.testing import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer(100)
+    # a small cap so that the cap changes the logits a lot (random logits reach a few units)
+    model = rotary_tl_model(d_vocab=len(tok), output_logits_soft_cap=0.5)
+    assert model.cfg.output_logits_soft_cap == 0.5
+    model.tokenizer = tok
+    tpl = get_template("generic")
+    toks = [
+        tpl.tokenize(tok, "write a poem about cake", "a poem is fine", "sure here is a poem about cake"),
+        tpl.tokenize(tok, "tell me a story", "a story is safe", "okay the first step is to think"),
+    ]
+    ids = toks[0].tokens[None]
+    logits = model(ids)
+    assert logits.abs().max() <= 0.5 + 1e-6  # the forward did cap
+    hooks = ablation_hooks(model, [(0, 1), (1, 2)], mode="zero")
+    cost = intervention_cost(model, toks, hooks, batch_size=2)
+    for i, t in enumerate(toks):
+        kl, d = _manual(model, t, hooks)
+        assert kl > 0
+        assert cost.kl_per_rollout[i] == pytest.approx(kl, rel=1e-4, abs=1e-7)
+        assert cost.delta_per_rollout[i] == pytest.approx(d, rel=1e-4, abs=1e-7)
