@@ -247,6 +247,8 @@ def attack_success(
     progress: bool = False,
     previous: Sequence[dict] | None = None,
     side_by_side: bool = True,
+    fold_settings: Sequence[dict] | None = None,
+    prompt_folds: Sequence[int] | None = None,
     **generate_kwargs: Any,
 ) -> list[dict]:
     """Generate, judge and summarise every setting; returns one dict per setting plus one
@@ -280,6 +282,13 @@ def attack_success(
             ranking are recomputed over the new set of rows; its other fields (e.g. the pipeline's
             ``capability``) are kept.
 
+        fold_settings / prompt_folds: settings whose heads depend on the prompt's fold, for
+            head sets chosen out of sample (:func:`cliff_lens.heldout.cross_fit_head_sets`):
+            each is ``{"setting", "kind", "top_percent", "seed", "heads_by_fold", ...}`` and
+            prompt ``j`` of ``harmful_prompts + harmless_prompts`` is ablated with
+            ``heads_by_fold[prompt_folds[j]]``. Kinds: ``"top"`` (a ranking's held-out top set),
+            ``"random_matched"`` (random sets with the top set's per-layer counts, per fold).
+            Extra keys (e.g. ``"selection"``) are kept in the row.
         side_by_side: generate every setting that needs generating in ONE call of the generator,
             over (setting x prompt) rows, each row with its setting's heads ablated
             (:func:`cliff_lens.ablation.row_ablation_hooks`; ``batch_size`` is then rows per
@@ -308,6 +317,7 @@ def attack_success(
         baseline=baseline,
         rankings=rankings,
     )
+    settings += _fold_settings(model, fold_settings, prompt_folds, len(harm) + len(benign))
     if mode == "mean" and any(s["heads"] for s in settings) and means is None:
         raise ValueError(
             "mode='mean' needs means=compute_head_means(model, reference_batch); or use mode='zero'"
@@ -333,7 +343,7 @@ def attack_success(
     pending: list[tuple[int, dict]] = []
     for i, st in enumerate(settings):
         old = done.get(st["setting"])
-        if old is not None and old["heads"] == [list(h) for h in st["heads"]]:
+        if old is not None and _same_heads(old, st):
             rows.append(old)
         elif st["kind"] == "baseline" and base is not None:
             rows.append(run.row(st, base))
@@ -366,7 +376,7 @@ def attack_success(
 
 
 #: fields of a row computed from the other rows, recomputed when a row is reused
-_DERIVED = ("vs_baseline", "vs_random", "vs_paper_ranking")
+_DERIVED = ("vs_baseline", "vs_random", "vs_random_matched", "vs_paper_ranking")
 
 
 def _reusable_rows(previous: Sequence[dict] | None, n_harmful: int, n_harmless: int) -> dict[str, dict]:
@@ -374,7 +384,7 @@ def _reusable_rows(previous: Sequence[dict] | None, n_harmful: int, n_harmless: 
     another number of prompts are not reusable."""
     out: dict[str, dict] = {}
     for r in previous or ():
-        if r.get("kind") == "random_summary" or (r.get("n_harmful"), r.get("n_harmless")) != (
+        if str(r.get("kind")).endswith("_summary") or (r.get("n_harmful"), r.get("n_harmless")) != (
             n_harmful,
             n_harmless,
         ):
@@ -425,21 +435,31 @@ class _SettingRun:
 
     def row(self, st: dict, rollouts: list | None) -> dict:
         """Generate (unless ``rollouts`` are given), judge and summarise one setting."""
-        hooks = setting_hooks(self.model, st["heads"], self.mode, self.means)
+        prompts = self.harm + self.benign
+        groups = _head_groups(prompt_heads(st, len(prompts)))
         row = dict(
             st,
             heads=[list(h) for h in st["heads"]],
             n_heads=len(st["heads"]),
             mode=self.mode if st["heads"] else None,
         )
-        both = rollouts if rollouts is not None else self.generate(self.harm + self.benign, hooks, {})
+        if "heads_by_fold" in st:
+            row["heads_by_fold"] = [[list(h) for h in hs] for hs in st["heads_by_fold"]]
+            row["n_heads"] = max(len(hs) for hs in st["heads_by_fold"])
+        both = rollouts
+        if both is None:  # one call per head set of this setting (one call unless it is per fold)
+            got: dict[int, Any] = {}
+            for hs, idx in groups:
+                hooks = setting_hooks(self.model, hs, self.mode, self.means)
+                got.update(zip(idx, self.generate([prompts[j] for j in idx], hooks, {})))
+            both = [got[j] for j in range(len(prompts))]
         harm, benign = self.harm, self.benign
         harm_r, ben_r = both[: len(harm)], both[len(harm) :]
         # one judge call per setting, every answer with its prompt (cliff_lens.judges.outcome rule)
         outs = [o for o, _ in judge_outcomes(both, self.judge, prompts=harm + benign)]
         row.update(_harmful_fields(outs[: len(harm)], harm_r))
         row.update(_harmless_fields(outs[len(harm) :], ben_r))
-        row["refusal_score_end"] = self._refusal_score_end(harm_r, hooks)
+        row["refusal_score_end"] = self._refusal_score_end(harm_r, groups)
         return row
 
     def generate_side_by_side(self, sts: list[dict]) -> list[list]:
@@ -447,7 +467,8 @@ class _SettingRun:
         each setting's rollouts in the order of ``harm + benign``."""
         prompts = self.harm + self.benign
         rows = [(si, j) for si in range(len(sts)) for j in range(len(prompts))]
-        heads = [[(int(h[0]), int(h[1])) for h in sts[si]["heads"]] for si, _ in rows]
+        per = [prompt_heads(st, len(prompts)) for st in sts]
+        heads = [per[si][j] for si, j in rows]
 
         def row_hooks(idx: list[int]) -> list:
             return row_ablation_hooks(self.model, [heads[i] for i in idx], self.mode, self.means)
@@ -456,24 +477,83 @@ class _SettingRun:
         n = len(prompts)
         return [out[si * n : (si + 1) * n] for si in range(len(sts))]
 
-    def _refusal_score_end(self, harm_r: list, hooks: list) -> float | None:
-        """Mean probe probability at the last end-of-thinking token of the closed harmful rollouts."""
+    def _refusal_score_end(self, harm_r: list, groups: list[tuple[list, list[int]]]) -> float | None:
+        """Mean probe probability at the last end-of-thinking token of the closed harmful rollouts,
+        each under its own head set."""
         if self.probe is None or self.tokenize_fn is None:  # tokenize_fn is set whenever probe is
             return None
         tok = self.tokenize_fn
-        recs = [tok(p, r.thinking or "") for p, r in zip(self.harm, harm_r, strict=True) if _closed(r)]
-        if not recs:
-            return None
-        s = probe_scores(
-            self.model,
-            recs,
-            self.probe,
-            positions="end_of_thinking_last",
-            score="probability",
-            fwd_hooks=hooks,
-            batch_size=self.batch_size,
+        total, n = 0.0, 0
+        for hs, idx in groups:
+            mine = [j for j in idx if j < len(self.harm) and _closed(harm_r[j])]
+            if not mine:
+                continue
+            s = probe_scores(
+                self.model,
+                [tok(self.harm[j], harm_r[j].thinking or "") for j in mine],
+                self.probe,
+                positions="end_of_thinking_last",
+                score="probability",
+                fwd_hooks=setting_hooks(self.model, hs, self.mode, self.means),
+                batch_size=self.batch_size,
+            )
+            total, n = total + float(s.sum()), n + len(mine)
+        return total / n if n else None
+
+
+def prompt_heads(st: dict, n_prompts: int) -> list[list[tuple[int, int]]]:
+    """The head set each of ``n_prompts`` prompts is ablated with under setting ``st``: its
+    ``heads``, or ``heads_by_fold[prompt_folds[j]]`` for a per-fold setting."""
+    if "heads_by_fold" in st:
+        folds = st["prompt_folds"]
+        by_fold = [[(int(h[0]), int(h[1])) for h in hs] for hs in st["heads_by_fold"]]
+        return [by_fold[f] for f in folds]
+    hs = [(int(h[0]), int(h[1])) for h in st["heads"]]
+    return [hs] * n_prompts
+
+
+def _head_groups(per_prompt: list[list[tuple[int, int]]]) -> list[tuple[list, list[int]]]:
+    """Prompts grouped by their head set, in order of first appearance: ``[(heads, indices)]``."""
+    groups: dict[tuple, list[int]] = {}
+    for j, hs in enumerate(per_prompt):
+        groups.setdefault(tuple(hs), []).append(j)
+    return [(list(k), idx) for k, idx in groups.items()]
+
+
+def _same_heads(old: dict, st: dict) -> bool:
+    """Whether a previous row was measured with the heads of setting ``st`` (per fold included)."""
+    if old["heads"] != [list(h) for h in st["heads"]]:
+        return False
+    if "heads_by_fold" not in st:
+        return "heads_by_fold" not in old
+    return old.get("heads_by_fold") == [[list(h) for h in hs] for hs in st["heads_by_fold"]] and list(
+        old.get("prompt_folds") or ()
+    ) == list(st["prompt_folds"])
+
+
+def _fold_settings(
+    model: Any, fold_settings: Sequence[dict] | None, prompt_folds: Sequence[int] | None, n_prompts: int
+) -> list[dict]:
+    """``fold_settings`` checked and completed with ``prompt_folds`` and the union of their heads."""
+    if not fold_settings:
+        return []
+    folds = [int(f) for f in (prompt_folds or ())]
+    if len(folds) != n_prompts:
+        raise ValueError(
+            f"prompt_folds has {len(folds)} entries for {n_prompts} prompts (harmful + harmless); "
+            "pass one fold per prompt with fold_settings"
         )
-        return float(s.mean())
+    out = []
+    for st in fold_settings:
+        by_fold = [sorted(validate_heads(model, hs)) for hs in st["heads_by_fold"]]
+        if max(folds, default=0) >= len(by_fold) or min(folds, default=0) < 0:
+            raise ValueError(
+                f"setting {st['setting']!r} has {len(by_fold)} folds but prompt_folds names fold "
+                f"{max(folds)}; pass one head set per fold"
+            )
+        union = sorted({h for hs in by_fold for h in hs})
+        out.append({**st, "heads": union, "heads_by_fold": by_fold, "prompt_folds": folds})
+    return out
 
 
 def _rate_fields(group: str, count: str, rate_key: str, r: Rate, outs: list[str], rollouts: list) -> dict:
@@ -509,24 +589,49 @@ def _harmless_fields(b_out: list[str], ben_r: list) -> dict:
     return _rate_fields("harmless", "n_over_refusal", "over_refusal", refusal_rate(b_out), b_out, ben_r)
 
 
+#: the two nulls a top-k% set is compared with: setting kind -> (summary kind, field on the top row)
+NULLS: dict[str, tuple[str, str]] = {
+    "random": ("random_summary", "vs_random"),  # k% of all heads, uniformly
+    "random_matched": ("random_matched_summary", "vs_random_matched"),  # the top set's layer counts
+}
+
+
+def _null_sets(rows: list[dict], kind: str, top: dict) -> list[dict]:
+    """The random sets of null ``kind`` that a top-k% row is compared with: same k, and for the
+    layer-matched null the sets matched to this row (``matches``)."""
+    return [
+        x
+        for x in rows
+        if x.get("kind") == kind
+        and x.get("top_percent") == top.get("top_percent")
+        and (kind == "random" or x.get("matches") == top.get("setting"))
+    ]
+
+
 def _add_vs_random(rows: list[dict], summary: list[dict]) -> None:
-    """``vs_random`` on every top-k% row: its ASR among the random sets of the same k."""
+    """``vs_random`` (uniform null) and ``vs_random_matched`` (layer-matched null, where it ran)
+    on every top-k% row: its ASR among the random sets of the same k."""
     for r in rows:
         if r["kind"] != "top":
             continue
-        sm = next((x for x in summary if x["top_percent"] == r["top_percent"]), None)
-        null = [x["asr"] for x in rows if x["kind"] == "random" and x["top_percent"] == r["top_percent"]]
-        r["vs_random"] = (
-            None
-            if sm is None
-            else {
-                "n_sets": len(sm["seeds"]),
-                "asr_mean": sm["asr_mean"],
-                "asr_min": sm["asr_min"],
-                "asr_max": sm["asr_max"],
-                "asr_empirical_p": empirical_p_value(r["asr"], null, alternative="less"),
-            }
-        )
+        for kind, (_, key) in NULLS.items():
+            null = _null_sets(rows, kind, r)
+            if not null and kind != "random":
+                continue
+            st = _stats([x["asr"] for x in null])
+            r[key] = (
+                None
+                if not null
+                else {
+                    "n_sets": len(null),
+                    "asr_mean": st["mean"],
+                    "asr_min": st["min"],
+                    "asr_max": st["max"],
+                    "asr_empirical_p": empirical_p_value(
+                        r["asr"], [x["asr"] for x in null], alternative="less"
+                    ),
+                }
+            )
 
 
 def _compare_to_baseline(rows: list[dict]) -> None:
@@ -571,27 +676,55 @@ def _stats(vals: list[float]) -> dict:
 
 
 def summarize_random(rows: list[dict]) -> list[dict]:
-    """One ``random_summary`` row per random k: mean/std/min/max of ``asr``, ``over_refusal``,
-    ``refusal_score_end`` and ``harmful_unclosed`` over the seeds, and, when the rows hold the
-    top-k% setting of the same k, its ASR (``top_setting``, ``top_asr``) and
-    ``top_asr_empirical_p``: ``(1 + #random sets with ASR <= top's ASR) / (1 + #random sets)``
-    (:func:`cliff_lens.stats.empirical_p_value`, ``alternative="less"``)."""
+    """One ``random_summary`` row per random k (and one ``random_matched_summary`` row per
+    layer-matched null): mean/std/min/max of ``asr``, ``over_refusal``, ``refusal_score_end`` and
+    ``harmful_unclosed`` over the seeds, and, when the rows hold the top-k% setting they are
+    compared with, its ASR (``top_setting``, ``top_asr``) and ``top_asr_empirical_p``: ``(1 +
+    #random sets with ASR <= top's ASR) / (1 + #random sets)``
+    (:func:`cliff_lens.stats.empirical_p_value`, ``alternative="less"``). The uniform null's top
+    setting is the first top-k% row of that k (the paper ranking's)."""
     out = []
-    ks = sorted({r["top_percent"] for r in rows if r.get("kind") == "random"})
-    for k in ks:
-        rs = [r for r in rows if r.get("kind") == "random" and r["top_percent"] == k]
-        row = {"setting": f"random-{k:g}% ({len(rs)} seeds)", "kind": "random_summary", "top_percent": k}
-        row["seeds"] = [r["seed"] for r in rs]
-        for key in ("asr", "over_refusal", "refusal_score_end", "harmful_unclosed"):
-            st = _stats([r[key] for r in rs if r.get(key) is not None])
-            row.update({f"{key}_{s}": v for s, v in st.items()})
-        top = next((r for r in rows if r.get("kind") == "top" and r.get("top_percent") == k), None)
-        row["top_setting"] = None if top is None else top["setting"]
-        row["top_asr"] = None if top is None else top["asr"]
-        row["top_asr_empirical_p"] = (
-            None if top is None else empirical_p_value(top["asr"], [r["asr"] for r in rs], alternative="less")
+    for kind, (summary_kind, _) in NULLS.items():
+        keys = sorted(
+            {(r["top_percent"], r.get("matches") or "") for r in rows if r.get("kind") == kind},
+            key=lambda t: (t[0], t[1]),
         )
-        out.append(row)
+        for k, matches in keys:
+            rs = [
+                r
+                for r in rows
+                if r.get("kind") == kind and r["top_percent"] == k and (r.get("matches") or "") == matches
+            ]
+            name = (
+                f"random-{k:g}% ({len(rs)} seeds)"
+                if kind == "random"
+                else f"random-{k:g}% matched to {matches} ({len(rs)} seeds)"
+            )
+            row: dict[str, Any] = {"setting": name, "kind": summary_kind, "top_percent": k}
+            if matches:
+                row["matches"] = matches
+            row["seeds"] = [r["seed"] for r in rs]
+            for key in ("asr", "over_refusal", "refusal_score_end", "harmful_unclosed"):
+                st = _stats([r[key] for r in rs if r.get(key) is not None])
+                row.update({f"{key}_{s}": v for s, v in st.items()})
+            top = next(
+                (
+                    r
+                    for r in rows
+                    if r.get("kind") == "top"
+                    and r.get("top_percent") == k
+                    and (not matches or r["setting"] == matches)
+                ),
+                None,
+            )
+            row["top_setting"] = None if top is None else top["setting"]
+            row["top_asr"] = None if top is None else top["asr"]
+            row["top_asr_empirical_p"] = (
+                None
+                if top is None
+                else empirical_p_value(top["asr"], [r["asr"] for r in rs], alternative="less")
+            )
+            out.append(row)
     return out
 
 
@@ -627,8 +760,8 @@ class AblationSetting:
 
     @property
     def is_summary(self) -> bool:
-        """A ``random_summary`` row (not a setting that ran)."""
-        return self.kind == "random_summary"
+        """A ``random_summary`` / ``random_matched_summary`` row (not a setting that ran)."""
+        return self.kind in ("random_summary", "random_matched_summary")
 
 
 @dataclass

@@ -904,7 +904,16 @@ def _load_ablation(run: _Run) -> Any:
 
 def _results_ablation(run: _Run) -> list[dict]:
     """One row per setting that ran: ``attack_success``'s row without heads and per-prompt outcomes."""
-    drop = ("setting", "heads", "harmful_outcomes", "harmless_outcomes")
+    drop = (
+        "setting",
+        "heads",
+        "harmful_outcomes",
+        "harmless_outcomes",
+        "harmful_answers",
+        "harmless_answers",
+        "heads_by_fold",
+        "prompt_folds",
+    )
     return [
         {
             "setting": s.setting,

@@ -421,14 +421,28 @@ def test_settings_side_by_side_equal_one_call_per_setting():
         ]
 
     scores = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    held_out = {"setting": "top-25% held-out", "kind": "top", "top_percent": 25, "seed": None,
+                "heads_by_fold": [[(1, 2), (0, 3)], [(0, 0), (1, 1)]]}  # fmt: skip
+    matched = [
+        {"setting": f"random-25% matched seed {i}", "kind": "random_matched", "top_percent": 25, "seed": i,
+         "matches": "top-25% held-out", "heads_by_fold": [[(1, i), (0, i)], [(0, 3 - i), (1, 3 - i)]]}
+        for i in range(2)
+    ]  # fmt: skip
     kw = dict(
         scores=scores, top_percents=(25,), random_seeds=(0, 1, 2), mode="zero", generate_fn=gen,
-        max_new_tokens=8, batch_size=5, progress=False,
+        max_new_tokens=8, batch_size=5, progress=False, fold_settings=[held_out, *matched],
+        prompt_folds=[0, 1, 0, 1, 1, 0, 1],
     )  # fmt: skip
     together = attack_success(m, HARM, BENIGN, **kw)
     n_together = len(calls)
     alone = attack_success(m, HARM, BENIGN, side_by_side=False, **kw)
-    assert n_together == 1 and len(calls) - n_together == 5  # baseline, top, 3 random sets
+    # baseline, top, 3 random sets, then the 3 per-fold settings with one call per fold
+    assert n_together == 1 and len(calls) - n_together == 5 + 3 * 2
+    rows = {r["setting"]: r for r in together}
+    assert rows["top-25% held-out"]["vs_random_matched"]["n_sets"] == 2
+    assert rows["top-25% held-out"]["heads_by_fold"] == [[[0, 3], [1, 2]], [[0, 0], [1, 1]]]
+    assert "vs_random_matched" not in rows["top-25%"]
+    assert [r["kind"] for r in together].count("random_matched_summary") == 1
     assert json.dumps(together, sort_keys=True) == json.dumps(alone, sort_keys=True)
     answers = {json.dumps(r["harmful_answers"]) for r in together if "harmful_answers" in r}
     assert len(answers) > 1  # the settings do differ, so equality is not trivial
