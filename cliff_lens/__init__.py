@@ -14,7 +14,8 @@ The public API, by stage of the analysis::
 
 Names are imported lazily, so ``import cliff_lens`` (and ``cliff-lens --help``) stays fast. Less
 common names live in their modules (``cliff_lens.heads.rank_heads``, ``cliff_lens.stats``,
-``cliff_lens.readout``, ``cliff_lens.repair.repair``, ``cliff_lens.fast_forward.fast_forward``).
+``cliff_lens.readout``, ``cliff_lens.repair.repair``, ``cliff_lens.fast_forward.fast_forward``,
+``cliff_lens.heldout.stability_of``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ _EXPORTS: dict[str, str] = {
     "export_ablated_hf": "ablation",
     "attack_success": "evaluate",
     "intervention_cost": "capability",
+    # held-out head sets: ranked on some requests, measured on others
+    "request_folds": "heldout",
+    "cross_fit_head_sets": "heldout",
+    "selection_stability": "heldout",
+    "layer_matched_heads": "heldout",
     # Cliff-as-a-Judge
     "misalignment_scores": "selection",
     "select": "selection",
