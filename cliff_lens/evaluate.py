@@ -249,6 +249,7 @@ def attack_success(
     side_by_side: bool = True,
     fold_settings: Sequence[dict] | None = None,
     prompt_folds: Sequence[int] | None = None,
+    random_harmless: bool = True,
     **generate_kwargs: Any,
 ) -> list[dict]:
     """Generate, judge and summarise every setting; returns one dict per setting plus one
@@ -289,6 +290,8 @@ def attack_success(
             ``heads_by_fold[prompt_folds[j]]``. Kinds: ``"top"`` (a ranking's held-out top set),
             ``"random_matched"`` (random sets with the top set's per-layer counts, per fold).
             Extra keys (e.g. ``"selection"``) are kept in the row.
+        random_harmless: with ``False`` the random sets (both nulls) generate the harmful prompts
+            only: they are a null for the ASR, and their over-refusal fields are ``None``.
         side_by_side: generate every setting that needs generating in ONE call of the generator,
             over (setting x prompt) rows, each row with its setting's heads ablated
             (:func:`cliff_lens.ablation.row_ablation_hooks`; ``batch_size`` is then rows per
@@ -337,6 +340,7 @@ def attack_success(
         probe=probe,
         tokenize_fn=tokenize_fn,
         batch_size=batch_size,
+        random_harmless=random_harmless,
     )  # fmt: skip
     done = _reusable_rows(previous, len(harm), len(benign))
     rows: list[dict | None] = []
@@ -384,10 +388,10 @@ def _reusable_rows(previous: Sequence[dict] | None, n_harmful: int, n_harmless: 
     another number of prompts are not reusable."""
     out: dict[str, dict] = {}
     for r in previous or ():
-        if str(r.get("kind")).endswith("_summary") or (r.get("n_harmful"), r.get("n_harmless")) != (
-            n_harmful,
-            n_harmless,
-        ):
+        if str(r.get("kind")).endswith("_summary") or r.get("n_harmful") != n_harmful:
+            continue
+        # a random set measured on the harmful prompts only (random_harmless=False) has no harmless
+        if r.get("n_harmless") != n_harmless and not (r.get("kind") in NULLS and r.get("n_harmless") == 0):
             continue
         out[r["setting"]] = {k: v for k, v in r.items() if k not in _DERIVED}
     return out
@@ -432,11 +436,19 @@ class _SettingRun:
     probe: Any
     tokenize_fn: Callable[[str, str], Any] | None
     batch_size: int
+    random_harmless: bool = True
+
+    def prompts_of(self, st: dict) -> list[str]:
+        """The prompts setting ``st`` is measured on: harmful, then harmless (random sets: harmful
+        only when ``random_harmless`` is off)."""
+        if not self.random_harmless and st["kind"] in NULLS:
+            return list(self.harm)
+        return self.harm + self.benign
 
     def row(self, st: dict, rollouts: list | None) -> dict:
         """Generate (unless ``rollouts`` are given), judge and summarise one setting."""
-        prompts = self.harm + self.benign
-        groups = _head_groups(prompt_heads(st, len(prompts)))
+        prompts = self.prompts_of(st) if rollouts is None else self.harm + self.benign
+        groups = _head_groups(prompt_heads(st, len(self.harm) + len(self.benign))[: len(prompts)])
         row = dict(
             st,
             heads=[list(h) for h in st["heads"]],
@@ -453,10 +465,10 @@ class _SettingRun:
                 hooks = setting_hooks(self.model, hs, self.mode, self.means)
                 got.update(zip(idx, self.generate([prompts[j] for j in idx], hooks, {})))
             both = [got[j] for j in range(len(prompts))]
-        harm, benign = self.harm, self.benign
+        harm = self.harm
         harm_r, ben_r = both[: len(harm)], both[len(harm) :]
         # one judge call per setting, every answer with its prompt (cliff_lens.judges.outcome rule)
-        outs = [o for o, _ in judge_outcomes(both, self.judge, prompts=harm + benign)]
+        outs = [o for o, _ in judge_outcomes(both, self.judge, prompts=prompts)]
         row.update(_harmful_fields(outs[: len(harm)], harm_r))
         row.update(_harmless_fields(outs[len(harm) :], ben_r))
         row["refusal_score_end"] = self._refusal_score_end(harm_r, groups)
@@ -465,17 +477,19 @@ class _SettingRun:
     def generate_side_by_side(self, sts: list[dict]) -> list[list]:
         """Every setting of ``sts`` in one generator call over (setting x prompt) rows; returns
         each setting's rollouts in the order of ``harm + benign``."""
-        prompts = self.harm + self.benign
-        rows = [(si, j) for si in range(len(sts)) for j in range(len(prompts))]
-        per = [prompt_heads(st, len(prompts)) for st in sts]
+        every = self.harm + self.benign
+        rows = [(si, j) for si, st in enumerate(sts) for j in range(len(self.prompts_of(st)))]
+        per = [prompt_heads(st, len(every)) for st in sts]
         heads = [per[si][j] for si, j in rows]
 
         def row_hooks(idx: list[int]) -> list:
             return row_ablation_hooks(self.model, [heads[i] for i in idx], self.mode, self.means)
 
-        out = self.generate([prompts[j] for _, j in rows], [], {"row_hooks": row_hooks})
-        n = len(prompts)
-        return [out[si * n : (si + 1) * n] for si in range(len(sts))]
+        out = self.generate([every[j] for _, j in rows], [], {"row_hooks": row_hooks})
+        by_setting: list[list] = [[] for _ in sts]
+        for (si, _), r in zip(rows, out, strict=True):
+            by_setting[si].append(r)
+        return by_setting
 
     def _refusal_score_end(self, harm_r: list, groups: list[tuple[list, list[int]]]) -> float | None:
         """Mean probe probability at the last end-of-thinking token of the closed harmful rollouts,

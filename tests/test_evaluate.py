@@ -446,3 +446,14 @@ def test_settings_side_by_side_equal_one_call_per_setting():
     assert json.dumps(together, sort_keys=True) == json.dumps(alone, sort_keys=True)
     answers = {json.dumps(r["harmful_answers"]) for r in together if "harmful_answers" in r}
     assert len(answers) > 1  # the settings do differ, so equality is not trivial
+
+
+def test_random_sets_on_harmful_prompts_only(monkeypatch):
+    """random_harmless=False: the random sets generate the harmful prompts only (a null for ASR)."""
+    rows, gen, _ = _known_rows(monkeypatch, random_harmless=False)
+    randoms = [r for r in rows.values() if r["kind"] == "random"]
+    assert randoms and all(r["n_harmless"] == 0 and r["over_refusal"] is None for r in randoms)
+    assert all(r["vs_baseline"]["over_refusal"] is None for r in randoms)
+    assert rows["top-25%"]["n_harmless"] == len(B4)
+    n_calls = {len(c["prompts"]) for c in gen.calls}
+    assert n_calls == {len(H10), len(H10) + len(B4)}
