@@ -365,7 +365,7 @@ class RefusalProbe:
         the same settings (``fit_kwargs``: ``method``, ``C``, ``standardize``, ``hook``,
         ``layer``, ``model``...; no inner validation split) and scores fold ``i``: every
         example gets an out-of-fold score from a probe that never saw it. Accuracy (threshold
-        0.5, Wilson interval) and AUROC (stratified bootstrap interval) are computed over all
+        0.5, Wilson interval) and AUROC (Hanley-McNeil score interval) are computed over all
         out-of-fold predictions. The ``final`` probe, for new data, is fit on ALL examples; its
         ``metrics["cv"]`` holds the cross-validated numbers, ``metrics["val"]`` the same
         held-out point values (what readers of ``metrics["val"]`` show), and
@@ -577,7 +577,7 @@ def _cross_fit_metrics(
     prob = torch.sigmoid(oof)
     pm = probe_metrics(prob, y)
     acc = rate(((prob >= 0.5).long() == y).tolist())
-    auc, lo, hi = auroc_interval(y.tolist(), prob.double().tolist(), seed=seed)
+    auc, lo, hi = auroc_interval(y.tolist(), prob.double().tolist())
     cv: dict[str, Any] = {
         "kind": (
             f"out-of-fold, {k}-fold cross-fitting: each example scored by the fold probe that did not "
@@ -594,7 +594,7 @@ def _cross_fit_metrics(
             "value": _num(auc),
             "n": n,
             "ci95": [_num(lo), _num(hi)],
-            "interval": "stratified bootstrap",
+            "interval": "Hanley-McNeil score interval",
         },
         "brier": pm["brier"],
         "ece": pm["ece"],
@@ -759,7 +759,7 @@ class CrossFit:
         fold: ``[n]`` int64, the fold in which each training example is held out.
         labels: ``[n]`` int64, the 0/1 labels the folds were fit on.
         oof_logit: ``[n]`` float32, each example's logit under the fold probe that did not see it.
-        metrics: held-out accuracy (Wilson interval), AUROC (bootstrap interval), Brier, ECE,
+        metrics: held-out accuracy (Wilson interval), AUROC (Hanley-McNeil interval), Brier, ECE,
             per-fold numbers, ``k`` / ``k_requested`` and a ``note`` when ``k`` was lowered.
         ids: optional example ids (e.g. rollout ids), for :meth:`probe_for` by id.
         groups: optional group key of each example (as strings); groups never straddle folds.
