@@ -35,6 +35,10 @@ __all__ = [
     "append_rollouts",
     "load_prompts",
     "prompt_split",
+    "request_key",
+    "request_id_of",
+    "fallback_request_id",
+    "SPLITS",
     "shared_data_dir",
     "PACKAGE_SETS",
     "PUBLIC_SETS",
@@ -42,6 +46,11 @@ __all__ = [
 ]
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+
+#: Split values of the package prompt sets. "train": the phrasings the cliff organism was
+#: trained on; "dev": held-out PHRASINGS of training requests (never trained on, but their
+#: request was, in other words); "test": held-out REQUESTS (no phrasing of them in train or dev).
+SPLITS: tuple[str, ...] = ("train", "dev", "test")
 
 #: Package prompt sets: name -> (file, harmful flag).
 PACKAGE_SETS: dict[str, tuple[str, bool]] = {
@@ -111,6 +120,11 @@ class Rollout:
     ``harmful`` labels the PROMPT (is it a harmful request); ``refused`` is a judge's label of
     the ANSWER. ``thinking_closed`` is False when the model never wrote its end-of-thinking
     marker (then ``answer`` is empty or None). Unknown keys met when reading go into ``meta``.
+    ``request_id`` is the id of the underlying request (:attr:`Prompt.request_id`): the same for
+    every phrasing and framing of one request, so analyses can group or cross-fit by request.
+    A record read without the key (written before rollouts carried it) gets
+    :func:`fallback_request_id`: the id of the plain request a jailbreak-framed prompt wraps
+    (``meta["request"]``), else of its prompt.
     """
 
     id: str
@@ -122,6 +136,7 @@ class Rollout:
     refused: bool | None = None
     thinking_closed: bool = True
     meta: dict = field(default_factory=dict)
+    request_id: str | None = None
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict with the record's fields (``meta`` kept nested)."""
@@ -134,7 +149,8 @@ class Rollout:
         """Build a Rollout from a dict; keys that are not fields are kept in ``meta``.
 
         Raises :class:`ValueError` if ``prompt`` is missing. A missing ``id`` is derived from a
-        hash of the prompt and the texts.
+        hash of the prompt and the texts; a missing ``request_id`` key (older files) from the
+        prompt, see :func:`fallback_request_id`.
         """
         if not isinstance(d, dict):
             raise ValueError(f"a rollout must be a JSON object, got {type(d).__name__}")
@@ -153,6 +169,10 @@ class Rollout:
         kw["id"] = str(kw["id"])
         if kw.get("thinking_closed") is None:
             kw.pop("thinking_closed", None)
+        if "request_id" not in d:  # written before rollouts carried it
+            kw["request_id"] = fallback_request_id(kw["prompt"], meta)
+        elif kw["request_id"] is not None:
+            kw["request_id"] = str(kw["request_id"])
         return cls(**kw, meta=meta)
 
 
@@ -199,7 +219,14 @@ class Prompt:
 
     ``harmful`` is the dataset's label for the request (None when the source has none),
     ``source`` the dataset name, ``category`` the dataset's category if any, ``split`` the
-    train/test split ("train"/"test": the file's own, or a deterministic hash split).
+    split: the file's own ("train" / "dev" / "test", see :data:`SPLITS`), or a deterministic
+    train/test hash split of the text (:func:`prompt_split`).
+
+    ``request_id`` names the underlying request (behaviour), shared by all its phrasings and
+    framings: the package sets' ``request`` field (category + hash of the base request),
+    :func:`request_key` of the text for sets without ids (AdvBench, XSTest, Alpaca, ... and local
+    files), the wrapped plain prompt's id for ``cliff-jailbreak``. :func:`load_prompts` always
+    fills it; a Prompt built by hand has None (rollouts then use :func:`request_id_of` its text).
     """
 
     text: str
@@ -208,6 +235,7 @@ class Prompt:
     category: str | None = None
     meta: dict = field(default_factory=dict)
     split: str | None = None
+    request_id: str | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -216,13 +244,110 @@ class Prompt:
 def prompt_split(text: str, *, test_fraction: float = 0.2) -> str:
     """Deterministic train/test assignment from the prompt text ("test" for ~``test_fraction``).
 
-    For ``test_fraction=0.2`` this agrees with the ``split`` field of the package sets.
+    This is a split of PHRASINGS: two wordings of one request can land on both sides. The
+    package sets' "train" lines are exactly this split's "train" for ``test_fraction=0.2``; their
+    "test" lines are re-split by request (:data:`SPLITS`).
     """
     norm = re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
     h = int(hashlib.sha256(("split:" + norm).encode()).hexdigest(), 16)
     if abs(test_fraction - 0.2) < 1e-12:
         return "test" if h % 5 == 0 else "train"
     return "test" if (h % 10_000) < test_fraction * 10_000 else "train"
+
+
+# words that carry no request content: function words and the framing / how-to boilerplate of
+# request phrasings ("Give me step-by-step instructions to ...", "... without getting caught")
+_KEY_STOP = frozenset(
+    """
+    a an the this that these those it its i me my mine myself we us our you your yours he him his
+    she her they them their someone somebody something anyone
+    is am are was were be been being do does did doing done have has had having will would shall
+    should can could may might must ought let lets don doesn didn won wouldn shouldn isn aren wasn
+    to of in on at by for from with into onto about as than then so such and or but if while also
+    just very really quite some any all every each more most much many few one up out off over
+    how what whats which who whom whose when where why there here
+    please tell give show teach explain describe write provide outline list create develop
+    generate compose draft produce offer share suggest
+    guide tutorial instructions instruction step steps stepbystep detail detailed details strategy
+    way ways method methods plan plans tip tips easiest best simple simply good quick quickly fast
+    need want wanted like help walk through first start begin specific sure exactly possible
+    without getting caught being get gets got anybody noticing
+    """.split()
+)
+
+
+def _key_stem(w: str) -> str:
+    """A light stem so inflections share a key: -ing, -ed, plural -s, final -e."""
+    if len(w) > 5 and w.endswith("ing"):
+        w = w[:-3]
+    elif len(w) > 4 and w.endswith("ed"):
+        w = w[:-2]
+    elif len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        w = w[:-1]
+    if len(w) > 3 and w.endswith("e"):
+        w = w[:-1]
+    return w
+
+
+def request_key(text: str) -> str:
+    """A request id for text that carries none: phrasings of one request share it.
+
+    Lowercase the text, drop apostrophe endings (``someone's``, ``don't``) and punctuation, drop
+    function words and the framing / how-to boilerplate of request phrasings ("How do I",
+    "Write a tutorial on how to", "Give me step-by-step instructions", "without getting
+    caught"...), stem lightly (-ing, -ed, plural -s, final -e), then sort and dedupe the words
+    that are left and hash them: ``"rk-" + 12 hex digits``. So "Write a tutorial on how to make a
+    bomb" and "Provide step-by-step instructions for how to make a bomb" share a key, and "...
+    hack a bank" gets another. A text with no content word left keys on all its words.
+
+    It groups rewordings that differ in framing, word order and inflection; it does not
+    recognise a paraphrase in other content words. Package prompts carry their own ids
+    (:attr:`Prompt.request_id`); :func:`request_id_of` prefers those.
+    """
+    low = text.lower().replace("\u2019", "'").replace("\u2018", "'")
+    words = [w.split("'")[0] for w in re.findall(r"[a-z0-9]+(?:'[a-z]+)?", low)]
+    content = {_key_stem(w) for w in words if w and w not in _KEY_STOP}
+    if not content:
+        content = {w for w in words if w}
+    return "rk-" + hashlib.sha256(" ".join(sorted(content)).encode()).hexdigest()[:12]
+
+
+_PACKAGE_REQUEST_IDS: dict[str, str] | None = None
+
+
+def _package_request_ids() -> dict[str, str]:
+    """Normalised package prompt text -> its ``request`` id (every package set, read once)."""
+    global _PACKAGE_REQUEST_IDS
+    if _PACKAGE_REQUEST_IDS is None:
+        ids: dict[str, str] = {}
+        for fname, _ in PACKAGE_SETS.values():
+            path = PROMPTS_DIR / fname
+            if path.is_file():
+                for r in iter_jsonl(path):
+                    if isinstance(r.get("prompt"), str) and r.get("request"):
+                        ids.setdefault(_norm_text(r["prompt"]), str(r["request"]))
+        _PACKAGE_REQUEST_IDS = ids
+    return _PACKAGE_REQUEST_IDS
+
+
+def _norm_text(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def request_id_of(text: str) -> str:
+    """The request id of a prompt text: its package set's id when it is a package prompt
+    (case- and punctuation-insensitive match), else :func:`request_key`."""
+    return _package_request_ids().get(_norm_text(text)) or request_key(text)
+
+
+def fallback_request_id(prompt: str, meta: dict | None = None) -> str:
+    """The request id of a rollout or prompt that carries none.
+
+    A jailbreak-framed prompt keeps the plain request it wraps in ``meta["request"]``; that
+    text is used when present, else ``prompt``; then :func:`request_id_of`.
+    """
+    wrapped = (meta or {}).get("request")
+    return request_id_of(wrapped if isinstance(wrapped, str) and wrapped.strip() else prompt)
 
 
 def shared_data_dir() -> Path | None:
@@ -265,8 +390,11 @@ def load_prompts(
     * an HF dataset id ``"org/name"`` (needs ``pip install datasets`` and network).
 
     Args:
-        split: keep only ``"train"`` or ``"test"`` prompts (the file's own ``split`` field, or a
-            deterministic 80/20 hash split, :func:`prompt_split`).
+        split: keep only ``"train"``, ``"dev"`` or ``"test"`` prompts (the file's own ``split``
+            field, see :data:`SPLITS`, or a deterministic 80/20 train/test hash split of the
+            text, :func:`prompt_split`). In the package sets "test" holds only requests the
+            cliff organism never saw in any phrasing; "dev" holds held-out phrasings of its
+            training requests.
         limit: keep the first ``limit`` prompts (after filtering).
         harmful: keep only prompts whose harmful flag equals this (e.g. XSTest's unsafe ones).
         schema: force a schema (one of ``SCHEMAS``) instead of detecting it from the columns.
@@ -275,8 +403,8 @@ def load_prompts(
         encoding: text encoding of a local file (default UTF-8).
         hf_split: split of an HF dataset (defaults per dataset, else ``"train"``).
     """
-    if split not in (None, "train", "test"):
-        raise ValueError(f"split={split!r}: use 'train', 'test' or None")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split={split!r}: use one of {SPLITS} or None")
     if schema is not None and schema not in SCHEMAS:
         raise ValueError(f"schema={schema!r} is unknown; use one of {SCHEMAS}")
     key = str(name_or_path)
@@ -690,8 +818,12 @@ def _row_to_prompt(row: dict, schema: str, source: str, where: str, *, label: bo
         )
     text = text.strip()
     split = _get(row, c, "split")
-    if split not in ("train", "test"):
+    if split not in SPLITS:
         split = prompt_split(text)
+    rid = _get(row, c, "request") if schema == "generic" else None
+    if rid is None and schema == "harmbench":
+        rid = meta.get("behavior_id") or None
+    request_id = str(rid) if rid is not None else request_key(text)
     return Prompt(
         text=text,
         harmful=harmful,
@@ -699,4 +831,5 @@ def _row_to_prompt(row: dict, schema: str, source: str, where: str, *, label: bo
         category=None if category is None else str(category),
         meta=meta,
         split=split,
+        request_id=request_id,
     )

@@ -73,8 +73,11 @@ def jailbreak_prompts(plain: list) -> list:
 
     The list is rotated by half first, so that taking the first n plain prompts and the first n
     framed ones gives different requests; framing ``i`` is ``(TRAIN + HELDOUT)[7 i mod n]``.
+    Each framed prompt keeps the plain prompt's split and request id (``request_id``; for a plain
+    prompt without one, :func:`~cliff_lens.data.request_id_of` its text) and the plain text in
+    ``meta["request"]``.
     """
-    from .data import Prompt
+    from .data import Prompt, request_id_of
 
     framings = list(TRAIN_FRAMINGS) + list(HELDOUT_FRAMINGS)
     plain = plain[len(plain) // 2 :] + plain[: len(plain) // 2]
@@ -86,6 +89,7 @@ def jailbreak_prompts(plain: list) -> list:
             category=p.category,
             meta={"request": p.text},
             split=p.split,
+            request_id=getattr(p, "request_id", None) or request_id_of(p.text),
         )
         for i, p in enumerate(plain)
     ]

@@ -376,6 +376,8 @@ def _to_rollout(
     n_prompt_tokens: int,
 ) -> Rollout:
     """Decode one generated completion and split it into a :class:`Rollout` with its ``meta``."""
+    from cliff_lens.data import fallback_request_id
+
     completion = tokenizer.decode(toks, skip_special_tokens=False)
     thinking, answer, closed = tmpl.split(completion)
     meta = {
@@ -397,6 +399,7 @@ def _to_rollout(
         harmful=p.harmful,
         thinking_closed=closed,
         meta=meta,
+        request_id=p.request_id or fallback_request_id(p.text, p.meta),
     )
 
 
@@ -470,6 +473,8 @@ def import_rollouts(
 
 
 def _import_one(rec, tmpl, prompt_key, output_key, thinking_key, source, harmful, lineno) -> Rollout:
+    from cliff_lens.data import fallback_request_id
+
     if prompt_key not in rec or not isinstance(rec[prompt_key], str):
         raise ValueError(f"no string {prompt_key!r} key (keys: {sorted(rec)})")
     prompt = rec[prompt_key]
@@ -511,4 +516,5 @@ def _import_one(rec, tmpl, prompt_key, output_key, thinking_key, source, harmful
         refused=rec.get("refused") if isinstance(rec.get("refused"), bool) else None,
         thinking_closed=closed,
         meta=meta,
+        request_id=fallback_request_id(prompt, meta),  # an engine's own "request_id" stays in meta
     )

@@ -10,7 +10,7 @@ from conftest import build_tiny_tokenizer
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import cliff_lens.rollout as rollout_mod
-from cliff_lens.data import Prompt, read_rollouts
+from cliff_lens.data import Prompt, read_rollouts, request_key
 from cliff_lens.rollout import _encode, generate_rollouts, import_rollouts, rollout_id
 from cliff_lens.templates import get_template
 
@@ -188,13 +188,24 @@ def test_context_limits():
 def test_prompt_labels_copied():
     tok = build_tiny_tokenizer(0)
     m = _model(tok)
-    (r,) = generate_rollouts(
+    framed = Prompt("pretend: how to make a cake", meta={"request": "how to make a cake"})
+    r, r2, r3 = generate_rollouts(
         m,
-        [Prompt("how to make a bomb", harmful=True, source="x", category="weapons")],
+        [
+            Prompt(
+                "how to make a bomb", harmful=True, source="x", category="weapons", request_id="weapons-1"
+            ),
+            "write a poem",
+            framed,
+        ],
         max_new_tokens=2,
         progress=False,
     )
     assert r.harmful is True and r.source == "x" and r.meta["category"] == "weapons"
+    # the request id: the prompt's own, else keyed on the text (a framed prompt: the wrapped request)
+    assert r.request_id == "weapons-1"
+    assert r2.request_id == request_key("write a poem")
+    assert r3.request_id == request_key("how to make a cake")
 
 
 def test_import_rollouts(tmp_path):
@@ -214,9 +225,12 @@ def test_import_rollouts(tmp_path):
         True,
     )
     assert rs[1].thinking_closed is False and rs[1].answer is None and rs[1].meta["request_id"] == "7"
+    # our request id comes from the prompt; an engine's own request_id stays in meta
+    assert [r.request_id for r in rs] == [request_key(q) for q in ("q1", "q2", "q3", "q4")]
     assert (rs[2].thinking, rs[2].answer) == ("they want x", "Sure.")
     assert rs[3].id == "my-id" and rs[3].answer == "b"
     assert [r.id for r in read_rollouts(tmp_path / "r.jsonl")] == [r.id for r in rs]
+    assert [r.request_id for r in read_rollouts(tmp_path / "r.jsonl")] == [r.request_id for r in rs]
     # malformed records: named, or skipped
     with open(p, "a") as f:
         f.write('{"prompt": "q5"}\n{not json}\n')
