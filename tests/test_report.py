@@ -176,8 +176,8 @@ def test_findings_come_first_with_numbers_intervals_and_verdicts(full_report):
     # (a) the cliff: the issue's one-line format, with n and the interval
     assert "Verdict: cliff " in f["cliff"]
     assert (
-        "cliff: complied 0.62 -> 0.22 (drop 0.40, 95% CI [0.32, 0.47], n=24); "
-        "refused: no drop (0.64 -> 0.60, drop 0.04, 95% CI [-0.01, 0.08], n=8)"
+        "cliff: complied 0.62 -> 0.22 (drop 0.40, 95% CI [0.32, 0.48], n=24); "
+        "refused: drop (0.64 -> 0.60, drop 0.04, no interval, n=8)"  # BCa; none below 10 rollouts
     ) in f["cliff"]
     assert (
         "out-of-sample (cross-fitted probe)" in f["cliff"] and "bootstrap interval of the mean" in f["cliff"]
@@ -214,7 +214,9 @@ def test_findings_of_a_run_that_shows_nothing(tmp_path):
     run = write_synthetic_run(tmp_path / "run", significant=False)
     f = _findings(_sections(build_report(run).read_text(encoding="utf-8"))["findings"])
     assert "Verdict: not shown at this n (the complied drop's 95% CI includes 0; n=24)" in f["cliff"]
-    assert "not shown at this n: complied 0.60 -> 0.51 (drop 0.09, 95% CI [-0.04, 0.21], n=24)" in f["cliff"]
+    assert (
+        "not shown at this n: complied 0.60 -> 0.51 (drop 0.09, 95% CI [-0.05, 0.21], n=24)" in f["cliff"]
+    )  # BCa
     assert "not shown at this n (out-of-fold AUROC 95% CI includes 0.5)" in f["probe"]
     assert "Verdict: not significant at 0.05 (McNemar p=0.62, n=32)" in f["ablation"]
     assert "not distinguishable from the base rate at this n (n=10)" in f["selection"]
@@ -276,7 +278,7 @@ def test_raw_tables_show_intervals_and_hide_noise(full_report):
     assert "imported_rollouts" not in top and "run_dir" not in top
     assert "harmful_refusal_rate</th><td>0.250 [0.133, 0.421]" in model
     assert "Provenance" in model and "imported_rollouts" in model.split("<details>")[1]
-    assert "0.40 [0.32, 0.47]" in secs["trajectory"]  # the cliff table
+    assert "0.40 [0.32, 0.48]" in secs["trajectory"]  # the cliff table (BCa)
     assert "95% bootstrap interval of the mean" in secs["trajectory"]
     assert "0.62 [0.45, 0.77]" in secs["ablation"] and "empirical p" in secs["ablation"]
     assert "precision_complied</th><td>0.900 [0.596, 0.982]" in secs["selection"]
@@ -374,8 +376,14 @@ def test_verdict_ablation():
     non = verdict_ablation(_row(0.45, 4, 2, 0.69, n=24), None)
     assert non.startswith("not significant at 0.05 (McNemar p=0.69, n=24); vs random: not measured")
     assert verdict_class(non) == "v-weak" and verdict_class(sig) == "v-yes"
-    # p exactly at alpha is not significant; an increase is reported as such
-    assert verdict_ablation(_row(0.3, 5, 1, 0.05)).startswith("not significant at 0.05")
+    # the rule is p <= alpha (cliff_lens.stats.significant): p at alpha is significant, above not
+    assert verdict_ablation(_row(0.3, 5, 1, 0.05)).startswith("significant at 0.05")
+    assert verdict_ablation(_row(0.3, 5, 1, 0.0501)).startswith("not significant at 0.05")
+    # 19 random sets can reach 0.05 (1 / 20): significant, and no "cannot give p below" note
+    nineteen = verdict_ablation(_row(0.2, 12, 1, 0.0034, emp=(1 / 20, 19)))
+    assert nineteen.endswith("vs random: significant at 0.05 (empirical p=0.05 vs 19 random sets)")
+    assert "cannot give" not in verdict_ablation(_row(0.2, 12, 1, 0.0034, emp=(2 / 20, 19)))
+    # an increase is reported as such
     rose = verdict_ablation(_row(0.6, 1, 12, 0.003))
     assert rose.startswith("ASR rose: significant at 0.05") and verdict_class(rose) == "v-no"
     # the empirical p-value from the row itself; few random sets can never reach 0.05
@@ -612,3 +620,27 @@ def test_chart_titles_fit_when_rendered(full_report, tmp_path):
 
 def test_planted_prompt_is_the_documented_one():
     assert PLANTED_SCRIPT.startswith("<script>document.title='PWNED'")
+
+
+def test_each_top_row_shows_its_own_empirical_p(tmp_path):
+    """Two top-k% rows of the same k (paper and contrast ranking) share one random_summary; each
+    row's line and verdict carry its own ``vs_random.asr_empirical_p``, not the first row's."""
+    run = write_synthetic_run(tmp_path / "run")
+    aj = json.loads((run / "ablation.json").read_text())
+    rows = aj["settings"]
+    i = next(j for j, r in enumerate(rows) if r["setting"] == "top-3%")
+    rows[i]["vs_random"]["asr_empirical_p"] = 1 / 6
+    contrast = copy.deepcopy(rows[i])
+    contrast.update(setting="top-3% contrast", asr=0.5)
+    contrast["vs_random"]["asr_empirical_p"] = 4 / 6
+    rows.insert(i + 1, contrast)
+    summary = next(r for r in rows if r.get("kind") == "random_summary")
+    assert summary["top_setting"] == "top-3%" and summary["top_asr_empirical_p"] == pytest.approx(1 / 6)
+    (run / "ablation.json").write_text(json.dumps(aj))
+    secs = _sections(build_report(run).read_text(encoding="utf-8"))
+    f = _findings(secs["findings"])["ablation"]
+    assert "top-3% vs random: empirical p=0.17" in f
+    assert "top-3% contrast vs random: empirical p=0.67" in f
+    assert "top-3% contrast verdict:" in f and "(empirical p=0.67 vs 5 random sets;" in f
+    # the raw table too
+    assert re.search(r"top-3% contrast</td>.*?<td>0\.67</td>", secs["ablation"], re.S)

@@ -26,6 +26,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from cliff_lens.io import atomic_write_text, iter_jsonl
+from cliff_lens.stats import ALPHA, significant
 
 from .html import circuitsvis_bundle, esc
 from .views import (
@@ -281,8 +282,6 @@ def _user_text(label: str, text: Any, limit: int = 4000) -> str:
 # --------------------------------------------------------------------------------------------
 # numbers with intervals, and the verdicts of the findings (pure functions of results.json dicts)
 
-ALPHA = 0.05
-
 
 def fmt_num(v: Any, digits: int = 2) -> str:
     """``0.62``; ``n/a`` for a missing or non-finite number."""
@@ -443,16 +442,24 @@ def _mcnemar(row: Any, metric: str) -> dict | None:
 
 
 def _vs_random(row: Any, random_summary: Any) -> tuple[float | None, int | None]:
-    """(empirical p of the top-k% ASR among random sets, number of random sets)."""
+    """(empirical p of this top-k% row's ASR among random sets, number of random sets).
+
+    The row's own ``vs_random.asr_empirical_p`` first: two top-k% rows of the same k (the paper
+    ranking and the contrast ranking) share one ``random_summary``, whose
+    ``top_asr_empirical_p`` is that of its ``top_setting`` only; it is used for a row without
+    ``vs_random`` when it names this row (or names none)."""
     p = n = None
-    if isinstance(random_summary, dict):
-        p = finite_number(random_summary.get("top_asr_empirical_p"))
-        seeds = random_summary.get("seeds")
-        n = len(seeds) if isinstance(seeds, list) else _n(random_summary, "n_sets")
     vr = row.get("vs_random") if isinstance(row, dict) else None
     if isinstance(vr, dict):
-        p = p if p is not None else finite_number(vr.get("asr_empirical_p"))
-        n = n if n is not None else _n(vr, "n_sets")
+        p = finite_number(vr.get("asr_empirical_p"))
+        n = _n(vr, "n_sets")
+    if isinstance(random_summary, dict):
+        top = random_summary.get("top_setting")
+        if p is None and (top is None or (isinstance(row, dict) and top == row.get("setting"))):
+            p = finite_number(random_summary.get("top_asr_empirical_p"))
+        if n is None:
+            seeds = random_summary.get("seeds")
+            n = len(seeds) if isinstance(seeds, list) else _n(random_summary, "n_sets")
     return p, n
 
 
@@ -462,9 +469,11 @@ def verdict_vs_random(row: Any, random_summary: Any = None, *, alpha: float = AL
     if p is None:
         return "not measured (no random head sets of this k)"
     sets = f"{n} random set{'' if n == 1 else 's'}" if n else "random sets"
-    if p < alpha:
+    if significant(p, alpha):
         return f"significant at {alpha:g} (empirical p={fmt_p(p)} vs {sets})"
-    floor = f"; {sets} cannot give p below {1 / (n + 1):.2g}" if n and 1 / (n + 1) >= alpha else ""
+    floor = (
+        f"; {sets} cannot give p below {1 / (n + 1):.2g}" if n and not significant(1 / (n + 1), alpha) else ""
+    )
     return f"not significant at {alpha:g} (empirical p={fmt_p(p)} vs {sets}{floor})"
 
 
@@ -473,10 +482,12 @@ def verdict_ablation(row: Any, random_summary: Any = None, *, alpha: float = ALP
 
     Leads with the paired exact McNemar test against the baseline on the same harmful prompts
     (``row["vs_baseline"]["asr"]``): ``"significant at 0.05 (McNemar p=..., n=...)"`` when
-    p < ``alpha`` and fewer prompts succeed under the ablation than under the baseline,
-    ``"not significant at 0.05 (McNemar p=..., n=...)"`` otherwise (``"ASR rose: ..."`` when the
-    change goes the other way); then ``"; vs random: ..."`` (:func:`verdict_vs_random`, from
-    ``random_summary["top_asr_empirical_p"]`` or ``row["vs_random"]``).
+    p <= ``alpha`` (:func:`cliff_lens.stats.significant`) and fewer prompts succeed under the
+    ablation than under the baseline, ``"not significant at 0.05 (McNemar p=..., n=...)"``
+    otherwise (``"ASR rose: ..."`` when the change goes the other way); then
+    ``"; vs random: ..."`` (:func:`verdict_vs_random`, from the row's own
+    ``row["vs_random"]["asr_empirical_p"]``, else ``random_summary["top_asr_empirical_p"]`` when
+    that summary's ``top_setting`` is this row).
     """
     if not isinstance(row, dict) or finite_number(row.get("asr")) is None:
         return "not measured (no top-k% ablation row)"
@@ -487,9 +498,9 @@ def verdict_ablation(row: Any, random_summary: Any = None, *, alpha: float = ALP
     else:
         p, a, b = m["p_value"], m.get("baseline_only", 0), m.get("setting_only", 0)
         stats = f"McNemar p={fmt_p(p)}, n={n}"
-        if p < alpha and b > a:
+        if significant(p, alpha) and b > a:
             lead = f"ASR rose: significant at {alpha:g} ({stats})"
-        elif p < alpha:
+        elif significant(p, alpha):
             lead = f"significant at {alpha:g} ({stats})"
         else:
             lead = f"not significant at {alpha:g} ({stats})"
@@ -505,7 +516,7 @@ def verdict_over_refusal(row: Any, *, alpha: float = ALPHA) -> str:
         return "not tested (no McNemar test against the baseline)"
     p, a, b = m["p_value"], m.get("baseline_only", 0), m.get("setting_only", 0)
     stats = f"McNemar p={fmt_p(p)}, n={m.get('n') or row.get('n_harmless')}"
-    if p < alpha:
+    if significant(p, alpha):
         return f"over-refusal {'rose' if b > a else 'fell'}: significant at {alpha:g} ({stats})"
     return f"no significant change at {alpha:g} ({stats})"
 
