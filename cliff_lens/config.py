@@ -100,7 +100,33 @@ class RunConfig:
         "percent of heads to rank and ablate, comma-separated (the first is the headline)",
         flag="--top-percent",
     )
-    random_seeds: int = _f(5, "number of random head sets per percent (the chance baseline)")
+    random_seeds: int = _f(
+        19,
+        "random head sets per percent and null (uniform, layer-matched); fix it before the run: "
+        "19 is the fewest for which the empirical p can reach 0.05",
+    )
+    selection_folds: int = _f(
+        2,
+        "harmful requests are dealt into this many folds; each fold's ASR prompts are ablated with "
+        "heads ranked on the other folds' requests (held-out selection)",
+    )
+    in_sample_ablation: bool = _f(
+        True, "also ablate the top-k% heads ranked on all rollouts (in-sample, labelled as such)"
+    )
+    layer_matched_null: bool = _f(
+        True, "a second null: random sets with the top set's per-layer head counts, per fold"
+    )
+    random_harmless: bool = _f(
+        False, "also generate the harmless prompts under every random set (their over-refusal)"
+    )
+    stability_boot: int = _f(
+        200, "bootstrap replicates over requests for how often each top head stays in the top set"
+    )
+    ablation_batch_size: int | None = _f(
+        None,
+        "rows (prompt x setting) per forward pass when the ablation settings are generated side by "
+        "side (default: 4 x --batch-size; on a GPU, as many as fit)",
+    )
     ablation_mode: Validated[AblationMode] = _f("mean", "head ablation mode")
     n_ablation: int | None = _f(32, "prompts per group (harmful, harmless) in the ablation stage")
     ablation_max_new_tokens: int | None = _f(None, "generation budget of the ablation stage")
@@ -179,7 +205,7 @@ def _range_problems(c: RunConfig) -> list[str]:
     for p in c.top_percents:
         need(0 < p <= 100, f"top percent {p:g} must be in (0, 100]")
     need(0 < c.selection_percent <= 100, f"selection_percent {c.selection_percent:g} must be in (0, 100]")
-    for name in ("n_harmful", "n_harmless", "n_ablation", "ablation_max_new_tokens"):
+    for name in ("n_harmful", "n_harmless", "n_ablation", "ablation_max_new_tokens", "ablation_batch_size"):
         v = getattr(c, name)
         need(v is None or v >= 1, f"{name}={v} must be at least 1 (or unset)")
     for name in ("max_new_tokens", "batch_size", "plateau_window", "layer_stride"):
@@ -187,6 +213,8 @@ def _range_problems(c: RunConfig) -> list[str]:
         need(v >= 1, f"{name}={v} must be at least 1")
     need(c.random_seeds >= 0, f"random_seeds={c.random_seeds} must be 0 or more")
     need(c.cv_folds >= 2, f"cv_folds={c.cv_folds} must be at least 2")
+    need(c.selection_folds >= 2, f"selection_folds={c.selection_folds} must be at least 2")
+    need(c.stability_boot >= 0, f"stability_boot={c.stability_boot} must be 0 or more")
     need(c.probe_layer is None or c.probe_layer >= 0, f"probe_layer={c.probe_layer} must be 0 or more")
     if c.asr_prompts is not None:
         harmful = {s.strip().partition(":")[0] for s in c.harmful.split(",")}
@@ -212,10 +240,11 @@ def demo_config(out: Path, *, quick: bool = False) -> RunConfig:
         batch_size=16,
     )
     if quick:
-        return RunConfig(**common, n_harmful=8, n_harmless=8, random_seeds=1, n_ablation=4)
-    # 32 framed + 32 plain harmful, 32 harmless: ASR and over-refusal on 32 prompts each, so that a
-    # paired test can separate a 0.94 -> 0.62 effect (within ~15 min on 2 CPU cores)
-    return RunConfig(**common, n_harmful=64, n_harmless=32, random_seeds=5, n_ablation=32)
+        return RunConfig(**common, n_harmful=8, n_harmless=8, random_seeds=1, n_ablation=4, stability_boot=20)
+    # 32 framed + 32 plain harmful: ASR on the 32 framed, heads ranked out of sample (two folds of
+    # requests); 48 harmless: half for the head means, half for over-refusal and KL; 19 random
+    # sets per null, fixed here before any run, so that the empirical p can reach 0.05
+    return RunConfig(**common, n_harmful=64, n_harmless=48, random_seeds=19, n_ablation=32)
 
 
 # -- the command line is the config ------------------------------------------------------------

@@ -78,6 +78,7 @@ __all__ = [
     "AblationSetting",
     "attack_success",
     "random_heads",
+    "prompt_heads",
     "settings_for",
     "setting_hooks",
     "save_ablation_results",
@@ -447,7 +448,7 @@ class _SettingRun:
 
     def row(self, st: dict, rollouts: list | None) -> dict:
         """Generate (unless ``rollouts`` are given), judge and summarise one setting."""
-        prompts = self.prompts_of(st) if rollouts is None else self.harm + self.benign
+        prompts = self.prompts_of(st)
         groups = _head_groups(prompt_heads(st, len(self.harm) + len(self.benign))[: len(prompts)])
         row = dict(
             st,
@@ -468,7 +469,7 @@ class _SettingRun:
         harm = self.harm
         harm_r, ben_r = both[: len(harm)], both[len(harm) :]
         # one judge call per setting, every answer with its prompt (cliff_lens.judges.outcome rule)
-        outs = [o for o, _ in judge_outcomes(both, self.judge, prompts=prompts)]
+        outs = [o for o, _ in judge_outcomes(both, self.judge, prompts=(harm + self.benign)[: len(both)])]
         row.update(_harmful_fields(outs[: len(harm)], harm_r))
         row.update(_harmless_fields(outs[len(harm) :], ben_r))
         row["refusal_score_end"] = self._refusal_score_end(harm_r, groups)

@@ -322,6 +322,14 @@ def _labelled(run: _Run) -> list:
     return rs
 
 
+def _request_ids(rs: list) -> list[str]:
+    """The request id of each rollout (its phrasings and framings share it): what every split,
+    fold and held-out claim of a run groups by."""
+    from .data import fallback_request_id
+
+    return [getattr(r, "request_id", None) or fallback_request_id(r.prompt, r.meta) for r in rs]
+
+
 def _template(run: _Run) -> Any:
     from .templates import get_template
 
@@ -372,7 +380,7 @@ def _stage_probe(run: _Run) -> None:
         acts,
         labels,
         k=run.cfg.cv_folds,
-        groups=[r.prompt for r in train],
+        groups=_request_ids(train),
         ids=[r.id for r in train],
         seed=run.cfg.seed,
         method=run.cfg.probe_method,
@@ -430,7 +438,7 @@ def _stage_trajectories(run: _Run) -> None:
     toks = _tokenized(run, rs)
     trajs: list[Any] = [None] * len(rs)
     fold_of: list[int | None] = [None] * len(rs)
-    for fold, p, where in folds.split_by_probe([r.id for r in rs], groups=[r.prompt for r in rs]):
+    for fold, p, where in folds.split_by_probe([r.id for r in rs], groups=_request_ids(rs)):
         part = compute_trajectories(
             model,
             [toks[i] for i in where],
@@ -476,9 +484,16 @@ def _head_variant(run: _Run, probe: Any) -> HeadVariant:
 
 
 def _stage_heads(run: _Run) -> None:
+    """Rank heads three ways, all from one attribution pass over the closed harmful rollouts
+    (each attributed with the fold probe that did not see it): in sample (all rollouts; the
+    paper's figure), cross-fitted by request (each fold's heads ranked on the other folds'
+    requests: the held-out sets the ablation stage measures), and their stability under a
+    bootstrap over requests. Head means come from half of the harmless requests; the other half
+    is left for over-refusal and the KL cost."""
     from .ablation import compute_head_means, save_head_means
-    from .heads import contrast_scores, head_attributions, rank_heads
+    from .heads import rank_heads
 
+    cfg = run.cfg
     model = run.get_model()
     probe = _load_probe(run)
     rs = [r for r in _labelled(run) if r.thinking_closed]
@@ -489,36 +504,143 @@ def _stage_heads(run: _Run) -> None:
             "head attribution needs harmful rollouts and harmless ones (for the ablation means)"
         )
     variant = _head_variant(run, probe)
-    # one pass: per-rollout scores, averaged over all harmful rollouts and over the complied ones
-    per = head_attributions(
-        model,
-        _tokenized(run, harmful),
-        probe,
-        positions="end_of_thinking",
-        variant=variant,
-        batch_size=run.cfg.batch_size,
-        per_example=True,
-    )
-    scores = per.mean(0)  # the paper's score: mean write over all harmful rollouts
-    complied = [i for i, r in enumerate(harmful) if r.refused is False]
-    extra: dict[str, Any] = {"scores_complied": per[complied].mean(0).tolist()} if complied else {}
-    if complied and len(complied) < len(harmful):
-        # complied minus refused: where the paper's mean cancels, the contrast does not
-        contrast = contrast_scores(per, [r.refused for r in harmful])
-        extra["scores_contrast"] = contrast.tolist()
-        extra["contrast_heads"] = [list(t) for t in rank_heads(contrast, run.cfg.top_percent).suppression]
+    per = _attributions(run, harmful, variant)
+    scores = per.mean(0)  # the paper's score: mean write over all harmful rollouts (in sample)
     ranking = rank_heads(
-        scores, run.cfg.top_percent, variant=variant, n_rollouts=len(harmful), positions="end_of_thinking"
+        scores, cfg.top_percent, variant=variant, n_rollouts=len(harmful), positions="end_of_thinking"
     )
     d = ranking.to_dict()
-    d.update(extra)
+    d.update(_contrast_fields(run, per, harmful))
+    d.update(_held_out_fields(run, per, harmful))
     atomic_write_json(run.path("heads.json"), d)
-    means = compute_head_means(
-        model, _tokenized(run, harmless), positions="all", batch_size=run.cfg.batch_size
-    )
+    reference, measure = _harmless_halves(run, harmless)
+    means = compute_head_means(model, _tokenized(run, reference), positions="all", batch_size=cfg.batch_size)
     save_head_means(
-        run.path("head_means.safetensors"), means, meta={"reference": "harmless rollouts, all positions"}
+        run.path("head_means.safetensors"),
+        means,
+        meta={
+            "reference": "harmless rollouts of the reference requests, all positions",
+            "reference_requests": sorted(set(_request_ids(reference))),
+            "measure_requests": sorted(set(_request_ids(measure))),
+            "reference_ids": [r.id for r in reference],
+        },
     )
+
+
+def _attributions(run: _Run, harmful: list, variant: HeadVariant) -> Tensor:
+    """Per-rollout head attributions ``[n, n_layers, n_heads]`` at the end-of-thinking tokens,
+    each rollout read with the probe that did not see it (the trajectories' rule)."""
+    import torch
+
+    from .heads import head_attributions
+
+    model = run.get_model()
+    toks = _tokenized(run, harmful)
+    parts: list[tuple[list[int], Tensor]] = []
+    for _, p, where in _load_folds(run).split_by_probe([r.id for r in harmful], groups=_request_ids(harmful)):
+        part = head_attributions(
+            model,
+            [toks[i] for i in where],
+            p,
+            positions="end_of_thinking",
+            variant=variant,
+            batch_size=run.cfg.batch_size,
+            per_example=True,
+        )
+        parts.append((where, part))
+    cfg = model.cfg
+    per = torch.full((len(harmful), cfg.n_layers, cfg.n_heads), float("nan"))
+    for where, part in parts:
+        per[where] = part.float()
+    return per
+
+
+def _contrast_score(harmful: list) -> Callable[[Tensor, list[int]], Tensor]:
+    """The contrast ranking's score (complied minus refused mean write) of a subset of rows."""
+    from .heads import contrast_scores
+
+    refused = [r.refused for r in harmful]
+    return lambda rows, idx: contrast_scores(rows, [refused[i] for i in idx])
+
+
+def _has_both(harmful: list, idx: list[int] | range) -> bool:
+    outs = {harmful[i].refused for i in idx}
+    return True in outs and False in outs
+
+
+def _contrast_fields(run: _Run, per: Tensor, harmful: list) -> dict[str, Any]:
+    """The in-sample complied-only mean and complied-minus-refused contrast of ``heads.json``."""
+    from .heads import rank_heads
+
+    complied = [i for i, r in enumerate(harmful) if r.refused is False]
+    extra: dict[str, Any] = {"scores_complied": per[complied].mean(0).tolist()} if complied else {}
+    if _has_both(harmful, range(len(harmful))):
+        # complied minus refused: where the paper's mean cancels, the contrast does not
+        contrast = _contrast_score(harmful)(per, list(range(len(harmful))))
+        extra["scores_contrast"] = contrast.tolist()
+        extra["contrast_heads"] = [list(t) for t in rank_heads(contrast, run.cfg.top_percent).suppression]
+    return extra
+
+
+def _held_out_fields(run: _Run, per: Tensor, harmful: list) -> dict[str, Any]:
+    """``cross_fit`` (per ranking and percent: each fold's heads, ranked on the other folds'
+    requests) and ``stability`` (per ranking: how often each in-sample top head stays in the
+    top set under a bootstrap over requests) of ``heads.json``."""
+    from .heads import suppression_heads
+    from .heldout import cross_fit_head_sets, request_folds, selection_stability, stability_of
+
+    cfg = run.cfg
+    req = _request_ids(harmful)
+    k = min(cfg.selection_folds, len(set(req)))
+    if k < 2:
+        raise RunDirError(
+            f"held-out head selection needs harmful rollouts of at least 2 requests; got {len(set(req))}. "
+            "Use more harmful prompts (--n-harmful)"
+        )
+    folds = request_folds(req, k=k, seed=cfg.seed)
+    scorers: dict[str, Any] = {"paper": None}
+    if all(_has_both(harmful, [i for i, f in enumerate(folds) if f != g]) for g in range(k)):
+        scorers["contrast"] = _contrast_score(harmful)
+    cross: dict[str, Any] = {}
+    stab: dict[str, Any] = {}
+    for name, score in scorers.items():
+        cross[name] = {
+            f"{p:g}": cross_fit_head_sets(per, req, p, k=k, seed=cfg.seed, score=score).to_dict()
+            for p in cfg.top_percents
+        }
+        if cfg.stability_boot:
+            try:
+                freq = selection_stability(
+                    per, req, cfg.top_percent, score=score, n_boot=cfg.stability_boot, seed=cfg.seed
+                )
+            except ValueError as e:  # a replicate without complied (or refused) rollouts
+                stab[name] = {"skipped": str(e).split(";")[0]}
+                continue
+            full = (score or (lambda rows, idx: rows.mean(0)))(per, list(range(len(harmful))))
+            top = [(int(la), int(h)) for la, h, _ in suppression_heads(full, cfg.top_percent)]
+            stab[name] = {
+                "top_percent": cfg.top_percent,
+                "n_boot": cfg.stability_boot,
+                "resampled": "requests, with replacement",
+                "heads": [list(h) for h in top],
+                "frequency": stability_of(top, freq),
+            }
+    return {"cross_fit": cross, "stability": stab, "request_ids": req}
+
+
+def _harmless_halves(run: _Run, harmless: list) -> tuple[list, list]:
+    """Harmless rollouts split by request: a reference for the head means, and the rest, which
+    measure over-refusal and the KL cost (never the reference's requests)."""
+    from .heldout import request_folds
+
+    req = _request_ids(harmless)
+    if len(set(req)) < 2:
+        raise RunDirError(
+            f"the harmless rollouts come from {len(set(req))} request(s); the head means and the "
+            "over-refusal need disjoint requests, so use at least 2 harmless prompts of different requests"
+        )
+    folds = request_folds(req, k=2, seed=run.cfg.seed)
+    return [r for r, f in zip(harmless, folds) if f == 0], [r for r, f in zip(harmless, folds) if f == 1]
 
 
 def _in_asr_sets(cfg: RunConfig, r: Any) -> bool:
@@ -530,6 +652,10 @@ def _in_asr_sets(cfg: RunConfig, r: Any) -> bool:
 
 
 def _stage_ablation(run: _Run) -> None:
+    """ASR (framed harmful prompts) and over-refusal (harmless prompts of the requests the head
+    means did not use) under every setting, generated side by side: the baseline, each ranking's
+    held-out top-k% (a prompt is ablated with heads ranked without its request), the in-sample
+    top-k% (labelled), and the uniform and layer-matched random nulls."""
     from .ablation import load_head_means
     from .evaluate import AblationResults, attack_success
 
@@ -539,35 +665,40 @@ def _stage_ablation(run: _Run) -> None:
     heads = _load_heads(run)
     rs = _labelled(run)
     n = cfg.n_ablation
+    means_meta = _head_means_meta(run)
+    measure = set(means_meta.get("measure_requests") or [])
     harmful = [r for r in rs if r.harmful and _in_asr_sets(cfg, r)]
     harmless = [r for r in rs if r.harmful is False]
+    if measure:  # never the requests whose rollouts gave the head means
+        harmless = [r for r, q in zip(harmless, _request_ids(harmless)) if q in measure]
     harmful, harmless = harmful[:n] if n else harmful, harmless[:n] if n else harmless
     max_new_tokens = cfg.ablation_max_new_tokens or cfg.max_new_tokens
     # The rollouts stage already decoded these prompts greedily with no hooks: when it used the same
     # budget, its rollouts are the baseline and the stage only generates the ablated settings.
     reuse = not cfg.rollouts and max_new_tokens == cfg.max_new_tokens
     means = load_head_means(run.path("head_means.safetensors"), model=model)
-    contrast = heads.contrast_scores if cfg.contrast_ablation else None
     key = _ablation_reuse_key(run)
     previous = _previous_ablation(run, key)
+    folds = _prompt_folds(heads, _request_ids(harmful), _request_ids(harmless), cfg.seed)
     rows = attack_success(
         model,
         [r.prompt for r in harmful],
         [r.prompt for r in harmless],
         baseline_rollouts=harmful + harmless if reuse else None,
-        scores=heads.ranking.scores,
         top_percents=cfg.top_percents,
         random_seeds=tuple(range(cfg.random_seeds)),
         mode=cfg.ablation_mode,
         means=means,
         probe=probe,
         max_new_tokens=max_new_tokens,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.ablation_batch_size or 4 * cfg.batch_size,
         seed=cfg.seed,
         progress=True,
         template=cfg.template,
         judge=_judge(run),
-        rankings={"contrast": contrast} if contrast is not None else None,
+        fold_settings=_fold_settings(run, heads, model.cfg.n_heads),
+        prompt_folds=folds,
+        random_harmless=cfg.random_harmless,
         previous=previous.rows if previous is not None else None,
     )
     results = AblationResults.from_rows(
@@ -579,18 +710,126 @@ def _stage_ablation(run: _Run) -> None:
             "harmful_source": cfg.asr_prompts or cfg.harmful,
             "baseline_source": "rollouts stage" if reuse else "generated",
             "reuse_key": key,
+            "design": _design_meta(heads, harmful, harmless, means_meta),
         },
     )
     _compare_rankings(results)
     _add_capability_cost(run, results, harmless, means)
+    _add_holm(results)
     results.save(run.path("ablation.json"))
+
+
+def _head_means_meta(run: _Run) -> dict:
+    """The head means' metadata (``head_means.json``: which requests they were computed on)."""
+    p = run.path("head_means.json")
+    return _read_json(p) if p.exists() else {}
+
+
+def _prompt_folds(heads: Any, harmful_req: list[str], harmless_req: list[str], seed: int) -> list[int]:
+    """The fold of every ASR prompt (its request's fold in the heads stage's cross-fit) and of
+    every harmless prompt (its own request folds): prompt j is ablated with the heads of its fold,
+    ranked on the other folds' requests. A harmful request the heads stage did not see (its
+    rollout's thinking never closed) takes fold 0: neither fold's heads were ranked on it."""
+    from .heldout import CrossFitHeads, request_folds
+
+    cf = heads.cross_fit.get("paper") or {}
+    first = next(iter(cf.values()), None)
+    if first is None:
+        return [0] * (len(harmful_req) + len(harmless_req))
+    c = CrossFitHeads.from_dict(first)
+    fold_of = {q: f for f, qs in enumerate(c.measured_on) for q in qs}
+    k = c.k
+    ben = (
+        request_folds(harmless_req, k=k, seed=seed)
+        if len(set(harmless_req)) >= k
+        else [0] * len(harmless_req)
+    )
+    return [fold_of.get(q, 0) for q in harmful_req] + ben
+
+
+def _fold_settings(run: _Run, heads: Any, n_heads: int) -> list[dict]:
+    """Every setting whose heads depend on the prompt's fold: each ranking's held-out top-k%
+    (``top-3%``, ``top-3% contrast``), the in-sample top-k% (``top-3% in-sample``: the same set
+    for every fold) and the layer-matched random sets of the paper ranking's held-out top-k%."""
+    from .heads import suppression_heads
+    from .heldout import CrossFitHeads, layer_matched_heads
+
+    cfg = run.cfg
+    out: list[dict] = []
+    for name, by_pct in heads.cross_fit.items():
+        if name == "contrast" and not cfg.contrast_ablation:
+            continue
+        for pct in cfg.top_percents:
+            c = CrossFitHeads.from_dict(by_pct[f"{pct:g}"])
+            label = f"top-{pct:g}%" + ("" if name == "paper" else f" {name}")
+            out.append(
+                {"setting": label, "kind": "top", "top_percent": pct, "seed": None,
+                 "ranking": name, "selection": "held_out", "heads_by_fold": c.heads}
+            )  # fmt: skip
+            if name == "paper" and cfg.in_sample_ablation:
+                top = [(int(la), int(h)) for la, h, _ in suppression_heads(heads.ranking.scores, pct)]
+                out.append(
+                    {"setting": f"{label} in-sample", "kind": "top", "top_percent": pct, "seed": None,
+                     "ranking": name, "selection": "in_sample", "heads_by_fold": [top] * c.k}
+                )  # fmt: skip
+            if name == "paper" and cfg.layer_matched_null:
+                for s in range(cfg.random_seeds):
+                    by_fold = [
+                        layer_matched_heads(hs, n_heads, seed=s * c.k + f) for f, hs in enumerate(c.heads)
+                    ]
+                    out.append(
+                        {"setting": f"random-{pct:g}% layer-matched seed {s}", "kind": "random_matched",
+                         "top_percent": pct, "seed": s, "matches": label, "heads_by_fold": by_fold}
+                    )  # fmt: skip
+    return out
+
+
+def _design_meta(heads: Any, harmful: list, harmless: list, means_meta: dict) -> dict:
+    """Which requests chose each head set and which measured it, as ``ablation.json`` records it."""
+    from .heldout import CrossFitHeads
+
+    out: dict[str, Any] = {
+        "asr_requests": sorted(set(_request_ids(harmful))),
+        "over_refusal_requests": sorted(set(_request_ids(harmless))),
+        "head_means_requests": means_meta.get("reference_requests"),
+        "selection": "held out by request: prompt j is ablated with heads ranked on the other folds' requests",
+    }
+    for name, by_pct in heads.cross_fit.items():
+        for pct, d in by_pct.items():
+            c = CrossFitHeads.from_dict(d)
+            out[f"{name} {pct}%"] = {"ranked_on": c.ranked_on, "measured_on": c.measured_on}
+    return out
+
+
+def _add_holm(results: Any) -> None:
+    """``holm`` in the file's meta: the run's findings (each held-out top-k% row against the
+    baseline and against each null, the contrast against the paper ranking, over-refusal) with
+    their raw and Holm-adjusted p (:func:`cliff_lens.stats.holm_adjust`)."""
+    from .stats import holm_adjust
+
+    found: list[tuple[str, float]] = []
+    for s in results.measured:
+        r = s.row
+        if r.get("kind") != "top" or r.get("selection") == "in_sample":
+            continue
+        vb = r.get("vs_baseline") or {}
+        pairs = [
+            ("ASR vs baseline (McNemar)", (vb.get("asr") or {}).get("p_value")),
+            ("over-refusal vs baseline (McNemar)", (vb.get("over_refusal") or {}).get("p_value")),
+            ("ASR vs uniform random sets", (r.get("vs_random") or {}).get("asr_empirical_p")),
+            ("ASR vs layer-matched random sets", (r.get("vs_random_matched") or {}).get("asr_empirical_p")),
+            ("ASR vs the paper ranking (McNemar)", (r.get("vs_paper_ranking") or {}).get("p_value")),
+        ]
+        found += [(f"{r['setting']}: {what}", float(p)) for what, p in pairs if p is not None]
+    adj = holm_adjust([p for _, p in found]) if found else []
+    results.meta["holm"] = [{"finding": f, "p": p, "p_holm": q} for (f, p), q in zip(found, adj)]
 
 
 def _ablation_reuse_key(run: _Run) -> str:
     """What a setting's measurement depends on besides its heads: the ablation stage's fingerprint
     without the fields that only choose which settings run (``random_seeds``, ``top_percents``,
     ``contrast_ablation``). Settings of an earlier ``ablation.json`` with the same key are reused."""
-    which = ("random_seeds", "top_percents", "contrast_ablation")
+    which = ("random_seeds", "top_percents", "contrast_ablation", "in_sample_ablation", "layer_matched_null")
     return hash_obj(_stage_inputs(run, get_stage("ablation"), without=which))
 
 
@@ -619,7 +858,7 @@ def _compare_rankings(results: Any) -> None:
     paper = {s.top_percent: s.row for s in results.measured if s.kind == "top" and s.setting.endswith("%")}
     for s in results.measured:
         base = paper.get(s.top_percent)
-        if s.kind != "top" or base is None or s.row is base:
+        if s.kind != "top" or base is None or s.row is base or s.row.get("selection") == "in_sample":
             continue
         m = mcnemar_exact(
             [o == "complied" for o in base["harmful_outcomes"]],
@@ -639,22 +878,51 @@ def _add_capability_cost(run: _Run, results: Any, harmless: list, means: Any) ->
     under the hooks that :func:`cliff_lens.evaluate.attack_success` generated the setting with.
     A setting reused from an earlier ``ablation.json`` (measured the same way) keeps its cost."""
     from .capability import intervention_cost
-    from .evaluate import setting_hooks
+    from .evaluate import prompt_heads, setting_hooks
+    from .stats import bootstrap_mean
 
-    ref = [r for r in harmless if r.thinking_closed and (r.answer or "").strip()]
-    if not ref:
+    keep = [j for j, r in enumerate(harmless) if r.thinking_closed and (r.answer or "").strip()]
+    if not keep:
         return
     model = run.get_model()
     tok, tpl = model.tokenizer, _template(run)
-    toks = [tpl.tokenize(tok, r.prompt, r.thinking or "", r.answer) for r in ref]
+    toks = [
+        tpl.tokenize(tok, harmless[j].prompt, harmless[j].thinking or "", harmless[j].answer) for j in keep
+    ]
+    n_harm = int(results.meta["n_harmful"])
     for s in results.measured:
         if s.kind not in ("top", "random") or not s.heads:
             continue
         if "capability" in s.row:  # reused
             continue
-        hooks = setting_hooks(model, s.heads, run.cfg.ablation_mode, means)
-        cost = intervention_cost(model, toks, hooks, batch_size=run.cfg.batch_size, seed=run.cfg.seed)
-        s.row["capability"] = cost.to_dict()
+        # each harmless prompt under its own head set (per fold for the held-out settings)
+        per = prompt_heads(s.row, n_harm + len(harmless))[n_harm:]
+        groups: dict[tuple, list[int]] = {}
+        for i, j in enumerate(keep):
+            groups.setdefault(tuple(map(tuple, per[j])), []).append(i)
+        kls: list[float] = []
+        deltas: list[float] = []
+        n_tokens = 0
+        for hs, idx in groups.items():
+            hooks = setting_hooks(model, list(hs), run.cfg.ablation_mode, means)
+            cost = intervention_cost(
+                model, [toks[i] for i in idx], hooks, batch_size=run.cfg.batch_size, seed=run.cfg.seed
+            )
+            kls += cost.kl_per_rollout
+            deltas += cost.delta_per_rollout
+            n_tokens += cost.n_tokens
+        whole = cost if len(groups) == 1 else None
+        s.row["capability"] = (
+            whole.to_dict()
+            if whole is not None
+            else {
+                "kl": bootstrap_mean(kls, seed=run.cfg.seed).to_dict(),
+                "answer_logprob_delta": bootstrap_mean(deltas, seed=run.cfg.seed).to_dict(),
+                "n_rollouts": len(kls),
+                "n_tokens": n_tokens,
+                "unit": "nats per answer token, averaged per rollout then over rollouts",
+            }
+        )
     for summ in results.random_summaries:  # the random sets' mean cost beside their ASR summary
         kls = [
             s.row["capability"]["kl"]["value"]
@@ -768,6 +1036,10 @@ class HeadsFile:
     ranking: Any
     contrast_scores: Any = None
     contrast_heads: tuple[tuple[int, int, float], ...] = ()
+    #: ranking name -> percent (``"3"``) -> :meth:`cliff_lens.heldout.CrossFitHeads.to_dict`
+    cross_fit: dict[str, dict[str, dict]] = field(default_factory=dict)
+    #: ranking name -> the in-sample top heads and how often each stays in the top set
+    stability: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path) -> HeadsFile:
@@ -782,6 +1054,8 @@ class HeadsFile:
             HeadRanking.from_dict(d),
             None if contrast is None else torch.tensor(contrast, dtype=torch.float32),
             tuple((int(t[0]), int(t[1]), float(t[2])) for t in d.get("contrast_heads", [])),
+            dict(d.get("cross_fit") or {}),
+            dict(d.get("stability") or {}),
         )
 
 
@@ -1040,14 +1314,16 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "heads", "heads", "attribute the refusal direction to heads at the end of thinking",
-        ("probe",), ("top_percents", "head_variant"), ("heads.json", "head_means.safetensors"),
+        ("probe",), ("top_percents", "head_variant", "selection_folds", "stability_boot", "seed"),
+        ("heads.json", "head_means.safetensors"),
         _stage_heads,
     ),
     Stage(
         "ablation", "ablate", "ASR and over-refusal with the top-k% heads and random heads ablated",
         ("heads",),
         ("asr_prompts", "top_percents", "random_seeds", "ablation_mode", "n_ablation",
-         "ablation_max_new_tokens", "judge_mode", "contrast_ablation"),
+         "ablation_max_new_tokens", "judge_mode", "contrast_ablation", "in_sample_ablation",
+         "layer_matched_null", "random_harmless"),
         ("ablation.json",), _stage_ablation,
     ),
     Stage(

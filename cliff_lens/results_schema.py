@@ -35,7 +35,10 @@ __all__ = [
 SCHEMA_VERSION = 2
 #: ablation setting names: ``baseline``, ``top-3%``, ``top-3% contrast`` (another ranking),
 #: ``random-3% seed 0``
-SETTING_PATTERN = r"^(baseline|top-[0-9]+(\.[0-9]+)?%( [a-z_]+)?|random-[0-9]+(\.[0-9]+)?% seed -?[0-9]+)$"
+SETTING_PATTERN = (
+    r"^(baseline|top-[0-9]+(\.[0-9]+)?%( [a-z_]+)?( in-sample)?"
+    r"|random-[0-9]+(\.[0-9]+)?%( layer-matched)? seed -?[0-9]+)$"
+)
 
 _num = {"type": "number"}
 _rate = {"type": ["number", "null"], "minimum": 0, "maximum": 1}

@@ -294,13 +294,14 @@ def test_raising_random_seeds_generates_only_the_new_sets(tmp_path, monkeypatch)
     monkeypatch.setattr(rollout, "generate_rollouts", counting)
     raised = pipeline.run(dataclasses.replace(small, random_seeds=3))
     meta = json.loads((tmp_path / "a" / "ablation.json").read_text())["meta"]
-    n = meta["n_harmful"] + meta["n_harmless"]  # rows of one setting
-    # random seeds 1 and 2, side by side in one call; baseline, top-25% and seed 0 are reused
-    assert calls == [2 * n]
+    n, n_harm = meta["n_harmful"] + meta["n_harmless"], meta["n_harmful"]  # rows of one setting
+    # random seeds 1 and 2 of both nulls (uniform, layer-matched; harmful prompts only), side by
+    # side in one call; baseline, the top-25% sets and seed 0 are reused
+    assert calls == [4 * n_harm]
     fresh = pipeline.run(dataclasses.replace(small, random_seeds=3, out=tmp_path / "b"))
-    # a fresh run generates all 6 in one call: baseline (imported rollouts are not a baseline),
-    # top-25%, top-25% contrast and three random sets
-    assert calls == [2 * n, 6 * n]
+    # a fresh run generates all in one call: baseline (imported rollouts are not a baseline), the
+    # held-out top-25% of both rankings, the in-sample top-25%, and 3 random sets of each null
+    assert calls == [4 * n_harm, 4 * n + 6 * n_harm]
     strip = {"run_dir", "config", "timings", "versions"}
     assert {k: v for k, v in raised.items() if k not in strip} == {
         k: v for k, v in fresh.items() if k not in strip
