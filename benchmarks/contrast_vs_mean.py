@@ -6,7 +6,7 @@ of the complied (jailbroken) harmful rollouts (``cliff_lens.ablation.head_causal
 tested heads are the union of the top ``--n-heads`` of each ranking and ``--n-random`` random
 others (so that the correlation is not computed on the extremes only). For each ranking: the
 Spearman correlation of its scores with the causal contribution (``-effect``) over the tested
-heads, with a 95% bootstrap interval over heads, and the mean causal contribution of its top-k%
+heads, with a 95% bootstrap interval over ROLLOUTS, and the mean causal contribution of its top-k%
 heads. The ASR comparison of the two top-k% ablations (paired McNemar) is in the run's own
 ``ablation.json`` (setting ``top-3% contrast``, key ``vs_paper_ranking``). Usage::
 
@@ -14,7 +14,17 @@ heads. The ASR comparison of the two top-k% ablations (paired McNemar) is in the
 
 ``--all-heads`` tests every head before the probe layer (no selection on the rankings, so the
 correlation is not inflated by testing their extremes). The two Spearman correlations share their
-heads, so their difference gets a paired bootstrap interval over heads.
+heads and rollouts, so their difference gets a paired bootstrap interval over the same resamples.
+
+The bootstrap resamples rollouts, the units both the scores and the causal effects are averages
+over (the heads are fixed, not a sample): each resample draws the refused and the complied
+harmful rollouts with replacement, separately (so the contrast always has both groups), and
+recomputes from the per-rollout numbers the paper's score (mean write over all harmful
+rollouts), the contrast (complied minus refused mean write) and each tested head's causal
+contribution (mean over the resampled complied rollouts), then both Spearman correlations. The
+per-rollout writes are recomputed here with each rollout's cross-fitted fold probe, as the heads
+stage computes them (``scores_max_abs_diff_vs_heads_json`` checks that they reproduce
+``heads.json``); the causal effects use the final probe.
 
 Writes ``benchmarks/results/contrast_vs_mean.json`` by default.
 """
@@ -30,41 +40,77 @@ import numpy as np
 import torch
 
 
-def _spearman_ci(
-    a: np.ndarray, c: np.ndarray, n_boot: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
+def _rollout_bootstrap_all(
+    per_attr: np.ndarray,
+    refused_idx: np.ndarray,
+    complied_idx: np.ndarray,
+    other_idx: np.ndarray,
+    per_causal: np.ndarray,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Spearman correlations recomputed on rollout resamples.
+
+    ``per_attr``: ``[n_harmful, n_tested]`` per-rollout direct writes of the tested heads;
+    ``refused_idx`` / ``complied_idx`` / ``other_idx``: rows of the refused / complied /
+    unlabelled rollouts (each group resampled within itself; the unlabelled ones enter the
+    paper's mean only);
+    ``per_causal``: ``[n_tested, n_complied]`` per-rollout causal effects on the complied
+    rollouts (column ``j`` is row ``complied_idx[j]``). Returns the ``n_boot`` resampled
+    ``rho_mean``, ``rho_contrast`` (NaN where a resample gives a constant ranking).
+    """
     from scipy.stats import spearmanr
 
-    rho = float(spearmanr(a, c).statistic)
     rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        i = rng.integers(0, a.size, a.size)
-        r = spearmanr(a[i], c[i]).statistic
-        if np.isfinite(r):
-            boots.append(r)
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return rho, float(lo), float(hi)
+    out = {"rho_mean": np.full(n_boot, np.nan), "rho_contrast": np.full(n_boot, np.nan)}
+    n_r, n_c, n_o = refused_idx.size, complied_idx.size, other_idx.size
+    for b in range(n_boot):
+        jr = rng.integers(0, n_r, n_r)
+        jc = rng.integers(0, n_c, n_c)
+        ref, comp = per_attr[refused_idx[jr]], per_attr[complied_idx[jc]]
+        oth = per_attr[other_idx[rng.integers(0, n_o, n_o)]] if n_o else per_attr[:0]
+        mean_score = np.concatenate([ref, comp, oth]).mean(0)
+        contrast = comp.mean(0) - ref.mean(0)
+        contribution = -per_causal[:, jc].mean(1)
+        out["rho_mean"][b] = spearmanr(mean_score, contribution).statistic
+        out["rho_contrast"][b] = spearmanr(contrast, contribution).statistic
+    return out
 
 
-def _paired_spearman_diff(
-    a: np.ndarray, b: np.ndarray, c: np.ndarray, n_boot: int = 2000, seed: int = 0
-) -> tuple[float, float, float, float]:
-    """rho(a, c) - rho(b, c) with a paired bootstrap over heads: difference, 95% CI, two-sided p."""
-    from scipy.stats import spearmanr
+def _per_rollout_attributions(run_dir, model, probe, harmful, toks, heads, cfg, args) -> torch.Tensor:
+    """``[n_harmful, n_layers, n_heads]`` direct writes at the end-of-thinking tokens, each
+    rollout read by the fold probe that did not see it (as the heads stage does)."""
+    from cliff_lens.data import fallback_request_id
+    from cliff_lens.heads import head_attributions
+    from cliff_lens.probe import CrossFit
 
-    diff = float(spearmanr(a, c).statistic - spearmanr(b, c).statistic)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        i = rng.integers(0, a.size, a.size)
-        d = spearmanr(a[i], c[i]).statistic - spearmanr(b[i], c[i]).statistic
-        if np.isfinite(d):
-            boots.append(d)
-    arr = np.asarray(boots)
-    lo, hi = np.quantile(arr, [0.025, 0.975])
-    p = min(1.0, 2 * min(float(np.mean(arr <= 0)), float(np.mean(arr >= 0))))
-    return diff, float(lo), float(hi), p
+    variant = (
+        heads.get("variant")
+        or cfg.get("head_variant")
+        or ("norm_aware" if probe.hook == "final_norm_weighted" else "raw")
+    )
+    folds = CrossFit.load(run_dir / "probe_folds", model=model, final=probe)
+    groups = [getattr(r, "request_id", None) or fallback_request_id(r.prompt, r.meta) for r in harmful]
+    per = torch.full((len(harmful), model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+    for _, p, where in folds.split_by_probe([r.id for r in harmful], groups=groups):
+        part = head_attributions(
+            model,
+            [toks[i] for i in where],
+            p,
+            positions="end_of_thinking",
+            variant=variant,
+            batch_size=args.batch_size,
+            per_example=True,
+        )
+        per[where] = part.float()
+    return per
+
+
+def _ci(x: np.ndarray) -> tuple[float, float, int]:
+    """Percentile 95% interval of the finite values of ``x`` and how many were finite."""
+    f = x[np.isfinite(x)]
+    lo, hi = np.quantile(f, [0.025, 0.975])
+    return float(lo), float(hi), int(f.size)
 
 
 def main() -> None:
@@ -97,12 +143,14 @@ def main() -> None:
     }
     labels = {d["id"]: d for d in iter_jsonl(args.run_dir / "labels.jsonl")}
     tpl = get_template(cfg.get("template") or model.cliff_template)
-    complied = [
-        r
-        for r in read_rollouts(args.run_dir / "rollouts.jsonl")
-        if r.harmful and r.thinking_closed and labels.get(r.id, {}).get("refused") is False
-    ]
-    toks = [tpl.tokenize(model.tokenizer, r.prompt, r.thinking or "", "").truncate() for r in complied]
+    harmful = [r for r in read_rollouts(args.run_dir / "rollouts.jsonl") if r.harmful and r.thinking_closed]
+    refused_of = [labels.get(r.id, {}).get("refused") for r in harmful]
+    complied_idx = np.array([i for i, v in enumerate(refused_of) if v is False], dtype=int)
+    refused_idx = np.array([i for i, v in enumerate(refused_of) if v is True], dtype=int)
+    other_idx = np.array([i for i, v in enumerate(refused_of) if v is None], dtype=int)
+    harmful_toks = [tpl.tokenize(model.tokenizer, r.prompt, r.thinking or "", "").truncate() for r in harmful]
+    complied = [harmful[i] for i in complied_idx]
+    toks = [harmful_toks[i] for i in complied_idx]
     L, H = model.cfg.n_layers, model.cfg.n_heads
     tested = set()
     for sc in rankings.values():
@@ -118,6 +166,7 @@ def main() -> None:
         model, toks, probe, heads=tested_list, mode="mean", means=means, batch_size=args.batch_size
     )
     contribution = -ce.grid  # attribution sign convention: negative = lowers refusal
+    per_attr = _per_rollout_attributions(args.run_dir, model, probe, harmful, harmful_toks, heads, cfg, args)
     ok = ~torch.isnan(contribution)
     k = n_top_heads(L * H, cfg.get("top_percents", [3.0])[0])
     out: dict = {
@@ -133,19 +182,49 @@ def main() -> None:
         "end-of-thinking token when the head alone is mean-ablated; contribution = -effect",
         "rankings": {},
     }
+    from scipy.stats import spearmanr
+
+    # the tested heads with a causal effect, as (layer, head) rows of per_attr / ce.per_example
+    keep = [j for j, (li, hi_) in enumerate(ce.heads) if bool(ok[li, hi_])]
+    kept_heads = [ce.heads[j] for j in keep]
+    pa = per_attr[:, [li for li, _ in kept_heads], [hi_ for _, hi_ in kept_heads]].numpy().astype(np.float64)
+    pc = ce.per_example[keep].numpy().astype(np.float64)
+    # the "other" (unlabelled) harmful rollouts count in the paper's mean, not in the contrast
+    boot = _rollout_bootstrap_all(pa, refused_idx, complied_idx, other_idx, pc)
+    recomputed = {
+        "mean": np.nanmean(pa, 0),
+        "contrast": pa[complied_idx].mean(0) - pa[refused_idx].mean(0),
+    }
+    out["bootstrap"] = (
+        "over rollouts: refused, complied (and unlabelled) harmful rollouts resampled with replacement "
+        "separately, 2000 resamples, seed 0; both rankings' scores and the causal contributions "
+        "recomputed per resample; percentile intervals"
+    )
+    out["n_refused_rollouts"] = int(refused_idx.size)
     for name, sc in rankings.items():
         a, c = sc[ok].numpy(), contribution[ok].numpy()
-        rho, lo, hi = _spearman_ci(a, c)
+        rho = float(spearmanr(a, c).statistic)
+        lo, hi, n_fin = _ci(boot[f"rho_{name}"])
+        ref = np.array([float(sc[li, hi_]) for li, hi_ in kept_heads])
+        diff_vs_json = float(np.max(np.abs(recomputed[name] - ref)))
         top = [(li, hi_) for li, hi_, _ in suppression_heads(sc, n=k)]
         top_c = [float(contribution[li, hi_]) for li, hi_ in top if not torch.isnan(contribution[li, hi_])]
         out["rankings"][name] = {
             "spearman_with_causal_contribution": rho,
             "spearman_ci95": [lo, hi],
+            "n_finite_resamples": n_fin,
+            "scores_max_abs_diff_vs_heads_json": diff_vs_json,
             "top_heads": [list(t) for t in top],
             "top_heads_mean_causal_contribution": float(np.mean(top_c)) if top_c else None,
         }
-    a_m, a_c, c_ = rankings["mean"][ok].numpy(), rankings["contrast"][ok].numpy(), contribution[ok].numpy()
-    d, dlo, dhi, dp = _paired_spearman_diff(a_m, a_c, c_)
+    d = (
+        out["rankings"]["mean"]["spearman_with_causal_contribution"]
+        - out["rankings"]["contrast"]["spearman_with_causal_contribution"]
+    )
+    arr = boot["rho_mean"] - boot["rho_contrast"]
+    arr = arr[np.isfinite(arr)]
+    dlo, dhi = (float(v) for v in np.quantile(arr, [0.025, 0.975]))
+    dp = min(1.0, 2 * min(float(np.mean(arr <= 0)), float(np.mean(arr >= 0))))
     out["mean_minus_contrast_spearman"] = {"difference": d, "ci95": [dlo, dhi], "paired_bootstrap_p": dp}
     out["wall_s"] = round(time.time() - t0, 1)
     atomic_write_json(args.out, out)
