@@ -24,6 +24,10 @@ The complied rollouts are also split by what the last sentence of their thinking
 keyword rule: it states the refusal, or it says it will help), and per-rollout totals are kept
 (``per_rollout``).
 
+Each rollout is decomposed with the probe that did not see it: the run's cross-fitted fold
+probe for a rollout the probe was trained on (``probe_folds``, grouped by request, as the
+trajectories and heads stages do), the final probe for the others (``probe_rule`` in the output).
+
 Checks (asserted): each decomposition closes on the probe's own features (|error| small), the
 per-rollout logit ``bias + total`` equals ``RefusalProbe.logit`` of ``extract_activations`` at
 the probe's hook (1e-3 relative), and per rollout the ``Delta_c`` sum to that logit change (1e-3
@@ -62,21 +66,32 @@ def main() -> None:
 
     from cliff_lens import RefusalProbe, get_template, load_model, read_rollouts
     from cliff_lens.activations import extract_activations
+    from cliff_lens.data import fallback_request_id
     from cliff_lens.heads import direct_attribution_decomposition
     from cliff_lens.io import atomic_write_json, iter_jsonl
+    from cliff_lens.probe import CrossFit
 
     run = json.loads((args.run_dir / "run.json").read_text())
     model = load_model(run["config"]["model"])
-    probe = RefusalProbe.load(str(args.run_dir / "probe.safetensors"), model=model)
+    final = RefusalProbe.load(str(args.run_dir / "probe.safetensors"), model=model)
+    folds = CrossFit.load(args.run_dir / "probe_folds", model=model, final=final)
     labels = {d["id"]: d for d in iter_jsonl(args.run_dir / "labels.jsonl")}
+    every = list(read_rollouts(args.run_dir / "rollouts.jsonl"))
+    reqs = [r.request_id or fallback_request_id(r.prompt, r.meta) for r in every]
+    probe_of = {
+        every[i].id: p
+        for _, p, where in folds.split_by_probe([r.id for r in every], groups=reqs)
+        for i in where
+    }
     tpl = get_template(run["config"].get("template") or getattr(model, "cliff_template", "generic"))
     rows: dict[str, list[dict]] = {"refused": [], "complied": []}
     max_err = 0.0
     checked_numerator = False
-    for r in read_rollouts(args.run_dir / "rollouts.jsonl"):
+    for r in every:
         lab = labels.get(r.id, {})
         if not r.harmful or lab.get("refused") is None or not r.thinking_closed:
             continue
+        probe = probe_of[r.id]
         rec = tpl.tokenize(model.tokenizer, r.prompt, r.thinking or "", "").truncate()
         t1 = rec.spans["thinking"][1] - 1  # the last thinking token
         t2 = rec.spans["end_of_thinking"][1] - 1  # the last end-of-thinking token
@@ -110,9 +125,10 @@ def main() -> None:
         "command": f"python benchmarks/organism_decomposition.py --run-dir {args.run_dir}",
         "run_dir": str(args.run_dir),
         "model": run["config"]["model"],
-        "probe_hook": probe.hook,
-        "probe_scale": probe.scale,
-        "probe_bias": probe.bias,
+        "probe_rule": "each rollout by the probe that did not see it (fold probe, else the final probe)",
+        "probe_hook": final.hook,
+        "probe_scale": final.scale,
+        "probe_bias": final.bias,
         "variant": "with_bias (logit, final-norm scale frozen per position); numerator = norm_aware u.x",
         "positions": {"t1": "last thinking token", "t2": "last end-of-thinking token"},
         "checks": {
