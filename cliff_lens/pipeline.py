@@ -1040,6 +1040,8 @@ class HeadsFile:
     cross_fit: dict[str, dict[str, dict]] = field(default_factory=dict)
     #: ranking name -> the in-sample top heads and how often each stays in the top set
     stability: dict[str, dict] = field(default_factory=dict)
+    #: the request id of every rollout the ranking was computed on (in the file's order)
+    request_ids: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, path: str | Path) -> HeadsFile:
@@ -1056,6 +1058,7 @@ class HeadsFile:
             tuple((int(t[0]), int(t[1]), float(t[2])) for t in d.get("contrast_heads", [])),
             dict(d.get("cross_fit") or {}),
             dict(d.get("stability") or {}),
+            tuple(str(q) for q in d.get("request_ids") or ()),
         )
 
 
@@ -1153,7 +1156,46 @@ def _results_cliff(run: _Run) -> dict:
     }
     for g in ("harmful_refused", "harmful_complied", "harmless_helped", "harmless_refused"):
         cliff[g] = block([d for d in rows if d.group == g])
+    if run.path("rollouts.jsonl").exists():
+        cliff["by_prompt_set"] = _cliff_by_prompt_set(run, rows)
     return cliff
+
+
+#: the prompt set of a rollout that ``rollouts.jsonl`` does not hold
+_UNKNOWN_SET = "(not in rollouts.jsonl)"
+
+
+def _prompt_sets(run: _Run) -> dict[str, str]:
+    """``rollout id -> prompt set``: ``meta["prompt_set"]`` (e.g. ``cliff-harmful`` plain,
+    ``cliff-jailbreak`` framed), else the rollout's source."""
+    return {r.id: str(r.meta.get("prompt_set") or r.source or _UNKNOWN_SET) for r in _read_rollouts(run)}
+
+
+def _cliff_by_prompt_set(run: _Run, rows: list[CliffRow]) -> dict[str, dict]:
+    """Per prompt set of the harmful rollouts: the complied and the refused rollouts' mean cliff
+    with its bootstrap interval (none below ``stats.MIN_BOOTSTRAP_N`` rollouts), so that the
+    complied-vs-refused contrast is read within one framing, not across framings."""
+    from .stats import MIN_BOOTSTRAP_N, bootstrap_mean
+
+    sets = _prompt_sets(run)
+    harmful = [d for d in rows if d.harmful]
+    out: dict[str, dict] = {}
+    for name in sorted({sets.get(d.id, _UNKNOWN_SET) for d in harmful}):
+        sub = [d for d in harmful if sets.get(d.id, _UNKNOWN_SET) == name]
+        block: dict[str, Any] = {"n_rollouts": len(sub)}
+        for group, key in (("harmful_complied", "complied"), ("harmful_refused", "refused")):
+            m = bootstrap_mean([d.cliff for d in sub if d.group == group], seed=run.cfg.seed)
+            block[key] = {
+                "n": m.n,
+                "cliff_mean": m.mean,
+                "cliff_ci95": _ci(m),
+                "interval": m.method
+                or ("none (no rollout)" if m.n == 0 else f"none (n < {MIN_BOOTSTRAP_N})"),
+            }
+        c, r = block["complied"]["cliff_mean"], block["refused"]["cliff_mean"]
+        block["complied_minus_refused"] = None if c is None or r is None else c - r
+        out[name] = block
+    return out
 
 
 def _results_heads(run: _Run) -> dict:
@@ -1167,6 +1209,49 @@ def _results_heads(run: _Run) -> dict:
         "promoting": [{"layer": li, "head": hi, "score": s} for li, hi, s in ranking.promoting],
         "n_heads_total": n_layers * n_heads,
         "top_contrast": [{"layer": li, "head": hi, "score": s} for li, hi, s in heads.contrast_heads],
+        "stability": _heads_stability(heads),
+        "held_out": _heads_held_out(heads),
+        "n_requests": len(set(heads.request_ids)),
+    }
+
+
+def _heads_stability(heads: HeadsFile) -> dict[str, dict]:
+    """Per ranking: each in-sample top head with the share of bootstrap resamples (over requests)
+    whose top set keeps it; ``{"skipped": why}`` where the heads stage did not resample."""
+    out: dict[str, dict] = {}
+    for name, st in heads.stability.items():
+        if "heads" not in st:
+            out[name] = {"skipped": str(st.get("skipped", "not recorded"))}
+            continue
+        out[name] = {
+            "top_percent": st.get("top_percent"),
+            "n_boot": st.get("n_boot"),
+            "resampled": st.get("resampled"),
+            "heads": [
+                {"layer": int(h[0]), "head": int(h[1]), "frequency": round(float(f), 4)}
+                for h, f in zip(st["heads"], st.get("frequency") or [])
+            ],
+        }
+    return out
+
+
+def _heads_held_out(heads: HeadsFile) -> dict[str, dict[str, list[dict]]]:
+    """Per ranking and percent: each fold's held-out top heads (ranked on the other folds'
+    requests) and how many requests ranked and how many are measured with them."""
+    return {
+        name: {
+            pct: [
+                {
+                    "fold": f,
+                    "heads": [[int(h[0]), int(h[1])] for h in hs],
+                    "n_ranked_on": len(d["ranked_on"][f]),
+                    "n_measured_on": len(d["measured_on"][f]),
+                }
+                for f, hs in enumerate(d.get("heads") or [])
+            ]
+            for pct, d in by_pct.items()
+        }
+        for name, by_pct in heads.cross_fit.items()
     }
 
 
@@ -1204,6 +1289,130 @@ def _results_random_summary(run: _Run) -> list[dict]:
     return [s.row for s in _load_ablation(run).random_summaries]
 
 
+def _asr_prompt_requests(run: _Run, n_harmful: Any) -> list[str] | None:
+    """The request id of each ASR prompt, in the ablation's order (the harmful rollouts of the
+    ASR prompt sets, as the ablation stage takes them); ``None`` when the run's files do not
+    give exactly ``n_harmful`` of them."""
+    if not (run.path("rollouts.jsonl").exists() and run.path("labels.jsonl").exists()):
+        return None
+    if not isinstance(n_harmful, int):
+        return None
+    harmful = [r for r in _labelled(run) if r.harmful and _in_asr_sets(run.cfg, r)][:n_harmful]
+    return _request_ids(harmful) if len(harmful) == n_harmful else None
+
+
+def _asr_requests_by_fold(
+    row: dict, k: int, measured_on: list[list[str]], asr: set[str], prompt_req: list[str] | None
+) -> tuple[list[set[str]], str]:
+    """The ASR requests measured with each fold's heads, and how that was read: per prompt (the
+    row's ``prompt_folds`` and each prompt's request) or, without them, per request (an ASR
+    request's fold in the heads stage's cross-fit; fold 0 for one it did not see)."""
+    folds = row.get("prompt_folds")
+    n = row.get("n_harmful")
+    by_fold: list[set[str]] = [set() for _ in range(k)]
+    if prompt_req is not None and isinstance(folds, list) and len(folds) >= len(prompt_req) == n:
+        for q, f in zip(prompt_req, folds):
+            if 0 <= int(f) < k:
+                by_fold[int(f)].add(q)
+        return by_fold, "per prompt (the row's prompt_folds and each prompt's request)"
+    seen = set().union(*map(set, measured_on)) if measured_on else set()
+    for f in range(k):
+        by_fold[f] = asr & set(measured_on[f]) if f < len(measured_on) else set()
+    by_fold[0] |= asr - seen
+    return by_fold, "per request (each ASR request's fold in heads.json cross_fit)"
+
+
+def _results_design(run: _Run) -> dict:
+    """Which requests ranked each head set, which measured it and which gave the head means, with
+    a ``disjoint`` check per held-out claim computed from ``ablation.json``, ``heads.json`` and
+    ``head_means.json``: the ASR requests measured with a fold's heads against the requests that
+    ranked them, and the head-means requests against the over-refusal requests. The in-sample
+    rows are listed too, as not held out (their ranking saw every request)."""
+    ab = _load_ablation(run)
+    heads = _load_heads(run)
+    design = dict(ab.meta.get("design") or {})
+    means_meta = _head_means_meta(run)
+    asr = set(design.get("asr_requests") or [])
+    over = list(design.get("over_refusal_requests") or [])
+    means_req = design.get("head_means_requests") or means_meta.get("reference_requests")
+    ranking_req = sorted(set(heads.request_ids))
+    prompt_req = _asr_prompt_requests(run, ab.meta.get("n_harmful"))
+    settings: list[dict] = []
+    checks: list[dict] = []
+    for s in ab.measured:
+        r = s.row
+        if r.get("kind") != "top":
+            continue
+        ranking, pct = str(r.get("ranking") or "paper"), r.get("top_percent")
+        if r.get("selection") == "in_sample":
+            overlap = sorted(asr & set(ranking_req))
+            checks.append(
+                {"claim": f"{s.setting}: ASR requests vs the requests that ranked its heads (all: in-sample)",
+                 "setting": s.setting, "held_out": False, "disjoint": not overlap, "overlap": overlap}
+            )  # fmt: skip
+            continue
+        if r.get("selection") != "held_out" or pct is None:
+            continue
+        cf = (heads.cross_fit.get(ranking) or {}).get(f"{pct:g}") or {}
+        rec = design.get(f"{ranking} {pct:g}%") or cf
+        ranked_on = [list(x) for x in rec.get("ranked_on") or []]
+        measured_on = [list(x) for x in cf.get("measured_on") or rec.get("measured_on") or []]
+        by_fold, basis = _asr_requests_by_fold(r, len(ranked_on), measured_on, asr, prompt_req)
+        folds: list[dict] = []
+        leaked: set[str] = set()
+        for f, chose in enumerate(ranked_on):
+            fold_leak = by_fold[f] & set(chose)
+            leaked |= fold_leak
+            folds.append({"fold": f, "ranked_on": sorted(chose), "asr_requests": sorted(by_fold[f]),
+                          "overlap": sorted(fold_leak), "disjoint": not fold_leak})  # fmt: skip
+        overlap = sorted(leaked)
+        settings.append({"setting": s.setting, "ranking": ranking, "top_percent": pct, "basis": basis,
+                         "folds": folds})  # fmt: skip
+        checks.append(
+            {"claim": f"{s.setting}: ASR requests vs each fold's ranking requests", "setting": s.setting,
+             "held_out": True, "disjoint": bool(folds) and not overlap, "overlap": overlap, "basis": basis}
+        )  # fmt: skip
+    if means_req is None:
+        checks.append({"claim": "head-means requests vs over-refusal requests (not recorded)",
+                       "held_out": True, "disjoint": None, "overlap": []})  # fmt: skip
+    else:
+        overlap = sorted(set(means_req) & set(over))
+        checks.append({"claim": "head-means requests vs over-refusal requests", "held_out": True,
+                       "disjoint": not overlap, "overlap": overlap})  # fmt: skip
+    return {
+        "selection": design.get("selection"),
+        "asr_requests": sorted(asr),
+        "over_refusal_requests": sorted(over),
+        "head_means_requests": None if means_req is None else sorted(means_req),
+        "ranking_requests": ranking_req,
+        "settings": settings,
+        "checks": checks,
+        "disjoint": all(c["disjoint"] is True for c in checks if c["held_out"]),
+    }
+
+
+def _results_holm(run: _Run) -> dict:
+    """The run's findings (``ablation.json`` meta ``holm``) with raw and Holm-adjusted p and the
+    decision of :func:`cliff_lens.stats.significant` on each."""
+    from .stats import ALPHA, significant
+
+    found = _load_ablation(run).meta.get("holm") or []
+    return {
+        "alpha": ALPHA,
+        "method": "Holm-Bonferroni over the findings listed (cliff_lens.stats.holm_adjust)",
+        "findings": [
+            {
+                "finding": d["finding"],
+                "p": d["p"],
+                "p_holm": d["p_holm"],
+                "significant": significant(d["p"]),
+                "significant_holm": significant(d["p_holm"]),
+            }
+            for d in found
+        ],  # fmt: skip
+    }
+
+
 def _results_selection(run: _Run) -> dict:
     from .selection import SelectionSummary
     from .stats import wilson_interval
@@ -1214,7 +1423,70 @@ def _results_selection(run: _Run) -> dict:
         None if x != x else x for x in wilson_interval(sel.complied_in_selection, sel.n_selected)
     ]
     summary["base_rate_complied"] = sel.base_rate_complied
-    return {"summary": summary}
+    out: dict[str, Any] = {"summary": summary}
+    if run.path("cliff.jsonl").exists() and run.path("rollouts.jsonl").exists():
+        out.update(_selection_by_prompt_set(run, sel.selected_ids))
+    return out
+
+
+def _selection_by_prompt_set(run: _Run, selected_ids: list[str]) -> dict:
+    """Cliff-as-a-Judge within each prompt set (a framed set may comply more whatever the cliff),
+    and against a framing-stratified baseline: the precision a selector picking the same number
+    of rollouts from each set at random expects, with the exact p of beating it."""
+    from .stats import significant, wilson_interval
+
+    pool = [d for d in _load(run, "cliff.jsonl", read_cliff_rows) if d.harmful and d.scored]
+    sets = _prompt_sets(run)
+    chosen = set(selected_ids)
+    per: dict[str, dict] = {}
+    strata: list[tuple[int, int, int]] = []
+    for name in sorted({sets.get(d.id, _UNKNOWN_SET) for d in pool}):
+        sub = [d for d in pool if sets.get(d.id, _UNKNOWN_SET) == name]
+        k_pool = sum(d.refused is False for d in sub)
+        picked = [d for d in sub if d.id in chosen]
+        k_sel = sum(d.refused is False for d in picked)
+        per[name] = {
+            "n_pool": len(sub),
+            "complied_in_pool": k_pool,
+            "base_rate_complied": k_pool / len(sub),
+            "n_selected": len(picked),
+            "complied_in_selection": k_sel,
+            "precision_complied": k_sel / len(picked) if picked else None,
+            "precision_complied_ci95": [None if x != x else x for x in wilson_interval(k_sel, len(picked))],
+        }
+        strata.append((len(sub), k_pool, len(picked)))
+    n_sel = sum(n for _, _, n in strata)
+    k_sel = sum(d["complied_in_selection"] for d in per.values())
+    expected = sum(d["n_selected"] * d["base_rate_complied"] for d in per.values()) / n_sel if n_sel else None
+    p = _stratified_tail(strata, k_sel) if n_sel else None
+    return {
+        "by_prompt_set": per,
+        "stratified_baseline": {
+            "n_selected": n_sel,
+            "complied_in_selection": k_sel,
+            "precision_complied": k_sel / n_sel if n_sel else None,
+            "expected_precision": expected,
+            "p_value": p,
+            "significant": significant(p),
+            "test": "exact: P(complied among the selected >= observed) when each set's selected "
+            "rollouts are drawn at random from that set (a sum of independent hypergeometric "
+            "counts, by convolution; one-sided)",
+        },
+    }
+
+
+def _stratified_tail(strata: list[tuple[int, int, int]], observed: int) -> float:
+    """``P(sum_s X_s >= observed)`` for independent ``X_s ~ Hypergeom(pool N_s, complied K_s,
+    drawn n_s)`` over the ``(N_s, K_s, n_s)`` strata: the exact one-sided p of a selection's
+    complied count against random selection within each stratum."""
+    import numpy as np
+    from scipy.stats import hypergeom
+
+    dist = np.ones(1)
+    for n_pool, k_pool, n_drawn in strata:
+        if n_drawn:
+            dist = np.convolve(dist, hypergeom.pmf(np.arange(n_drawn + 1), n_pool, k_pool, n_drawn))
+    return float(min(1.0, max(0.0, dist[observed:].sum())))
 
 
 def _results_timings(run: _Run) -> dict:
@@ -1237,6 +1509,8 @@ def _section_builders() -> dict[str, Callable[[_Run], Any]]:
         "heads": _results_heads,
         "ablation": _results_ablation,
         "ablation_random_summary": _results_random_summary,
+        "design": _results_design,
+        "holm": _results_holm,
         "selection": _results_selection,
         "timings": _results_timings,
         "versions": lambda run: _versions(),

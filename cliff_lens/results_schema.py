@@ -73,6 +73,11 @@ _row = {
         "over_refusal_ci95": _ci,
         "vs_baseline": {"type": ["object", "null"]},
         "vs_random": {"type": ["object", "null"]},
+        "vs_random_matched": {"type": ["object", "null"]},
+        "kind": {"type": ["string", "null"]},
+        "selection": {"type": "string", "enum": ["held_out", "in_sample"]},
+        "ranking": {"type": "string"},
+        "matches": {"type": ["string", "null"]},
         "capability": {
             "type": "object",
             "required": ["kl", "answer_logprob_delta", "n_rollouts"],
@@ -82,6 +87,39 @@ _row = {
         "over_refusal": _rate,
         "n_heads": _count,
         "seed": {"type": ["integer", "null"]},
+    },
+}
+_strings = {"type": "array", "items": {"type": "string"}}
+#: one claim's disjointness check: which requests overlap (``disjoint`` null: not recorded)
+_check_row = {
+    "type": "object",
+    "required": ["claim", "held_out", "disjoint", "overlap"],
+    "properties": {
+        "claim": {"type": "string"},
+        "setting": {"type": "string"},
+        "held_out": {"type": "boolean"},
+        "disjoint": {"type": ["boolean", "null"]},
+        "overlap": _strings,
+        "basis": {"type": "string"},
+    },
+}
+#: the complied or refused rollouts of one prompt set: mean cliff, bootstrap interval or none
+_set_group = {
+    "type": "object",
+    "required": ["n", "cliff_mean", "cliff_ci95"],
+    "properties": {"n": _count, "cliff_mean": _opt_num, "cliff_ci95": _ci, "interval": {"type": "string"}},
+}
+_set_selection = {
+    "type": "object",
+    "required": ["n_pool", "complied_in_pool", "n_selected", "complied_in_selection", "precision_complied"],
+    "properties": {
+        "n_pool": _count,
+        "complied_in_pool": _count,
+        "base_rate_complied": _rate,
+        "n_selected": _count,
+        "complied_in_selection": _count,
+        "precision_complied": _rate,
+        "precision_complied_ci95": _ci,
     },
 }
 _head = {
@@ -181,6 +219,19 @@ SECTIONS: tuple[Section, ...] = (
                 "harmless": _split,
                 "scored_by": {"type": "string"},
                 "cliff_threshold": _num,
+                "by_prompt_set": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["n_rollouts", "complied", "refused"],
+                        "properties": {
+                            "n_rollouts": _count,
+                            "complied": _set_group,
+                            "refused": _set_group,
+                            "complied_minus_refused": _opt_num,
+                        },
+                    },
+                },
             },
             "additionalProperties": _split,
         },
@@ -199,6 +250,44 @@ SECTIONS: tuple[Section, ...] = (
                 "n_heads_total": {"type": "integer", "minimum": 1},
                 "top_percent": {"type": "number", "minimum": 0, "maximum": 100},
                 "top_contrast": {"type": "array", "items": {"type": "object"}},
+                "stability": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "properties": {
+                            "n_boot": {"type": ["integer", "null"], "minimum": 0},
+                            "skipped": {"type": "string"},
+                            "heads": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["layer", "head", "frequency"],
+                                    "properties": {"frequency": _rate},
+                                },
+                            },
+                        },
+                    },
+                },
+                "held_out": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["fold", "heads", "n_ranked_on", "n_measured_on"],
+                                "properties": {
+                                    "fold": _count,
+                                    "heads": {"type": "array"},
+                                    "n_ranked_on": _count,
+                                    "n_measured_on": _count,
+                                },
+                            },
+                        },
+                    },
+                },
+                "n_requests": _count,
             },
         },
         "heads",
@@ -213,11 +302,96 @@ SECTIONS: tuple[Section, ...] = (
         ("ablation.json",),
     ),
     Section(
+        "design",
+        {
+            "type": ["object", "null"],
+            "required": [
+                "asr_requests",
+                "over_refusal_requests",
+                "head_means_requests",
+                "checks",
+                "disjoint",
+            ],
+            "properties": {
+                "selection": {"type": ["string", "null"]},
+                "asr_requests": _strings,
+                "over_refusal_requests": _strings,
+                "head_means_requests": {"type": ["array", "null"], "items": {"type": "string"}},
+                "ranking_requests": _strings,
+                "settings": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["setting", "ranking", "folds"],
+                        "properties": {
+                            "setting": {"type": "string", "pattern": SETTING_PATTERN},
+                            "folds": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["fold", "ranked_on", "asr_requests", "overlap", "disjoint"],
+                                    "properties": {"disjoint": {"type": "boolean"}, "overlap": _strings},
+                                },
+                            },
+                        },
+                    },
+                },
+                "checks": {"type": "array", "items": _check_row},
+                "disjoint": {"type": "boolean"},
+            },
+        },
+        "ablation",
+        ("ablation.json", "heads.json"),
+    ),
+    Section(
+        "holm",
+        {
+            "type": ["object", "null"],
+            "required": ["alpha", "findings"],
+            "properties": {
+                "alpha": _rate,
+                "method": {"type": "string"},
+                "findings": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["finding", "p", "p_holm", "significant", "significant_holm"],
+                        "properties": {
+                            "finding": {"type": "string"},
+                            "p": _rate,
+                            "p_holm": _rate,
+                            "significant": {"type": "boolean"},
+                            "significant_holm": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        },
+        "ablation",
+        ("ablation.json",),
+    ),
+    Section(
         "selection",
         {
             "type": ["object", "null"],
             "required": ["summary"],
-            "properties": {"summary": {"type": ["object", "string"]}},
+            "properties": {
+                "summary": {"type": ["object", "string"]},
+                "by_prompt_set": {"type": "object", "additionalProperties": _set_selection},
+                "stratified_baseline": {
+                    "type": "object",
+                    "required": ["expected_precision", "p_value", "test"],
+                    "properties": {
+                        "n_selected": _count,
+                        "complied_in_selection": _count,
+                        "precision_complied": _rate,
+                        "expected_precision": _rate,
+                        "p_value": _rate,
+                        "significant": {"type": "boolean"},
+                        "test": {"type": "string"},
+                    },
+                },
+            },
         },
         "selection",
         ("selection.json",),

@@ -118,7 +118,7 @@ def test_missing_stage_files_say_not_run(tmp_path):
     ):
         assert 'class="not-run"' in secs[key], key
     assert "trajectories.safetensors is missing" in secs["trajectory"]
-    assert "Rollouts (6)" in secs["model"]  # what exists is still shown
+    assert "Rollouts (64)" in secs["model"]  # what exists is still shown (six rollouts + pretend ones)
     assert "results.json is missing" in html
 
 

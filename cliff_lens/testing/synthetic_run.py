@@ -10,6 +10,7 @@ writes. One harmful rollout carries a planted ``<script>`` in its prompt, thinki
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -138,6 +139,7 @@ def write_synthetic_run(
     model: Any = None,
     skip: tuple[str, ...] = (),
     significant: bool = True,
+    leak: bool = False,
 ) -> Path:
     """Write a complete synthetic run directory in the pipeline's file formats.
 
@@ -161,12 +163,20 @@ def write_synthetic_run(
             :data:`_N_ASR` prompts, ``probe.json`` and ``selection.json`` larger pools; they are
             consistent among themselves (exact McNemar tests on made-up per-prompt outcomes,
             empirical p-values), not with the six rollouts.
+        leak: break the held-out design on purpose: ``ablation.json`` records fold 0's heads as
+            ranked on an ASR request measured with them, and ``head_means.json`` takes its means
+            on an over-refusal request (``results.json["design"]`` must show both checks failing).
+
+    Every rollout carries a request id and ``meta["prompt_set"]`` (``cliff-harmful`` plain,
+    ``cliff-jailbreak`` framed, ``cliff-harmless``); ``rollouts.jsonl`` holds the pretend rollouts
+    too (after the six), so the within-prompt-set numbers and the per-prompt fold checks of
+    ``results.json`` have rollouts to read.
     """
     d = Path(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     model = model if model is not None else tiny_model_with_tokenizer()
-    plan = _Plan(model, rng, significant)
+    plan = _Plan(model, rng, significant, leak)
     _write_rollouts(d, plan)
     _write_trajectories(d, plan)
     _write_heads(d, plan)
@@ -202,6 +212,7 @@ class _Plan:
     model: Any
     rng: np.random.Generator
     significant: bool
+    leak: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -228,21 +239,57 @@ def _pretend_counts() -> dict[str, int]:
     }
 
 
+#: pretend rollouts per group in the plain (unframed) harmful prompt set; the rest of the group
+#: (and the six written ones by their prompts) are framed: framing drives compliance here
+_PLAIN_PRETEND = {"harmful_refused": 5, "harmful_complied": 3}
+_PLAIN_REAL = {"h0"}
+
+
+def _pretend_rollouts() -> list[dict[str, Any]]:
+    """The pretend rollouts (ids ``pretend-<group>-<i>``), after the six written ones."""
+    out = []
+    have = Counter(_group(r) for r in _rollouts())
+    for g, n in _pretend_counts().items():
+        harmful, refused = g.startswith("harmful_"), g.endswith("_refused")
+        for i in range(n - have[g]):
+            out.append(
+                {"id": f"pretend-{g}-{i}", "prompt": f"pretend {'harmful' if harmful else 'safe'} request {i}",
+                 "thinking": "think about the request .", "answer": "sorry ." if refused else "sure , here .",
+                 "source": "synthetic-harmful" if harmful else "synthetic-harmless", "harmful": harmful,
+                 "refused": refused}
+            )  # fmt: skip
+    return out
+
+
+def _all_rollouts() -> list[dict[str, Any]]:
+    """The six rollouts and the pretend ones, each with its request id and prompt set: the j-th
+    harmful (harmless) rollout belongs to request ``synthetic-h<j // 2>`` (``synthetic-b<j // 2>``)."""
+    rs = _rollouts() + _pretend_rollouts()
+    seen: Counter = Counter()
+    for r in rs:
+        cls = "h" if r["harmful"] else "b"
+        j = seen[cls]
+        seen[cls] += 1
+        r["request_id"] = f"synthetic-{cls}{j // 2:02d}"
+        if not r["harmful"]:
+            ps = "cliff-harmless"
+        elif r["id"].startswith("pretend-"):
+            g, i = r["id"].removeprefix("pretend-").rsplit("-", 1)
+            ps = "cliff-harmful" if int(i) < _PLAIN_PRETEND.get(g, 0) else "cliff-jailbreak"
+        else:
+            ps = "cliff-harmful" if r["id"] in _PLAIN_REAL else "cliff-jailbreak"
+        r["meta"] = {"prompt_set": ps}
+    return rs
+
+
 def _write_rollouts(d: Path, plan: _Plan) -> None:
-    """``rollouts.jsonl`` (the six rollouts) and ``labels.jsonl`` (them plus the pretend ones)."""
-    rollouts = plan.rollouts
+    """``rollouts.jsonl`` (the six rollouts, then the pretend ones) and ``labels.jsonl``."""
+    rollouts = _all_rollouts()
     write_jsonl(d / "rollouts.jsonl", [{k: v for k, v in r.items() if k != "refused"} for r in rollouts])
     labels = [
         {"id": r["id"], "harmful": r["harmful"], "refused": r["refused"], "thinking_closed": True}
         for r in rollouts
     ]
-    for g, n in _pretend_counts().items():
-        have = sum(_group(r) == g for r in rollouts)
-        labels += [
-            {"id": f"pretend-{g}-{i}", "harmful": g.startswith("harmful_"),
-             "refused": g.endswith("_refused"), "thinking_closed": True}
-            for i in range(n - have)
-        ]  # fmt: skip
     write_jsonl(d / "labels.jsonl", labels)
 
 
@@ -347,18 +394,66 @@ def _write_heads(d: Path, plan: _Plan) -> None:
     scores[n_layers - 1, 2] = -0.5  # the planted suppression head
     meta = {"variant": "norm_aware", "positions": "end_of_thinking", "n_rollouts": 3}
     HeadRanking(torch.tensor(scores.round(6), dtype=torch.float32), 3.0, meta).save(d / "heads.json")
+    import json
+
+    hj = json.loads((d / "heads.json").read_text(encoding="utf-8"))
+    req = _harmful_requests()
+    folds = [_fold(q) for q in req]
+    top = _top_heads(plan)
+    cross = {
+        "k": _K, "seed": 0, "top_percent": 3.0, "folds": folds, "heads": [top for _ in range(_K)],
+        "ranked_on": [sorted({q for q in req if _fold(q) != f}) for f in range(_K)],
+        "measured_on": [sorted({q for q in req if _fold(q) == f}) for f in range(_K)],
+    }  # fmt: skip
+    hj["cross_fit"] = {"paper": {"3": cross}}
+    hj["stability"] = {
+        "paper": {"top_percent": 3.0, "n_boot": 20, "resampled": "requests, with replacement",
+                  "heads": top, "frequency": [0.95]}
+    }  # fmt: skip
+    hj["request_ids"] = req
+    atomic_write_json(d / "heads.json", hj)
+    harmless = sorted({r["request_id"] for r in _all_rollouts() if not r["harmful"]})
+    half = len(harmless) // 2
+    reference = harmless[:half] + (harmless[half : half + 1] if plan.leak else [])
+    atomic_write_json(
+        d / "head_means.json",
+        {"kind": "head_means", "reference": "harmless rollouts of the reference requests, all positions",
+         "reference_requests": reference, "measure_requests": harmless[half:]},
+    )  # fmt: skip
+
+
+#: folds of the held-out design (by request)
+_K = 2
+
+
+def _fold(request_id: str) -> int:
+    """The fold of a request (``synthetic-h07`` -> 1): alternating by its number."""
+    return int(request_id[-2:]) % _K
+
+
+def _harmful_requests() -> list[str]:
+    """The request id of every harmful rollout, in the file's order (the ASR prompts too)."""
+    return [r["request_id"] for r in _all_rollouts() if r["harmful"]]
 
 
 def _write_ablation(d: Path, plan: _Plan) -> None:
-    """``ablation.json`` (``AblationResults.save``): baseline, top-3%, five random-3% sets."""
+    """``ablation.json`` (``AblationResults.save``): baseline, the held-out top-3% (the headline),
+    the in-sample top-3% (labelled), five uniform random-3% sets and five layer-matched ones (no
+    harmless prompts), their summaries, the design and the Holm table."""
     from cliff_lens.evaluate import AblationResults, random_heads, summarize_random
 
     n_layers, n_heads = plan.shape
     top = _top_heads(plan)
     outcomes = _ablation_outcomes(plan)
+    folds = _prompt_folds()
+    by_fold = {"heads_by_fold": [top for _ in range(_K)], "prompt_folds": folds}
+    held = {"ranking": "paper", "selection": "held_out", **by_fold}
     rows = [
         _ablation_row("baseline", "baseline", None, None, [], *outcomes["baseline"], None),
-        _ablation_row("top-3%", "top", 3.0, None, top, *outcomes["top"], outcomes["baseline"]),
+        _ablation_row("top-3%", "top", 3.0, None, top, *outcomes["top"], outcomes["baseline"]) | held,
+        _ablation_row("top-3% in-sample", "top", 3.0, None, top, *outcomes["in_sample"], outcomes["baseline"])
+        | held
+        | {"selection": "in_sample"},
     ]
     for s_ in range(5):
         heads = [list(h) for h in random_heads(n_layers, n_heads, 3.0, s_)]
@@ -367,12 +462,76 @@ def _write_ablation(d: Path, plan: _Plan) -> None:
                 f"random-3% seed {s_}", "random", 3.0, s_, heads, *outcomes[s_], outcomes["baseline"]
             )
         )
+    for s_ in range(5):
+        # the top set's layer counts (one head of the last layer), another head of that layer per fold
+        hf = [[[n_layers - 1, (s_ + f) % (n_heads - 1)]] for f in range(_K)]
+        union = sorted({tuple(h) for hs in hf for h in hs})
+        row = _ablation_row(
+            f"random-3% layer-matched seed {s_}", "random_matched", 3.0, s_, [list(h) for h in union],
+            *outcomes[("matched", s_)], outcomes["baseline"],
+        )  # fmt: skip
+        rows.append(row | {"matches": "top-3%", "heads_by_fold": hf, "prompt_folds": folds})
     for r in rows:
         r["refusal_score_end"] = 0.3 if r["kind"] != "top" else (0.55 if plan.significant else 0.32)
     summary = summarize_random(rows)
     _add_vs_random(rows, summary)
-    meta = {"mode": "mean", "n_harmful": _N_ASR, "n_harmless": _N_ASR}
+    meta = {
+        "mode": "mean",
+        "n_harmful": _N_ASR,
+        "n_harmless": _N_ASR,
+        "harmful_source": "synthetic",
+        "design": _design(plan),
+        "holm": _holm(rows),
+    }
     AblationResults.from_rows(rows + summary, meta).save(d / "ablation.json")
+
+
+def _prompt_folds() -> list[int]:
+    """The fold of every ASR prompt (its request's), then of every harmless prompt."""
+    harmless = [r["request_id"] for r in _all_rollouts() if not r["harmful"]]
+    return [_fold(q) for q in _harmful_requests()[:_N_ASR]] + [_fold(q) for q in harmless[:_N_ASR]]
+
+
+def _design(plan: _Plan) -> dict[str, Any]:
+    """``ablation.json`` meta ``design``: which requests ranked and which measured each fold's
+    heads (with ``leak``: fold 0 also ranked on an ASR request measured with its heads)."""
+    req = _harmful_requests()
+    harmless = sorted({r["request_id"] for r in _all_rollouts() if not r["harmful"]})
+    half = len(harmless) // 2
+    ranked_on = [sorted({q for q in req if _fold(q) != f}) for f in range(_K)]
+    if plan.leak:
+        ranked_on[0] = sorted(ranked_on[0] + [next(q for q in req if _fold(q) == 0)])
+    return {
+        "asr_requests": sorted(set(req[:_N_ASR])),
+        "over_refusal_requests": harmless[half:],
+        "head_means_requests": harmless[:half] + (harmless[half : half + 1] if plan.leak else []),
+        "selection": "held out by request: prompt j is ablated with heads ranked on the other folds' requests",
+        "paper 3%": {
+            "ranked_on": ranked_on,
+            "measured_on": [sorted({q for q in req if _fold(q) == f}) for f in range(_K)],
+        },
+    }
+
+
+def _holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``ablation.json`` meta ``holm``: the held-out top row's tests, raw and Holm-adjusted."""
+    from cliff_lens.stats import holm_adjust
+
+    found = []
+    for r in rows:
+        if r["kind"] != "top" or r.get("selection") == "in_sample":
+            continue
+        vb = r.get("vs_baseline") or {}
+        for what, p in (
+            ("ASR vs baseline (McNemar)", (vb.get("asr") or {}).get("p_value")),
+            ("over-refusal vs baseline (McNemar)", (vb.get("over_refusal") or {}).get("p_value")),
+            ("ASR vs uniform random sets", (r.get("vs_random") or {}).get("asr_empirical_p")),
+            ("ASR vs layer-matched random sets", (r.get("vs_random_matched") or {}).get("asr_empirical_p")),
+        ):
+            if p is not None:
+                found.append((f"{r['setting']}: {what}", float(p)))
+    adj = holm_adjust([p for _, p in found])
+    return [{"finding": f, "p": p, "p_holm": q} for (f, p), q in zip(found, adj)]
 
 
 def _ablation_outcomes(plan: _Plan) -> dict[Any, tuple[list[bool], list[bool]]]:
@@ -383,10 +542,14 @@ def _ablation_outcomes(plan: _Plan) -> dict[Any, tuple[list[bool], list[bool]]]:
     out: dict[Any, tuple[list[bool], list[bool]]] = {
         "baseline": (first(20), first(2)),
         "top": (top_c, first(3)),
+        # ranked on the ASR prompts' own requests too: lower (optimistic) in-sample ASR
+        "in_sample": (first(4) if plan.significant else first(14), first(3)),
     }
     for s_ in range(5):
         n_c = int(np.clip(round(n * (0.58 + 0.05 * plan.rng.standard_normal())), 0, n))
         out[s_] = (first(n_c), first(2 + s_ % 2))
+    for s_, n_c in enumerate((15, 17, 16, 18, 14) if plan.significant else (12, 18, 16, 19, 20)):
+        out[("matched", s_)] = (first(n_c), [])  # the layer-matched sets ran without harmless prompts
     return out
 
 
@@ -414,13 +577,24 @@ def _ablation_row(
         "n_attack_success": sum(comp),
         **_rate_fields("asr", comp),
         "harmful_outcomes": ["complied" if c else "refused" for c in comp],
-        "n_harmless": n,
-        "n_over_refusal": sum(ref),
-        **_rate_fields("over_refusal", ref),
+        "harmful_answers": [_ANSWER if c else _REFUSAL for c in comp],
+        "n_harmless": len(ref),
+        "n_over_refusal": sum(ref) if ref else None,
+        **(_rate_fields("over_refusal", ref) if ref else
+           {"over_refusal": None, "over_refusal_ci95": None, "over_refusal_rate": None}),
         "harmless_outcomes": ["refused" if r else "complied" for r in ref],
-    }
+        "harmless_answers": [_REFUSAL if r else "sure , here is a cake recipe ." for r in ref],
+    }  # fmt: skip
+    if setting == "top-3%" and comp:
+        row["harmful_answers"][0] = "sure " + PLANTED_SCRIPT  # the audit table must escape it
     if base is not None:
-        row["vs_baseline"] = {"asr": _mcnemar(base[0], comp), "over_refusal": _mcnemar(base[1], ref)}
+        row["vs_baseline"] = {
+            "asr": _mcnemar(base[0], comp),
+            "refusal": _mcnemar([not c for c in base[0]], [not c for c in comp]),
+            "over_refusal": _mcnemar(base[1], ref) if ref else None,
+        }
+        if not ref:
+            return row  # no harmless prompts: no capability cost either
         kl = 0.02 if kind == "random" else 0.05
         row["capability"] = {
             "kl": {"value": kl, "n": n, "ci95": [kl * 0.7, kl * 1.4]},
@@ -430,6 +604,11 @@ def _ablation_row(
             "unit": "nats per answer token, averaged per rollout then over rollouts",
         }
     return row
+
+
+#: the made-up answers of the ablation's harmful prompts
+_ANSWER = "sure , here is how . step first ..."
+_REFUSAL = "sorry , i cannot help with that ."
 
 
 def _rate_fields(prefix: str, outcomes: list[bool]) -> dict[str, Any]:
@@ -447,18 +626,28 @@ def _mcnemar(base: list[bool], this: list[bool]) -> dict[str, Any]:
 
 
 def _add_vs_random(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> None:
-    """The top row's place among the random sets, and the random sets' mean KL."""
+    """Each top row's place among the uniform random sets (``vs_random``) and among the
+    layer-matched sets matched to it (``vs_random_matched``), and the random sets' mean KL."""
+    from cliff_lens.stats import empirical_p_value
+
     rand = [r for r in rows if r["kind"] == "random"]
-    top = next(r for r in rows if r["kind"] == "top")
-    sm = summary[0]
+    sm = next(x for x in summary if x["kind"] == "random_summary")
     sm["kl_mean"] = float(np.mean([r["capability"]["kl"]["value"] for r in rand]))
-    top["vs_random"] = {
-        "n_sets": len(rand),
-        "asr_mean": sm["asr_mean"],
-        "asr_min": sm["asr_min"],
-        "asr_max": sm["asr_max"],
-        "asr_empirical_p": sm["top_asr_empirical_p"],
-    }
+    for top in (r for r in rows if r["kind"] == "top"):
+        for key, null in (
+            ("vs_random", rand),
+            ("vs_random_matched", [r for r in rows if r.get("matches") == top["setting"]]),
+        ):
+            if not null:
+                continue
+            asr = [r["asr"] for r in null]
+            top[key] = {
+                "n_sets": len(null),
+                "asr_mean": float(np.mean(asr)),
+                "asr_min": min(asr),
+                "asr_max": max(asr),
+                "asr_empirical_p": empirical_p_value(top["asr"], asr, alternative="less"),
+            }
 
 
 def _write_selection(d: Path, plan: _Plan) -> None:
@@ -478,13 +667,24 @@ def _write_selection(d: Path, plan: _Plan) -> None:
         n_pool=n_pool,
         n_selected=n_sel,
         n_exported=n_sel,
-        selected_ids=["h1", "h2"],
+        selected_ids=_selected_ids(in_sel, n_sel),
         selected_score_mean=0.41,
         pool_score_mean=0.18,
         complied_in_pool=in_pool,
         complied_in_selection=in_sel,
         precision_complied=in_sel / n_sel,
     ).save(d / "selection.json")
+
+
+def _selected_ids(in_sel: int, n_sel: int) -> list[str]:
+    """The selected rollouts: ``in_sel`` complied ones (mostly framed: ``h1``, ``h2``, then
+    pretend framed ones, one plain one) and ``n_sel - in_sel`` refused ones (plain first)."""
+    sets = {r["id"]: r["meta"]["prompt_set"] for r in _all_rollouts()}
+    complied = [i for i in sets if i in ("h1", "h2") or i.startswith("pretend-harmful_complied-")]
+    refused = [i for i in sets if i == "h0" or i.startswith("pretend-harmful_refused-")]
+    framed = [i for i in complied if sets[i] == "cliff-jailbreak"]
+    plain = [i for i in complied if sets[i] == "cliff-harmful"]
+    return framed[: in_sel - 1] + plain[:1] + refused[: n_sel - in_sel]
 
 
 def _write_probe(d: Path, plan: _Plan) -> None:
