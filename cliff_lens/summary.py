@@ -52,19 +52,31 @@ def summary(results: dict, out: Path) -> str:
         lines.append(
             f"  heads     top {len(h['top'])}/{h['n_heads_total']} suppression ({h['variant']}): {top}"
         )
+    if h:
+        lines += _stability_lines(h)
+    holm = {f["finding"]: f["p_holm"] for f in (results.get("holm") or {}).get("findings", [])}
     for a in results.get("ablation", []):
-        if a.get("kind") == "random":
+        if a.get("kind") in _NULL_KINDS:
             continue
+        name = _setting_label(a)
         vb = a.get("vs_baseline") or {}
-        test = f"  McNemar p={vb['asr']['p_value']:.3f}" if vb.get("asr") else ""
-        vr = a.get("vs_random") or {}
-        if vr.get("asr_empirical_p") is not None:
-            test += f", vs {vr['n_sets']} random sets p={vr['asr_empirical_p']:.3f}"
+        test = ""
+        if vb.get("asr"):
+            test = f"  McNemar p={vb['asr']['p_value']:.3f}" + _holm(holm, a, "ASR vs baseline (McNemar)")
+        for key, what, finding in (
+            ("vs_random", "uniform random", "ASR vs uniform random sets"),
+            ("vs_random_matched", "layer-matched", "ASR vs layer-matched random sets"),
+        ):
+            vr = a.get(key) or {}
+            if vr.get("asr_empirical_p") is not None:
+                test += f", vs {vr['n_sets']} {what} sets p={vr['asr_empirical_p']:.3f}" + _holm(
+                    holm, a, finding
+                )
         kl = ((a.get("capability") or {}).get("kl")) or {}
         if kl.get("value") is not None:
             test += f"; KL {_f(kl['value'], kl.get('ci95'))}"
         lines.append(
-            f"  ablation  {a['setting']:<18} ASR {_pct(a['asr'], a.get('asr_ci95'))}"
+            f"  ablation  {name:<18} ASR {_pct(a['asr'], a.get('asr_ci95'))}"
             f"{_count(a.get('n_attack_success'), a.get('n_harmful'))}  over-refusal "
             f"{_pct(a['over_refusal'], a.get('over_refusal_ci95'))}"
             f"{_count(a.get('n_over_refusal'), a.get('n_harmless'))}{test}"
@@ -74,19 +86,102 @@ def summary(results: dict, out: Path) -> str:
             f"  ablation  {a['setting']:<18} ASR mean {_pct(a['asr_mean'])} "
             f"(range {_pct(a['asr_min'])}-{_pct(a['asr_max'])}), over-refusal {_pct(a['over_refusal_mean'])}"
         )
-    s = (results.get("selection") or {}).get("summary")
+    lines += _design_lines(results.get("design"))
+    sel = results.get("selection") or {}
+    s = sel.get("summary")
     if s:
         lines.append(
             f"  selection top {s['top_percent']:g}% by {s['variant']}: {s['complied_in_selection']} of "
             f"{s['n_selected']} complied, precision {_f(s['precision_complied'], s.get('precision_complied_ci95'))}"
             f" (pool base rate {s['complied_in_pool']}/{s['n_pool']})"
         )
+    lines += _confound_lines(c or {}, sel)
     t = results.get("timings", {})
     if t:
         lines.append("  timings   " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items() if v is not None))
     if (out / "report.html").exists():
         lines.append(f"  report    {out / 'report.html'}")
     return "\n".join(lines)
+
+
+#: ablation rows that are random head sets (the nulls), summarised on their own lines
+_NULL_KINDS = ("random", "random_matched")
+
+
+def _setting_label(a: dict) -> str:
+    """A setting's name, ``top-3% (in-sample)`` for a top set ranked on every rollout."""
+    name = str(a["setting"])
+    if a.get("selection") == "in_sample" or name.endswith(" in-sample"):
+        return name.removesuffix(" in-sample") + " (in-sample)"
+    return name
+
+
+def _holm(holm: dict[str, float], a: dict, finding: str) -> str:
+    """`` (Holm p=0.500)``: the Holm-adjusted p of this row's finding, when the run lists it."""
+    p = holm.get(f"{a['setting']}: {finding}")
+    return "" if p is None else f" (Holm {p:.3f})"
+
+
+def _stability_lines(h: dict) -> list[str]:
+    """How often each in-sample top head stays in the top set when the requests are resampled."""
+    out = []
+    for name, st in (h.get("stability") or {}).items():
+        if "skipped" in st:
+            out.append(f"  stability {name}: skipped ({st['skipped']})")
+            continue
+        heads = ", ".join(f"L{x['layer']}H{x['head']} {x['frequency']:.2f}" for x in st.get("heads", [])[:8])
+        out.append(f"  stability {name} top heads kept in {st.get('n_boot')} request bootstraps: {heads}")
+    return out
+
+
+def _design_lines(d: Any) -> list[str]:
+    """The held-out design's disjointness checks: one line, and every failing check by name."""
+    if not isinstance(d, dict):
+        return []
+    held = [c for c in d.get("checks", []) if c.get("held_out")]
+    bad = [c for c in held if c.get("disjoint") is not True]
+    lines = [
+        f"  design    {len(held) - len(bad)}/{len(held)} held-out checks disjoint "
+        f"({len(d.get('asr_requests', []))} ASR requests, {len(d.get('over_refusal_requests', []))} over-refusal, "
+        f"{len(d.get('head_means_requests') or [])} head-means)"
+    ]
+    for c in bad:
+        what = (
+            "not recorded" if c.get("disjoint") is None else "overlap " + ", ".join(c.get("overlap", [])[:5])
+        )
+        lines.append(f"  design    NOT DISJOINT: {c['claim']}: {what}")
+    return lines
+
+
+def _confound_lines(c: dict, sel: dict) -> list[str]:
+    """Within each prompt set: the complied vs refused cliff, and the selection's precision against
+    the framing-stratified baseline."""
+    lines = []
+    for name, b in (c.get("by_prompt_set") or {}).items():
+        co, re_ = b["complied"], b["refused"]
+        lines.append(
+            f"  within    {name:<17} cliff complied {_f(co['cliff_mean'], co.get('cliff_ci95'))} (n={co['n']}"
+            f"{'' if _has_ci(co) else ', no interval'}) vs refused {_f(re_['cliff_mean'], re_.get('cliff_ci95'))}"
+            f" (n={re_['n']}{'' if _has_ci(re_) else ', no interval'})"
+        )
+    for name, p in (sel.get("by_prompt_set") or {}).items():
+        lines.append(
+            f"  within    {name:<17} selection {p['complied_in_selection']}/{p['n_selected']} complied, "
+            f"precision {_f(p['precision_complied'], p.get('precision_complied_ci95'))} "
+            f"(set base rate {p['complied_in_pool']}/{p['n_pool']})"
+        )
+    st = sel.get("stratified_baseline")
+    if st:
+        lines.append(
+            f"  within    selection precision {_f(st['precision_complied'])} vs framing-stratified baseline "
+            f"{_f(st['expected_precision'])}: exact p={_f(st['p_value'])}"
+        )
+    return lines
+
+
+def _has_ci(b: dict) -> bool:
+    ci = b.get("cliff_ci95")
+    return bool(ci) and ci[0] is not None and ci[1] is not None
 
 
 def _count(k: Any, n: Any) -> str:
@@ -192,7 +287,7 @@ def _ablation_rows(results: dict) -> list[tuple[str, str]]:
     """ASR / over-refusal of every non-random setting with its tests and capability cost."""
     rows = []
     for a in results.get("ablation") or []:
-        if a.get("kind") == "random":
+        if a.get("kind") in _NULL_KINDS:
             continue
         rows.append(
             (

@@ -308,3 +308,33 @@ def test_raising_random_seeds_generates_only_the_new_sets(tmp_path, monkeypatch)
     }
     summary = raised["ablation_random_summary"][0]
     assert summary["seeds"] == [0, 1, 2]
+
+
+def test_summary_labels_in_sample_rows_and_shows_both_nulls_holm_and_within_set_lines(tmp_path):
+    """The CLI summary of a held-out run: the in-sample row labelled, each top row's own
+    layer-matched p (not the summary row's), the Holm p, head stability, the design and the
+    within-prompt-set lines; a leaking run names its failing checks."""
+    import json
+
+    from cliff_lens.summary import summary
+    from cliff_lens.testing import write_synthetic_run
+
+    run = write_synthetic_run(tmp_path / "run")
+    res = json.loads((run / "results.json").read_text())
+    top = next(a for a in res["ablation"] if a["setting"] == "top-3%")
+    top["vs_random_matched"]["asr_empirical_p"] = 0.333  # the row's own, unlike its summary's 1/6
+    text = summary(res, run)
+    lines = {ln.split("ASR")[0].strip(): ln for ln in text.splitlines() if ln.startswith("  ablation")}
+    assert "ablation  top-3% (in-sample)" in lines and "ablation  top-3% in-sample" not in lines
+    held = lines["ablation  top-3%"]
+    assert "vs 5 layer-matched sets p=0.333 (Holm 0.500)" in held
+    assert "vs 5 uniform random sets p=0.167 (Holm 0.500)" in held and "McNemar p=0.000 (Holm 0.000)" in held
+    assert "(Holm" not in lines["ablation  top-3% (in-sample)"]  # not one of the run's findings
+    assert "stability paper top heads kept in 20 request bootstraps: L1H2 0.95" in text
+    assert "design    2/2 held-out checks disjoint" in text and "NOT DISJOINT" not in text
+    assert "within    cliff-harmful     cliff complied 0.107 (n=3, no interval)" in text
+    assert "vs framing-stratified baseline 0.797: exact p=0.282" in text
+    leaky = write_synthetic_run(tmp_path / "leak", leak=True)
+    text = summary(json.loads((leaky / "results.json").read_text()), leaky)
+    assert "design    0/2 held-out checks disjoint" in text
+    assert "NOT DISJOINT: head-means requests vs over-refusal requests: overlap synthetic-b08" in text
