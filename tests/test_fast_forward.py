@@ -112,3 +112,194 @@ def test_unsupported_models_and_opt_out(monkeypatch):
     with fast_forward(m) as n, fast_forward(m) as inner:
         assert n == 2 and inner == 0  # nested: the outer context owns the patch
     assert "forward" not in vars(m.blocks[0].attn)
+
+
+# --- Q/K/V on weight views (no simple_attn_linear copies) --------------------------------------
+
+_QKV = ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k")
+
+
+@pytest.fixture(scope="module")
+def family_models(tmp_path_factory):
+    """Tiny Llama and Qwen2 (GQA: 4 query / 2 KV heads) converted by load_model, plus the
+    multi-head _model; Q/K/V biases made non-zero so that the bias path is exercised."""
+    from cliff_lens.models import load_model
+    from cliff_lens.testing import tiny_hf_model_dir
+
+    root = tmp_path_factory.mktemp("ff_families")
+    out = {"mha": _model(None)}
+    for arch in ("llama", "qwen2"):
+        m = load_model(tiny_hf_model_dir(root / arch, arch=arch, vocab_size=300, seed=3))
+        g = torch.Generator().manual_seed(4)
+        with torch.no_grad():
+            for p in m.parameters():  # larger weights: attention far from uniform
+                p.mul_(4.0)
+            for blk in m.blocks:
+                a = blk.attn
+                for name in ("b_Q", "_b_K", "_b_V") if hasattr(a, "_b_K") else ("b_Q", "b_K", "b_V"):
+                    b = getattr(a, name)
+                    b.copy_(torch.randn(b.shape, generator=g) * 0.5)
+        out[arch] = m.eval()
+    return out
+
+
+class _SpyAttnLinear:
+    """Counts calls of TransformerLens's simple_attn_linear (the per-call weight-copying path)."""
+
+    def __init__(self, monkeypatch):
+        import transformer_lens.components.abstract_attention as aa
+        import transformer_lens.components.grouped_query_attention as gqa
+
+        self.n = 0
+        real = aa.simple_attn_linear
+
+        def spy(*a, **kw):
+            self.n += 1
+            return real(*a, **kw)
+
+        for mod in (aa, gqa):
+            monkeypatch.setattr(mod, "simple_attn_linear", spy)
+
+
+def _tokens(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    toks = torch.randint(1, min(model.cfg.d_vocab, 300), (3, 18), generator=g)
+    mask = torch.ones_like(toks)
+    mask[1, :5] = 0
+    mask[2, :11] = 0
+    return toks, mask
+
+
+@pytest.mark.parametrize("arch", ["mha", "llama", "qwen2"])
+def test_qkv_hooks_fire_with_the_same_values_and_no_weight_copies(family_models, arch, monkeypatch):
+    m = family_models[arch]
+    toks, mask = _tokens(m)
+    names = lambda n: n.endswith(_QKV)  # noqa: E731
+    with torch.no_grad():
+        ref_logits, ref = m.run_with_cache(toks, attention_mask=mask, names_filter=names)
+        spy = _SpyAttnLinear(monkeypatch)
+        with fast_forward(m) as n:
+            assert n == m.cfg.n_layers
+            logits, got = m.run_with_cache(toks, attention_mask=mask, names_filter=names)
+    assert spy.n == 0  # Q/K/V came from the weight views
+    assert set(got.keys()) == set(ref.keys()) and len(ref.keys()) == len(_QKV) * m.cfg.n_layers
+    n_kv = m.cfg.n_key_value_heads or m.cfg.n_heads
+    for name in ref.keys():
+        heads = m.cfg.n_heads if name.endswith(("hook_q", "hook_rot_q")) else n_kv
+        assert got[name].shape == ref[name].shape == (3, 18, heads, m.cfg.d_head), name
+        assert got[name].is_contiguous()
+        assert (got[name] - ref[name]).abs().max() < 1e-4, name
+    keep = mask.bool()
+    assert (logits - ref_logits)[keep].abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_qkv_hook_edits_take_effect(family_models, arch):
+    """A hook that rewrites hook_v changes the output exactly as it does on TransformerLens's path."""
+    m = family_models[arch]
+    toks, mask = _tokens(m, seed=2)
+    hooks = [("blocks.1.attn.hook_v", lambda v, hook: v * 0.0), ("blocks.0.attn.hook_q", lambda q, hook: -q)]
+    with torch.no_grad():
+        ref = m.run_with_hooks(toks, attention_mask=mask, fwd_hooks=hooks)
+        with fast_forward(m):
+            got = m.run_with_hooks(toks, attention_mask=mask, fwd_hooks=hooks)
+        plain = m(toks, attention_mask=mask)
+    keep = mask.bool()
+    assert (ref - got)[keep].abs().max() < 1e-4
+    assert (ref - plain)[keep].abs().max() > 1e-2  # the hooks did something
+
+
+@pytest.mark.parametrize("arch", ["mha", "llama", "qwen2"])
+def test_kv_cached_logits_with_left_padding_equal_transformer_lens(family_models, arch, monkeypatch):
+    from cliff_lens.rollout import _kv_cache_cls
+
+    m = family_models[arch]
+    toks, mask = _tokens(m, seed=3)
+    g = torch.Generator().manual_seed(5)
+    steps = torch.randint(1, min(m.cfg.d_vocab, 300), (4, 3, 1), generator=g)
+
+    def run():
+        cache = _kv_cache_cls().init_cache(m.cfg, m.cfg.device, 3)
+        outs = [m(toks, attention_mask=mask, past_kv_cache=cache)[mask.bool()]]
+        for t in steps:
+            outs.append(m(t, attention_mask=torch.ones((3, 1), dtype=torch.long), past_kv_cache=cache)[:, -1])
+        return outs
+
+    with torch.no_grad():
+        ref = run()
+        spy = _SpyAttnLinear(monkeypatch)
+        with fast_forward(m):
+            got = run()
+    assert spy.n == 0
+    for a, b in zip(ref, got, strict=True):
+        assert (a - b).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_generation_tokens_equal_on_gqa_families(family_models, arch, monkeypatch):
+    m = family_models[arch]
+    prompts = ["how to bake bread", "a much longer prompt about the weather today and tomorrow", "hi"]
+    hooks = ablation_hooks(m, [(0, 1), (1, 2)], "zero")
+    out = {}
+    for on in (False, True):
+        monkeypatch.setenv("CLIFF_LENS_FAST_FORWARD", "1" if on else "0")
+        kw = dict(max_new_tokens=10, batch_size=3, progress=False)
+        out[on] = [[r.thinking for r in generate_rollouts(m, prompts, hooks=h, **kw)] for h in (None, hooks)]
+    assert out[False] == out[True]
+    assert len(set(out[True][0])) >= 2  # not one degenerate string
+
+
+def test_qk_norm_keeps_transformer_lens_qkv(monkeypatch):
+    """Configurations the view path does not cover (here QK norms) use calculate_qkv_matrices."""
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=1000, n_ctx=128, act_fn="silu",
+        normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8, gated_mlp=True,
+        n_key_value_heads=2, use_qk_norm=True, seed=0,
+    )  # fmt: skip
+    m = HookedTransformer(cfg).eval()
+    toks, mask = _padded_batch()
+    with torch.no_grad():
+        ref = m(toks, attention_mask=mask)
+        spy = _SpyAttnLinear(monkeypatch)
+        with fast_forward(m) as n:
+            got = m(toks, attention_mask=mask)
+    assert n == 2 and spy.n == 3 * 2  # fused attention, TransformerLens's Q/K/V
+    assert (ref - got)[mask.bool()].abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("rotary_dim, adjacent", [(4, False), (8, True)])
+def test_partial_or_adjacent_rotary_and_a_mask_edited_in_place(rotary_dim, adjacent):
+    """Rotary on part of d_head (the rest passed through) and GPT-J-style adjacent pairs (TL's
+    own rotation) equal TransformerLens; a mask object edited in place between two forwards is
+    read afresh (the per-forward memo of mask-derived tensors does not outlive its forward)."""
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=1000, n_ctx=128, act_fn="silu",
+        normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=rotary_dim,
+        rotary_adjacent_pairs=adjacent, gated_mlp=True, n_key_value_heads=2, seed=2,
+    )  # fmt: skip
+    m = HookedTransformer(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(3.0)
+    m.eval()
+    toks, mask = _padded_batch()
+    names = lambda n: n.endswith(("hook_rot_q", "hook_rot_k"))  # noqa: E731
+    with torch.no_grad():
+        ref, ref_cache = m.run_with_cache(toks, attention_mask=mask, names_filter=names)
+        edited = mask.clone()
+        edited[0, :4] = 0
+        ref_edited = m(toks, attention_mask=edited)
+        with fast_forward(m):
+            same = mask.clone()
+            got, cache = m.run_with_cache(toks, attention_mask=same, names_filter=names)
+            same[0, :4] = 0  # the same object, edited in place
+            got_edited = m(toks, attention_mask=same)
+
+    def rel(a, b):  # float rounding relative to the values' scale (large weights: logits ~1e2)
+        return float((a - b).abs().max() / b.abs().max())
+
+    for name in ref_cache.keys():
+        assert rel(cache[name], ref_cache[name]) < 1e-5, name
+    assert rel(got[mask.bool()], ref[mask.bool()]) < 1e-5
+    assert rel(got_edited[edited.bool()], ref_edited[edited.bool()]) < 1e-5
+    assert (ref - ref_edited)[edited.bool()].abs().max() > 1e-3  # the edit mattered
