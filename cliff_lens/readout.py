@@ -633,8 +633,35 @@ def run_batches(
             if stop is not None:
                 kwargs["stop_at_layer"] = stop
             with fast_forward(model):
-                model.run_with_hooks(toks, return_type=None, fwd_hooks=fwd, **kwargs)
+                _run_with_hooks(model, toks, fwd, return_type=None, **kwargs)
             yield batch
+
+
+def _run_with_hooks(
+    model: HookedTransformer, toks: Tensor, fwd: list[tuple[Any, HookFn]], **kwargs: Any
+) -> Any:
+    """``model.run_with_hooks(toks, fwd_hooks=fwd, **kwargs)``, clearing only the hook points it hooked.
+
+    TransformerLens's ``hooks()`` context adds the hooks at a new context level and, on the way
+    out, calls ``remove_hooks`` on every hook point of the model (~800 on a 30-layer model, about
+    10 ms on a CPU per call, paid once per batch); here the same hooks are added the same way
+    (``_enable_hook``) and removed at that level from the points that hold any, with the same
+    end state (``is_caching`` off, contexts kept). Models without that machinery go through
+    ``run_with_hooks``."""
+    if not (isinstance(getattr(model, "hook_dict", None), dict) and hasattr(model, "_enable_hook")):
+        return model.run_with_hooks(toks, fwd_hooks=fwd, **kwargs)
+    model.context_level += 1
+    level = model.context_level
+    try:
+        for name, hook in fwd:
+            model._enable_hook(name=name, hook=hook, dir="fwd")
+        return model.forward(toks, **kwargs)
+    finally:
+        for hp in model.hook_dict.values():
+            if hp.fwd_hooks or hp.bwd_hooks:
+                hp.remove_hooks("both", including_permanent=False, level=level)
+        model.is_caching = False
+        model.context_level -= 1
 
 
 def screen_nonfinite(

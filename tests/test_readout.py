@@ -211,6 +211,56 @@ def test_run_batches_adds_per_batch_hooks_and_keeps_order_without_buckets():
     assert all(float(v) == 0 for v in zs.values())  # the intervention ran before the reader
 
 
+def test_run_batches_removes_only_its_own_hooks_like_run_with_hooks():
+    """After each batch the reader and intervention hooks are gone (a names filter and a
+    callable filter both), hooks the caller added outside (a permanent one, a plain one and one
+    of an enclosing ``model.hooks`` context) stay, as with ``run_with_hooks``; values equal."""
+    m = general_tl_model("RMS", gqa=True)
+    seqs = _seqs(5)
+    outer_calls, perm_calls = [], []
+    m.add_perma_hook("blocks.0.hook_resid_post", lambda x, hook: perm_calls.append(1))
+    m.add_hook("blocks.1.hook_resid_mid", lambda x, hook: None)
+    names = ["blocks.1.attn.hook_z", "blocks.0.hook_resid_post"]
+
+    def counts():
+        return {n: (len(hp.fwd_hooks), len(hp.bwd_hooks)) for n, hp in m.hook_dict.items() if hp.fwd_hooks}
+
+    def halve(x, hook):
+        return x * 0.5
+
+    got = {}
+
+    def make_reader(b):
+        def reader(x, hook):
+            got.setdefault(hook.name, {})[tuple(b.index)] = x.clone()
+            assert counts() != before  # the hooks are on during the forward
+
+        return reader
+
+    try:
+        with m.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: outer_calls.append(1))]):
+            before = counts()
+            level = m.context_level
+            for _ in run_batches(
+                m, seqs, names, make_reader, batch_size=2,
+                hooks=lambda b: [(lambda n: n.endswith("hook_v"), halve)],
+            ):  # fmt: skip
+                assert counts() == before and m.context_level == level and not m.is_caching
+            assert len(outer_calls) == 3 and len(perm_calls) == 3
+        # the same batches through TransformerLens's own run_with_hooks
+        for b_index, x in got["blocks.1.attn.hook_z"].items():
+            toks, mask, _ = left_pad([seqs[i] for i in b_index])
+            ref: dict = {}
+            m.run_with_hooks(
+                toks, attention_mask=mask, return_type=None,
+                fwd_hooks=[(lambda n: n.endswith("hook_v"), halve),
+                           ("blocks.1.attn.hook_z", lambda z, hook, ref=ref: ref.setdefault("z", z.clone()))],
+            )  # fmt: skip
+            assert (ref["z"] - x).abs().max() < 1e-5
+    finally:
+        m.reset_hooks(including_permanent=True)
+
+
 def test_stop_layer_and_no_later_blocks_run():
     m = general_tl_model("RMS")
     assert stop_layer(m, ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]) == 2
