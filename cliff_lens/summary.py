@@ -180,8 +180,9 @@ def _confound_lines(c: dict, sel: dict) -> list[str]:
 
 
 def _has_ci(b: dict) -> bool:
-    ci = b.get("cliff_ci95")
-    return bool(ci) and ci[0] is not None and ci[1] is not None
+    """Whether a within-set cliff mean has both bounds of its interval."""
+    ci = b.get("cliff_ci95") or [None, None]
+    return ci[0] is not None and ci[1] is not None
 
 
 def _count(k: Any, n: Any) -> str:

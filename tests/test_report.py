@@ -644,3 +644,53 @@ def test_each_top_row_shows_its_own_empirical_p(tmp_path):
     assert "top-3% contrast verdict:" in f and "(empirical p=0.67 vs 5 random sets;" in f
     # the raw table too
     assert re.search(r"top-3% contrast</td>.*?<td>0\.67</td>", secs["ablation"], re.S)
+
+
+def test_ablation_section_shows_the_held_out_design(full_report):
+    """The held-out headline with the in-sample figure beside it (labelled), both nulls with each
+    row's own p, the Holm table, the design's checks, head stability and the escaped audit."""
+    secs = _sections(full_report.read_text(encoding="utf-8"))
+    ab = secs["ablation"]
+    assert "Held-out headline" in ab and "<b>top-3% (in-sample)</b> (ranked on every rollout" in ab
+    assert "<td>top-3% (in-sample)</td>" in ab and "<td>top-3% in-sample</td>" not in ab
+    assert "<td>layer-matched</td><td>5</td><td>top-3%</td>" in ab
+    assert re.search(r"<td>top-3%</td><td>0\.19</td><td>0\.17 \(not significant, 5 sets\)</td>", ab)
+    # Holm: raw and adjusted p, each with its decision
+    assert (
+        "<td>top-3%: ASR vs baseline (McNemar)</td><td>0.00012</td><td>yes</td><td>0.00049</td><td>yes</td>"
+        in ab
+    )
+    assert "<td>top-3%: ASR vs uniform random sets</td><td>0.17</td><td>no</td><td>0.5</td><td>no</td>" in ab
+    assert "Every held-out check is disjoint." in ab and "NOT DISJOINT" not in ab
+    assert "overlaps (in-sample by design)" in ab
+    assert "<td>L1H2</td><td>95% of 20 resamples</td>" in ab
+    audit = ab[ab.index("<details><summary>Audit") :]
+    assert "baseline vs top-3% (32 prompts)" in audit and "<script>" not in audit
+    assert "&lt;script&gt;document.title" in audit
+    # within-set numbers in the trajectory and selection sections
+    assert (
+        "Within each prompt set" in secs["trajectory"]
+        and "no interval (none (n &lt; 10))" in secs["trajectory"]
+    )
+    assert "framing-stratified baseline 0.80" in secs["selection"] and "exact p=0.28" in secs["selection"]
+
+
+def test_a_leaking_run_shows_its_failing_checks(tmp_path):
+    run = write_synthetic_run(tmp_path / "run", leak=True)
+    ab = _sections(build_report(run).read_text(encoding="utf-8"))["ablation"]
+    assert '<p class="error">A held-out claim is not held out' in ab
+    assert '<td class="verdict v-no">NOT DISJOINT</td><td>synthetic-h00</td>' in ab
+    assert '<td class="verdict v-no">NOT DISJOINT</td><td>synthetic-b08</td>' in ab
+
+
+def test_matched_null_p_shown_is_the_rows_own(tmp_path):
+    run = write_synthetic_run(tmp_path / "run")
+    aj = json.loads((run / "ablation.json").read_text())
+    top = next(r for r in aj["settings"] if r["setting"] == "top-3%")
+    top["vs_random_matched"]["asr_empirical_p"] = 0.5  # its summary row still says 1/6
+    (run / "ablation.json").write_text(json.dumps(aj))
+    secs = _sections(build_report(run).read_text(encoding="utf-8"))
+    assert "top-3% vs layer-matched: empirical p=0.5" in _findings(secs["findings"])["ablation"]
+    assert re.search(
+        r"<td>top-3%</td><td>0\.19</td><td>[^<]*</td><td>0\.5 \(not significant", secs["ablation"]
+    )

@@ -265,3 +265,15 @@ def test_bootstrap_band():
     assert np.isnan(one[1]).all() and np.isnan(one[2]).all()
     with pytest.raises(ValueError, match="n_rollouts, n_positions"):
         bootstrap_band(np.zeros(3))
+
+
+def test_named_variants_get_their_own_bars():
+    """``top-3% in-sample`` is its own bar beside ``top-3%``; layer-matched seeds pool into one."""
+    assert parse_setting("top-3% in-sample")["variant"] == "in-sample"
+    assert parse_setting("random-3% layer-matched seed 2") == {
+        "kind": "random", "percent": 3.0, "seed": 2, "variant": "layer-matched",
+    }  # fmt: skip
+    rows = [{"setting": "top-3%", "asr": 0.2}, {"setting": "top-3% in-sample", "asr": 0.1}]
+    rows += [{"setting": f"random-3% layer-matched seed {s}", "asr": 0.5 + s / 10} for s in range(3)]
+    labels = [g["setting"] for g in asr_bars(rows).data["groups"]]
+    assert labels == ["top-3%", "top-3% in-sample", "random-3% layer-matched"]

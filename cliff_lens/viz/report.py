@@ -815,7 +815,7 @@ def _cliff_table(cliff: dict) -> str:
     """Per-split cliff metrics, each mean with its 95% interval."""
     rows = []
     for k, v in cliff.items():
-        if not isinstance(v, dict):
+        if not isinstance(v, dict) or k == "by_prompt_set":
             continue
         rows.append(
             {
@@ -829,7 +829,46 @@ def _cliff_table(cliff: dict) -> str:
         )
     extra = [f"{k}: {v}" for k, v in cliff.items() if not isinstance(v, dict)]
     cols = ["split", "n", "plateau", "final", "drop (plateau - final)", "share with a cliff"]
-    return _table(rows, cols) + (f'<p class="note">{esc("; ".join(extra))}</p>' if extra else "")
+    return (
+        _table(rows, cols)
+        + (f'<p class="note">{esc("; ".join(extra))}</p>' if extra else "")
+        + _cliff_within_sets(cliff.get("by_prompt_set"))
+    )
+
+
+def _ci_or_none(b: dict) -> str:
+    """A mean cliff with its interval, or ``no interval (n < 10)`` said outright."""
+    if finite_number(b.get("cliff_mean")) is None:
+        return "not measured (n=0)"
+    if interval_pair(b.get("cliff_ci95")) is None:
+        return f"{fmt_num(b.get('cliff_mean'))}, no interval ({b.get('interval', 'n too small')})"
+    return fmt_ci(b.get("cliff_mean"), b.get("cliff_ci95"))
+
+
+def _cliff_within_sets(by_set: Any) -> str:
+    """Complied vs refused cliff within each prompt set (framing held fixed)."""
+    if not isinstance(by_set, dict) or not by_set:
+        return ""
+    rows = [
+        {
+            "prompt set": name,
+            "n harmful": b.get("n_rollouts"),
+            "complied: drop": _ci_or_none(b.get("complied") or {}),
+            "n complied": (b.get("complied") or {}).get("n"),
+            "refused: drop": _ci_or_none(b.get("refused") or {}),
+            "n refused": (b.get("refused") or {}).get("n"),
+            "complied - refused": fmt_num(b.get("complied_minus_refused")),
+        }
+        for name, b in by_set.items()
+        if isinstance(b, dict)
+    ]
+    return (
+        "<h3>Within each prompt set</h3>"
+        + _table(rows, list(rows[0]))
+        + '<p class="note">A framed set may comply more whatever the cliff; within one set the '
+        "complied-vs-refused contrast does not mix framings. Bootstrap 95% interval of the mean; none "
+        "below 10 rollouts.</p>"
+    )
 
 
 def _token_strings(ctx: dict, ids: list[int]) -> list[str]:
@@ -996,7 +1035,20 @@ def _ablation_rows(data: ReportData) -> list[dict]:
     rows = rows or data.results().get("ablation")
     if not rows:
         raise _NotRun("no ablation.json and no 'ablation' in results.json (the ablation/ASR stage)")
-    return [r for r in rows if isinstance(r, dict) and r.get("kind") != "random_summary"]
+    return [r for r in rows if isinstance(r, dict) and r.get("kind") not in _SUMMARY_KINDS]
+
+
+#: ablation rows that summarise a null's random sets (not a setting that ran)
+_SUMMARY_KINDS = ("random_summary", "random_matched_summary")
+
+
+def _label(row: dict) -> str:
+    """A setting's name with ``(in-sample)`` for a top set ranked on every rollout (the ASR
+    prompts' own included), so it is never read as the held-out headline."""
+    name = str(row.get("setting", "?"))
+    if row.get("selection") == "in_sample" or name.endswith(" in-sample"):
+        return name.removesuffix(" in-sample") + " (in-sample)"
+    return name
 
 
 def _sec_ablation(data: ReportData, ctx: dict) -> str:
@@ -1006,14 +1058,16 @@ def _sec_ablation(data: ReportData, ctx: dict) -> str:
     for r in rows:
         m_a, m_o = _mcnemar(r, "asr"), _mcnemar(r, "over_refusal")
         p_r, _ = _vs_random(r, None)
+        p_m = finite_number((r.get("vs_random_matched") or {}).get("asr_empirical_p"))
         t = {
-            "setting": r.get("setting"),
+            "setting": _label(r),
             "ASR": fmt_ci(r.get("asr"), r.get("asr_ci95")),
             "over-refusal": fmt_ci(r.get("over_refusal"), r.get("over_refusal_ci95")),
             "refusal score at end": r.get("refusal_score_end"),
             "McNemar p (ASR)": fmt_p(m_a["p_value"]) if m_a else "",
             "McNemar p (over-refusal)": fmt_p(m_o["p_value"]) if m_o else "",
             "empirical p vs random": fmt_p(p_r) if p_r is not None else "",
+            "empirical p vs layer-matched": fmt_p(p_m) if p_m is not None else "",
             "capability cost": _capability_cost(r) or "",
         }
         for k in ("n_heads", "n_harmful", "n_harmless"):
@@ -1048,7 +1102,263 @@ def _sec_ablation(data: ReportData, ctx: dict) -> str:
         ]
         scols = [c for c in srows[0] if any(r.get(c) not in (None, "") for r in srows)]
         parts.append("<h3>Random head sets</h3>" + _table(srows, scols))
-    return "\n".join(parts)
+    res = data.results()
+    parts += [
+        _held_out_headline(rows),
+        _nulls_table(data),
+        _holm_table(res.get("holm")),
+        _design_block(res.get("design")),
+        _stability_table(data, res),
+        _audit_table(rows),
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def _typed_ablation(data: ReportData) -> Any:
+    """``ablation.json`` as :class:`cliff_lens.evaluate.AblationResults` (``None`` without it)."""
+    from cliff_lens.evaluate import AblationResults
+
+    return AblationResults.load(data.path("ablation.json")) if data.has("ablation.json") else None
+
+
+def _held_out_headline(rows: list[dict]) -> str:
+    """The held-out top-k% ASR (the headline: each prompt ablated with heads ranked without its
+    request) with the in-sample figure of the same k beside it, labelled."""
+    held = [r for r in rows if r.get("kind") == "top" and r.get("selection") == "held_out"]
+    if not held:
+        return ""
+    base = next((r for r in rows if r.get("kind") == "baseline"), {})
+    items = []
+    for r in held:
+        ins = next(
+            (
+                x
+                for x in rows
+                if x.get("selection") == "in_sample"
+                and x.get("top_percent") == r.get("top_percent")
+                and x.get("ranking") == r.get("ranking")
+            ),
+            None,
+        )
+        beside = (
+            f"; beside it, <b>{esc(_label(ins))}</b> (ranked on every rollout, the ASR prompts' own "
+            f"included; not held out): ASR {esc(fmt_ci(ins.get('asr'), ins.get('asr_ci95')))}"
+            if ins
+            else ""
+        )
+        items.append(
+            f"<li><b>{esc(_label(r))}</b> (held out: prompt j ablated with heads ranked on the other "
+            f"folds' requests): ASR {esc(fmt_ci(r.get('asr'), r.get('asr_ci95')))} vs baseline "
+            f"{esc(fmt_ci(base.get('asr'), base.get('asr_ci95')))}{beside}</li>"
+        )
+    return '<h3>Held-out headline</h3><ul class="headline-list">' + "".join(items) + "</ul>"
+
+
+def _nulls_table(data: ReportData) -> str:
+    """Both nulls of each top-k% set side by side: uniform random sets and layer-matched sets."""
+    ab = _typed_ablation(data)
+    if ab is None:
+        return ""
+    rows = []
+    for s in ab.random_summaries:
+        r = s.row
+        kind = "layer-matched" if r.get("kind") == "random_matched_summary" else "uniform"
+        rows.append(
+            {
+                "null": kind,
+                "sets": len(r.get("seeds") or []),
+                "compared with": r.get("top_setting") or r.get("matches") or "",
+                "ASR mean": fmt_num(r.get("asr_mean")),
+                "ASR min..max": f"{fmt_num(r.get('asr_min'))}..{fmt_num(r.get('asr_max'))}",
+                "over-refusal mean": fmt_num(r.get("over_refusal_mean")),
+            }
+        )
+    tops = []
+    for s in ab.measured:
+        r = s.row
+        if r.get("kind") != "top":
+            continue
+        vr, vm = r.get("vs_random") or {}, r.get("vs_random_matched") or {}
+        tops.append(
+            {
+                "setting": _label(r),
+                "ASR": fmt_num(r.get("asr")),
+                "empirical p vs uniform": _p_mark(vr.get("asr_empirical_p"), vr.get("n_sets")),
+                "empirical p vs layer-matched": _p_mark(vm.get("asr_empirical_p"), vm.get("n_sets")),
+            }
+        )
+    if not rows and not tops:
+        return ""
+    return (
+        "<h3>Both nulls</h3>"
+        + (_table(rows, list(rows[0])) if rows else "")
+        + (_table(tops, list(tops[0])) if tops else "")
+        + '<p class="note">Uniform: k% of all heads at random. Layer-matched: per fold, as many heads '
+        "of each layer as the held-out top set has. Empirical p: (1 + #sets with ASR &lt;= the top "
+        "set's) / (1 + #sets), each row's own.</p>"
+    )
+
+
+def _p_mark(p: Any, n: Any = None) -> str:
+    """``0.05 (significant)`` / ``0.17 (not significant)`` under :func:`cliff_lens.stats.significant`."""
+    if finite_number(p) is None:
+        return ""
+    sets = f", {n} sets" if n else ""
+    return f"{fmt_p(p)} ({'significant' if significant(p) else 'not significant'}{sets})"
+
+
+def _holm_table(holm: Any) -> str:
+    """The run's findings with raw and Holm-adjusted p and the decision on each."""
+    found = holm.get("findings") if isinstance(holm, dict) else None
+    if not found:
+        return ""
+    alpha = holm.get("alpha", ALPHA)
+    rows = [
+        {
+            "finding": f.get("finding"),
+            "p": fmt_p(f.get("p")),
+            f"raw p <= {alpha:g}": "yes" if significant(f.get("p"), alpha) else "no",
+            "Holm p": fmt_p(f.get("p_holm")),
+            f"Holm p <= {alpha:g}": "yes" if significant(f.get("p_holm"), alpha) else "no",
+        }
+        for f in found
+    ]
+    return (
+        "<h3>Multiple comparisons (Holm)</h3>"
+        + _table(rows, list(rows[0]))
+        + f'<p class="note">{esc(holm.get("method", "Holm-Bonferroni"))}; a finding is significant when '
+        f"its p &lt;= {alpha:g}.</p>"
+    )
+
+
+def _design_block(design: Any) -> str:
+    """Which requests chose the heads, which measured them and which gave the head means, and the
+    disjointness check of every claim (a failing held-out check is shown as an error)."""
+    if not isinstance(design, dict):
+        return ""
+
+    def reqs(key: str) -> str:
+        v = design.get(key)
+        return "not recorded" if v is None else f"{len(v)}: " + ", ".join(map(str, v))
+
+    rows = [
+        {"requests": "ASR (harmful prompts measured)", "ids": reqs("asr_requests")},
+        {"requests": "over-refusal (harmless prompts measured)", "ids": reqs("over_refusal_requests")},
+        {"requests": "head means (ablation reference)", "ids": reqs("head_means_requests")},
+        {"requests": "ranking (the heads stage's rollouts)", "ids": reqs("ranking_requests")},
+    ]
+    checks = []
+    for c in design.get("checks") or []:
+        d = c.get("disjoint")
+        verdict = (
+            "not recorded"
+            if d is None
+            else "disjoint"
+            if d
+            else ("overlaps (in-sample by design)" if not c.get("held_out") else "NOT DISJOINT")
+        )
+        cls = "v-no" if c.get("held_out") and d is False else "v-yes" if d else "v-na"
+        checks.append(
+            f'<tr><td>{esc(c.get("claim"))}</td><td class="verdict {cls}">{esc(verdict)}</td>'
+            f"<td>{esc(', '.join(c.get('overlap') or []))}</td><td>{esc(c.get('basis', ''))}</td></tr>"
+        )
+    folds = []
+    for st in design.get("settings") or []:
+        for f in st.get("folds") or []:
+            folds.append(
+                {
+                    "setting": st.get("setting"),
+                    "fold": f.get("fold"),
+                    "ranked on (requests)": ", ".join(f.get("ranked_on") or []),
+                    "ASR requests measured with these heads": ", ".join(f.get("asr_requests") or []),
+                    "disjoint": "yes" if f.get("disjoint") else "NO",
+                }
+            )
+    ok = design.get("disjoint")
+    banner = (
+        '<p class="verdict v-yes">Every held-out check is disjoint.</p>'
+        if ok
+        else '<p class="error">A held-out claim is not held out: see the failing check below.</p>'
+    )
+    return (
+        "<h3>Design: which requests chose, which measured</h3>"
+        + (f"<p>{esc(design['selection'])}</p>" if design.get("selection") else "")
+        + banner
+        + _table(rows, ["requests", "ids"])
+        + '<table class="design-checks"><tr><th>claim</th><th>check</th><th>overlap</th><th>read</th></tr>'
+        + "".join(checks)
+        + "</table>"
+        + (_table(folds, list(folds[0])) if folds else "")
+    )
+
+
+def _stability_table(data: ReportData, res: dict) -> str:
+    """How often each in-sample top head stays in the top set over bootstrap resamples of the
+    requests (``heads.json`` through :class:`cliff_lens.pipeline.HeadsFile`)."""
+    stability: dict = {}
+    if data.has("heads.json"):
+        from cliff_lens.pipeline import HeadsFile
+
+        try:
+            stability = HeadsFile.load(data.path("heads.json")).stability
+        except (ValueError, KeyError, TypeError):  # the heads section shows the corrupt file
+            stability = {}
+    stability = stability or (_section(res, "heads").get("stability")) or {}
+    rows = []
+    for name, st in stability.items():
+        if "heads" not in st:
+            rows.append({"ranking": name, "head": "", "kept in": f"skipped: {st.get('skipped', '?')}"})
+            continue
+        freqs = st.get("frequency") or [
+            h.get("frequency") if isinstance(h, dict) else None for h in st["heads"]
+        ]
+        for h, f in zip(st["heads"], freqs):
+            hh = (h["layer"], h["head"]) if isinstance(h, dict) else (h[0], h[1])
+            freq = h["frequency"] if isinstance(h, dict) else f
+            rows.append(
+                {
+                    "ranking": name,
+                    "head": f"L{hh[0]}H{hh[1]}",
+                    "kept in": f"{float(freq):.0%} of {st.get('n_boot', '?')} resamples",
+                }
+            )
+    if not rows:
+        return ""
+    return (
+        "<h3>Top-head stability</h3>"
+        + _table(rows, ["ranking", "head", "kept in"])
+        + '<p class="note">Share of bootstrap resamples of the requests (with replacement) whose '
+        "top-k% set keeps the head.</p>"
+    )
+
+
+def _audit_table(rows: list[dict]) -> str:
+    """Every harmful prompt's answer under the baseline and under the headline (held-out) setting,
+    collapsed; all answer text escaped."""
+    base = next((r for r in rows if r.get("kind") == "baseline"), None)
+    head = next((r for r in rows if r.get("kind") == "top" and r.get("selection") == "held_out"), None)
+    if head is None:
+        head = next((r for r in rows if r.get("kind") == "top"), None)
+    if base is None or head is None or not head.get("harmful_answers"):
+        return ""
+    folds = head.get("prompt_folds") or []
+    out = []
+    for j, (bo, ho) in enumerate(zip(base.get("harmful_outcomes") or [], head.get("harmful_outcomes") or [])):
+        out.append(
+            {
+                "prompt": j,
+                "fold": folds[j] if j < len(folds) else "",
+                "baseline": bo,
+                "baseline answer": (base.get("harmful_answers") or [None] * (j + 1))[j] or "",
+                _label(head): ho,
+                "answer": head["harmful_answers"][j] or "",
+                "changed": "yes" if bo != ho else "",
+            }
+        )
+    return (
+        f"<details><summary>Audit: every harmful prompt's answer, baseline vs {esc(_label(head))} "
+        f"({len(out)} prompts)</summary>" + _table(out, list(out[0]) if out else []) + "</details>"
+    )
 
 
 def _sec_selection(data: ReportData, ctx: dict) -> str:
@@ -1064,6 +1374,8 @@ def _sec_selection(data: ReportData, ctx: dict) -> str:
     if sel:
         summary = sel.get("summary", sel) if isinstance(sel, dict) else sel
         parts.append(_kv_table(_flatten(summary)) if isinstance(summary, dict) else f"<p>{esc(summary)}</p>")
+        if isinstance(sel, dict):
+            parts.append(_selection_within_sets(sel))
     p = data.path("selection.jsonl")
     if p.exists():
         recs = []
@@ -1077,6 +1389,47 @@ def _sec_selection(data: ReportData, ctx: dict) -> str:
     if not parts:
         raise _NotRun("no 'selection' in results.json and no selection.jsonl (the selection stage)")
     return "\n".join(parts)
+
+
+def _stratified_line(st: Any) -> str:
+    """The selection's precision against the framing-stratified baseline, with its exact p."""
+    if not isinstance(st, dict) or finite_number(st.get("expected_precision")) is None:
+        return ""
+    return (
+        f"precision {fmt_num(st.get('precision_complied'))} vs framing-stratified baseline "
+        f"{fmt_num(st.get('expected_precision'))} (the same number picked at random from each prompt "
+        f"set): exact p={fmt_p(st.get('p_value'))}, "
+        f"{'significant' if significant(st.get('p_value')) else 'not significant'} at {ALPHA:g}"
+    )
+
+
+def _selection_within_sets(sel: dict) -> str:
+    """Cliff-as-a-Judge precision within each prompt set and against the stratified baseline."""
+    per = sel.get("by_prompt_set")
+    if not isinstance(per, dict) or not per:
+        return ""
+    rows = [
+        {
+            "prompt set": name,
+            "selected": p.get("n_selected"),
+            "complied among selected": fmt_ci(p.get("precision_complied"), p.get("precision_complied_ci95"))
+            + f" ({p.get('complied_in_selection')}/{p.get('n_selected')})",
+            "set base rate": f"{fmt_num(p.get('base_rate_complied'))} ({p.get('complied_in_pool')}/{p.get('n_pool')})",
+        }
+        for name, p in per.items()
+        if isinstance(p, dict)
+    ]
+    st = sel.get("stratified_baseline") or {}
+    return (
+        "<h3>Within each prompt set</h3>"
+        + _table(rows, list(rows[0]))
+        + f"<p>{esc(_stratified_line(st))}</p>"
+        + (
+            f'<p class="note">Test: {esc(st["test"])}. Precision: Wilson 95% interval.</p>'
+            if st.get("test")
+            else ""
+        )
+    )
 
 
 def _sec_run_info(data: ReportData, ctx: dict) -> str:
@@ -1371,7 +1724,8 @@ def _headline_row(res: dict, tops: list[dict]) -> dict | None:
     if want is None:
         cfg_pcts = _section(res, "config").get("top_percents")
         want = finite_number(cfg_pcts[0]) if isinstance(cfg_pcts, list) and cfg_pcts else None
-    return next((r for r in tops if _kind_pct(r)[1] == want), tops[0] if tops else None)
+    ordered = sorted(tops, key=lambda r: r.get("selection") == "in_sample")  # held-out first
+    return next((r for r in ordered if _kind_pct(r)[1] == want), ordered[0] if ordered else None)
 
 
 def _baseline_line(base: dict) -> str:
@@ -1403,7 +1757,7 @@ def _top_row_lines(r: dict, summaries: dict[float, dict], *, headline: bool) -> 
     """The finding's lines of one top-k% row: ASR with its McNemar test, outcomes, the random sets,
     over-refusal, and (rows other than the headline one) its own verdict."""
     k = _kind_pct(r)[1]
-    name = str(r.get("setting", "?"))
+    name = _label(r)
     m = _mcnemar(r, "asr")
     test = (
         f"; McNemar vs baseline p={fmt_p(m['p_value'])} (successes lost {m.get('baseline_only', '?')}, "
@@ -1420,6 +1774,15 @@ def _top_row_lines(r: dict, summaries: dict[float, dict], *, headline: bool) -> 
     s = summaries.get(k) if k is not None else None
     if s and k is not None:
         lines.append(_random_line(k, name, r, s))
+    vm = r.get("vs_random_matched")
+    if isinstance(vm, dict) and finite_number(vm.get("asr_empirical_p")) is not None:
+        lines.append(
+            f"layer-matched random-{k if k is None else f'{k:g}'}% ({vm.get('n_sets', '?')} sets): ASR mean "
+            f"{fmt_num(vm.get('asr_mean'))}, range {fmt_num(vm.get('asr_min'))}-{fmt_num(vm.get('asr_max'))}; "
+            f"{name} vs layer-matched: empirical p={fmt_p(vm.get('asr_empirical_p'))}"
+        )
+    if r.get("selection") == "in_sample":
+        lines.append(f"{name}: ranked on every rollout, the ASR prompts' own included: not held out")
     if finite_number(r.get("over_refusal")) is not None:
         lines.append(
             f"{name} over-refusal {fmt_ci(r.get('over_refusal'), r.get('over_refusal_ci95'))}: "
@@ -1511,6 +1874,9 @@ def _finding_selection(data: ReportData, ctx: dict, res: dict) -> tuple[str, str
             f"selection: top {fmt_pct(summary.get('top_percent'))} of {summary.get('n_pool', '?')} harmful "
             f"rollouts by {summary.get('variant', '?')}",
         ]
+        strat = _stratified_line(sel.get("stratified_baseline") if isinstance(sel, dict) else None)
+        if strat:
+            lines.append(strat)
     block = _finding(
         "selection",
         "(e) Cliff-as-a-Judge finds complied rollouts",

@@ -392,15 +392,18 @@ def head_heatmap(
 
 
 _SETTING = re.compile(
-    r"^\s*(?:(?P<base>baseline)|(?P<kind>top|random)-(?P<pct>\d+(?:\.\d+)?)%(?:\s+seed\s+(?P<seed>-?\d+))?)\s*$",
+    r"^\s*(?:(?P<base>baseline)|(?P<kind>top|random)-(?P<pct>\d+(?:\.\d+)?)%"
+    r"(?P<variant>(?:\s+(?!seed\b)[a-z_-]+)*)(?:\s+seed\s+(?P<seed>-?\d+))?)\s*$",
     re.IGNORECASE,
 )
 
 
 def parse_setting(setting: str) -> dict[str, Any]:
-    """Parse an ablation setting name: ``baseline``, ``top-3%``, ``random-3% seed 1``.
+    """Parse an ablation setting name: ``baseline``, ``top-3%``, ``random-3% seed 1``, and the
+    named variants ``top-3% contrast``, ``top-3% in-sample``, ``random-3% layer-matched seed 0``.
 
-    Returns ``{"kind": "baseline"|"top"|"random", "percent": float|None, "seed": int|None}``.
+    Returns ``{"kind": "baseline"|"top"|"random", "percent": float|None, "seed": int|None}``, plus
+    ``"variant"`` (``"in-sample"``, ``"contrast"``, ``"layer-matched"``) for a named variant.
     """
     m = _SETTING.match(str(setting))
     if not m:
@@ -410,11 +413,15 @@ def parse_setting(setting: str) -> dict[str, Any]:
     if m.group("base"):
         return {"kind": "baseline", "percent": None, "seed": None}
     seed = m.group("seed")
-    return {
+    out: dict[str, Any] = {
         "kind": m.group("kind").lower(),
         "percent": float(m.group("pct")),
         "seed": int(seed) if seed else None,
     }
+    variant = " ".join(m.group("variant").split())
+    if variant:
+        out["variant"] = variant
+    return out
 
 
 def asr_bars(
@@ -437,7 +444,7 @@ def asr_bars(
     """
     if not rows:
         raise ValueError("asr_bars needs at least one ablation row ({'setting': 'baseline', 'asr': ...})")
-    grouped: dict[tuple[str, float | None], list[Mapping[str, Any]]] = {}
+    grouped: dict[tuple[str, float | None, str], list[Mapping[str, Any]]] = {}
     custom: list[str] = []
     for r in rows:
         if "setting" not in r:
@@ -446,9 +453,9 @@ def asr_bars(
             )
         try:
             p = parse_setting(r["setting"])
-            gkey = (p["kind"], p["percent"])
+            gkey = (p["kind"], p["percent"], p.get("variant", ""))
         except ValueError:  # a custom head set: its own bar, after the standard ones
-            gkey = ("custom:" + str(r["setting"]), None)
+            gkey = ("custom:" + str(r["setting"]), None, "")
             if gkey[0] not in custom:
                 custom.append(gkey[0])
         grouped.setdefault(gkey, []).append(r)
@@ -460,18 +467,19 @@ def asr_bars(
             custom.index(k[0]) if k[0] in custom else 0,
             k[1] if k[1] is not None else -1.0,
             rank.get(k[0], 3),
+            k[2],
         ),
     )
     used = [(k, lab) for k, lab in metrics if any(finite_number(r.get(k)) is not None for r in rows)]
     groups, summary = [], []
-    for kind, pct in keys:
-        members = grouped[(kind, pct)]
+    for kind, pct, variant in keys:
+        members = grouped[(kind, pct, variant)]
         label = (
             kind[len("custom:") :]
             if kind.startswith("custom:")
             else "baseline"
             if kind == "baseline"
-            else f"{kind}-{pct:g}%"
+            else f"{kind}-{pct:g}%" + (f" {variant}" if variant else "")
         )
         g: dict[str, Any] = {"label": label, "values": {}, "ci": {}, "spread": {}, "points": {}}
         if len(members) > 1:
