@@ -24,6 +24,14 @@ the residual stream and ``hook_z``. Inside :func:`fast_forward`:
   same shapes (for grouped-query attention K/V keep their ``n_key_value_heads``); split-QKV input,
   ``use_attn_in``, ungrouped GQA, QK norms and subclasses with their own
   ``calculate_qkv_matrices`` keep TransformerLens's path;
+* the tensors that depend only on the padding (rotary cos/sin gathered at each row's positions,
+  the boolean attention mask) are built by the first layer of a forward and reused by the
+  others (TransformerLens rebuilds them in every layer), and the half rotation is one
+  concatenation instead of a clone and two strided writes: same values;
+* pre-norm blocks normalise the residual once for Q, K and V where nothing observes ``ln1``
+  (TransformerLens calls ``ln1`` three times on the same tensor and adds ``0.0`` to two of the
+  results); with a hook anywhere in ``ln1`` the block runs TransformerLens's forward, so those
+  hooks fire three times as before;
 * gated MLPs and the unembedding multiply by their weights' transposed views instead of copies
   (same hooks, same maths; results differ from TransformerLens's only in float rounding).
 
@@ -43,7 +51,9 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.components import AbstractAttention, GroupedQueryAttention
+from torch.nn.modules import module as _nn_module
+from transformer_lens.components import AbstractAttention, GroupedQueryAttention, TransformerBlock
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 __all__ = ["fast_forward", "fused_attention_supported"]
 
@@ -253,6 +263,56 @@ def _fused_forward(
     return F.linear(z.reshape(z.shape[0], n_q, -1).to(w.dtype), w.T, self.b_O.to(w.device))
 
 
+def _block_supported(blk: Any) -> bool:
+    cfg = blk.cfg
+    return (
+        type(blk).forward is TransformerBlock.forward
+        and not cfg.use_attn_in
+        and not cfg.use_split_qkv_input
+        and cfg.original_architecture not in POST_NORM_ARCHITECTURES
+        and not cfg.use_normalization_before_and_after
+        and not cfg.attn_only
+        and not cfg.parallel_attn_mlp
+        and not getattr(cfg, "use_hook_mlp_in", False)
+        and all(hasattr(blk, a) for a in ("ln1", "ln2", "attn", "mlp", "hook_resid_mid", "apply_mlp"))
+    )
+
+
+def _observed(module: Any) -> bool:
+    """Whether a forward (pre-)hook on ``module`` or inside it, or a global one, would see its calls."""
+    if _nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+def _block_forward(
+    self: Any,
+    resid_pre: Float[Tensor, "batch pos d_model"],
+    shortformer_pos_embed: Tensor | None = None,
+    past_kv_cache_entry: Any = None,
+    attention_mask: Tensor | None = None,
+) -> Float[Tensor, "batch pos d_model"]:
+    """``TransformerBlock.forward`` of a plain pre-norm block with ``ln1`` applied once for the
+    Q, K and V inputs (TransformerLens: three calls on the same tensor, ``+ 0.0`` on two)."""
+    if shortformer_pos_embed is not None or _observed(self.ln1):
+        return type(self).forward(self, resid_pre, shortformer_pos_embed, past_kv_cache_entry, attention_mask)
+    resid_pre = self.hook_resid_pre(resid_pre)  # [batch, pos, d_model]
+    normed = self.ln1(resid_pre)
+    attn_out = self.attn(
+        query_input=normed,
+        key_input=normed,
+        value_input=normed,
+        past_kv_cache_entry=past_kv_cache_entry,
+        attention_mask=attention_mask,
+    )
+    attn_out = self.hook_attn_out(attn_out)
+    if resid_pre.device != attn_out.device:
+        resid_pre = resid_pre.to(attn_out.device)
+    resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+    mlp_out = self.apply_mlp(self.ln2(resid_mid))
+    return self.hook_resid_post(resid_mid + mlp_out)
+
+
 def _gated_mlp_forward(
     self: Any, x: Float[Tensor, "batch pos d_model"]
 ) -> Float[Tensor, "batch pos d_model"]:
@@ -318,6 +378,8 @@ def fast_forward(model: Any, enabled: bool | None = None) -> Iterator[int]:
 
     if on and hasattr(model, "blocks"):
         for blk in model.blocks:
+            if "forward" not in vars(blk) and _block_supported(blk):
+                patch(blk, _block_forward)
             attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
             if attn is not None and "forward" not in vars(attn) and fused_attention_supported(attn):
                 patch(attn, functools.partial(_fused_forward, shared=shared))

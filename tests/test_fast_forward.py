@@ -303,3 +303,40 @@ def test_partial_or_adjacent_rotary_and_a_mask_edited_in_place(rotary_dim, adjac
     assert rel(got[mask.bool()], ref[mask.bool()]) < 1e-5
     assert rel(got_edited[edited.bool()], ref_edited[edited.bool()]) < 1e-5
     assert (ref - ref_edited)[edited.bool()].abs().max() > 1e-3  # the edit mattered
+
+
+def test_block_normalises_once_unless_ln1_is_observed():
+    """The patched block calls ln1 once for Q/K/V; a hook inside ln1 (or on ln1 itself) puts the
+    block back on TransformerLens's forward, where it fires three times per layer as before."""
+    m = _model(2)
+    toks, mask = _padded_batch()
+    calls = []
+    count = lambda x, hook: calls.append(hook.name)  # noqa: E731
+    with torch.no_grad():
+        ref = m.run_with_hooks(toks, attention_mask=mask, fwd_hooks=[("blocks.0.ln1.hook_normalized", count)])
+        n_tl = len(calls)
+        with fast_forward(m):
+            assert all("forward" in vars(b) for b in m.blocks)
+            calls.clear()
+            got = m.run_with_hooks(
+                toks, attention_mask=mask, fwd_hooks=[("blocks.0.ln1.hook_normalized", count)]
+            )
+            n_ff = len(calls)
+            h = m.blocks[1].ln1.register_forward_hook(lambda mod, a, out: calls.append("ln1"))
+            try:
+                calls.clear()
+                m(toks, attention_mask=mask)
+                assert calls == ["ln1"] * 3
+            finally:
+                h.remove()
+            plain = m(toks, attention_mask=mask)
+            resid = m.run_with_cache(toks, attention_mask=mask, names_filter=lambda n: "resid" in n)[1]
+        _, ref_resid = m.run_with_cache(toks, attention_mask=mask, names_filter=lambda n: "resid" in n)
+    assert n_tl == n_ff == 3
+    keep = mask.bool()
+    assert (ref - got)[keep].abs().max() < 1e-4 and (ref - plain)[keep].abs().max() < 1e-4
+    assert set(resid.keys()) == set(ref_resid.keys()) and len(resid.keys()) == 3 * 2  # pre, mid, post
+    for name in ref_resid.keys():  # relative: these residuals reach ~1e2
+        a, b = resid[name][keep], ref_resid[name][keep]
+        assert (a - b).abs().max() < 1e-5 * b.abs().max(), name
+    assert not any("forward" in vars(b) for b in m.blocks)
