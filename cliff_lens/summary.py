@@ -219,7 +219,13 @@ def _num(ci: Any, i: int) -> str:
 
 def markdown_table(results: dict) -> str:
     """The README's demo table: each headline number with n, 95% interval and test, as Markdown."""
-    rows = _data_rows(results) + _heads_rows(results) + _ablation_rows(results) + _selection_rows(results)
+    rows = (
+        _data_rows(results)
+        + _heads_rows(results)
+        + _ablation_rows(results)
+        + _design_rows(results)
+        + _selection_rows(results)
+    )
     lines = ["| | value [95% CI] |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines) + "\n"
@@ -270,10 +276,25 @@ def _heads_rows(results: dict) -> list[tuple[str, str]]:
         return []
     rows = [
         (
-            f"top {h['top_percent']:g}% heads ({len(h['top'])} of {h['n_heads_total']}), {h['variant']}",
+            f"top {h['top_percent']:g}% heads ({len(h['top'])} of {h['n_heads_total']}), {h['variant']}, ranked in sample",
             ", ".join(f"L{t['layer']}H{t['head']}" for t in h["top"]),
         )
     ]
+    st = (h.get("stability") or {}).get("paper") or {}
+    if st.get("heads"):
+        rows.append(
+            (
+                f"... how often each stays in the top set ({st['n_boot']} bootstraps over requests)",
+                ", ".join(f"L{t['layer']}H{t['head']} {t['frequency']:.2f}" for t in st["heads"]),
+            )
+        )
+    for f in ((h.get("held_out") or {}).get("paper") or {}).get(f"{h['top_percent']:g}") or []:
+        rows.append(
+            (
+                f"held-out top {h['top_percent']:g}% for fold {f['fold']} (ranked on {f['n_ranked_on']} other requests)",
+                ", ".join(f"L{la}H{hd}" for la, hd in f["heads"]),
+            )
+        )
     if h.get("top_contrast"):
         rows.append(
             (
@@ -307,12 +328,13 @@ def _ablation_tests(a: dict) -> str:
     vb = (a.get("vs_baseline") or {}).get("asr")
     if vb:
         test = f"; McNemar p = {vb['p_value']:.3g}"
-    vr = a.get("vs_random") or {}
-    if vr.get("asr_empirical_p") is not None:
-        test += (
-            f"; random sets ({vr['n_sets']}): mean {vr['asr_mean']:.2f} "
-            f"({vr['asr_min']:.2f}-{vr['asr_max']:.2f}), empirical p = {vr['asr_empirical_p']:.2f}"
-        )
+    for key, what in (("vs_random", "random sets"), ("vs_random_matched", "layer-matched sets")):
+        vr = a.get(key) or {}
+        if vr.get("asr_empirical_p") is not None:
+            test += (
+                f"; {what} ({vr['n_sets']}): mean {vr['asr_mean']:.2f} "
+                f"({vr['asr_min']:.2f}-{vr['asr_max']:.2f}), empirical p = {vr['asr_empirical_p']:.2f}"
+            )
     vp = a.get("vs_paper_ranking")
     if vp:
         test += f"; vs {vp['paper_setting']}: McNemar p = {vp['p_value']:.3g}"
@@ -320,12 +342,33 @@ def _ablation_tests(a: dict) -> str:
     return test + (f"; KL {cap['value']:.3f} [{_num(cap['ci95'], 0)}, {_num(cap['ci95'], 1)}]" if cap else "")
 
 
+def _design_rows(results: dict) -> list[tuple[str, str]]:
+    """The held-out design's disjointness checks and the Holm-adjusted findings."""
+    rows = []
+    d = results.get("design") or {}
+    checks = d.get("checks") or []
+    if checks:
+        held = [c for c in checks if c.get("held_out") and c.get("disjoint") is not None]
+        ok = sum(bool(c["disjoint"]) for c in held)
+        rows.append(
+            (
+                "held-out claims whose choosing and measuring requests are disjoint",
+                f"{ok}/{len(held)}",
+            )
+        )
+    for f in (results.get("holm") or {}).get("findings") or []:
+        rows.append((f"Holm: {f['finding']}", f"p = {f['p']:.3g}, Holm p = {f['p_holm']:.3g}"))
+    return rows
+
+
 def _selection_rows(results: dict) -> list[tuple[str, str]]:
-    """Cliff-as-a-Judge precision against the pool's base rate."""
-    s = (results.get("selection") or {}).get("summary")
+    """Cliff-as-a-Judge precision against the pool's base rate, and within each prompt set
+    against the framing-stratified baseline."""
+    sel = results.get("selection") or {}
+    s = sel.get("summary")
     if not s:
         return []
-    return [
+    rows = [
         (
             f"Cliff-as-a-Judge top {s['top_percent']:g}%: jailbroken among selected",
             f"{s['complied_in_selection']}/{s['n_selected']} = "
@@ -333,3 +376,20 @@ def _selection_rows(results: dict) -> list[tuple[str, str]]:
             f"(pool base rate {s['complied_in_pool']}/{s['n_pool']})",
         )
     ]
+    for name, b in (sel.get("by_prompt_set") or {}).items():
+        rows.append(
+            (
+                f"... within {name}",
+                f"{b['complied_in_selection']}/{b['n_selected']} selected jailbroken "
+                f"(set base rate {b['complied_in_pool']}/{b['n_pool']})",
+            )
+        )
+    sb = sel.get("stratified_baseline")
+    if sb:
+        rows.append(
+            (
+                "... vs a selector that knows only the prompt set",
+                f"expected precision {_num([sb['expected_precision']], 0)}, exact p = {sb['p_value']:.3g}",
+            )
+        )
+    return rows
