@@ -24,7 +24,7 @@ variant in a fresh subprocess (RSS sampled every 5 ms; CUDA allocator peak on GP
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_trajectory.py --quick           # 512 tokens x batch 1
+    .venv/bin/python benchmarks/bench_trajectory.py --quick           # 512 tokens x batch 1, 3 rounds
     .venv/bin/python benchmarks/bench_trajectory.py                    # grid, capped by --max-tokens
     .venv/bin/python benchmarks/bench_trajectory.py --device cuda --max-tokens 0   # full grid on a GPU
 
@@ -247,7 +247,7 @@ def _hf_inf(hf, toks):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="one config (512 tokens x batch 1), 2 rounds")
+    ap.add_argument("--quick", action="store_true", help="one config (512 tokens x batch 1), 3 rounds")
     ap.add_argument("--seqs", default="512,1024,2048,4096")
     ap.add_argument("--batches", default="1,4,16")
     ap.add_argument("--max-tokens", type=int, default=None, help="skip configs with batch*seq above this "
@@ -279,7 +279,7 @@ def main() -> None:
         return
 
     if args.quick:
-        args.seqs, args.batches, args.repeats = "512", "1", 2
+        args.seqs, args.batches, args.repeats = "512", "1", 3
     max_tokens = args.max_tokens if args.max_tokens is not None else (0 if cuda else 4096)
     naive_max = args.naive_max_gib if args.naive_max_gib is not None else (60.0 if cuda else 3.0)
     variants = [v for v in args.variants.split(",") if v]
